@@ -1,0 +1,1 @@
+"""Datasets: format readers, `prepare` into a memory-mapped store, batch loading and batch augmentation."""

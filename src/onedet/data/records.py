@@ -1,0 +1,72 @@
+"""What a format reader returns: images with their annotations in original pixel coordinates.
+
+Readers (`onedet.data.formats`) only parse annotation files; images are decoded later, in parallel, by
+`onedet.data.prepare`. Everything a reader fixes or skips goes into `SourceDataset.report` so that prepare
+can show it: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class SourceImage:
+    """One image and its annotations, boxes in the annotation file's pixel coordinates (xyxy)."""
+
+    path: Path
+    """The image file."""
+    boxes_xyxy: np.ndarray
+    """float32 [M, 4], pixels of the image as displayed (EXIF orientation applied)."""
+    labels: np.ndarray
+    """int64 [M], contiguous labels 0..C-1."""
+    crowd_boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    """float32 [Mc, 4]: COCO iscrowd regions, kept apart from training boxes (ignore regions in evaluation)."""
+    image_id: int = -1
+    """The dataset's own image id (COCO), or -1 to use the store index."""
+    size_hw: tuple[int, int] | None = None
+    """(height, width) the annotations claim, if they say; checked against the decoded image."""
+    normalized: bool = False
+    """True when boxes are fractions of the image size (YOLO), to be scaled once the image is decoded."""
+
+
+@dataclass
+class Report:
+    """Counts and files of everything fixed or skipped, by kind (e.g. "clipped_boxes", "background_images")."""
+
+    items: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, kind: str, file: str | Path, count: int = 1) -> None:
+        self.items[kind].extend([str(file)] * count)
+
+    def merge(self, other: Report) -> None:
+        for kind, files in other.items.items():
+            self.items[kind].extend(files)
+
+    def to_json(self) -> dict[str, dict]:
+        """{kind: {"count": n, "files": [unique files, in order]}}."""
+        return {
+            kind: {"count": len(files), "files": list(dict.fromkeys(files))}
+            for kind, files in sorted(self.items.items())
+            if files
+        }
+
+
+@dataclass
+class SourceDataset:
+    """One split of a dataset as read from disk."""
+
+    name: str
+    """Split name: "train", "val", "test", ..."""
+    format: str
+    """"coco", "yolo", "voc" or "synthetic"."""
+    classes: list[str]
+    """Class names by contiguous label."""
+    category_ids: list[int]
+    """The dataset's own class id by contiguous label (COCO category id; else the label itself)."""
+    images: list[SourceImage]
+    report: Report = field(default_factory=Report)

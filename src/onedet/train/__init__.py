@@ -1,0 +1,1 @@
+"""Fine-tuning: the training loop, optimizer and schedule, EMA, checkpoints, DDP, logs and plots."""
