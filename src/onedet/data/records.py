@@ -39,21 +39,30 @@ class Report:
     """Counts and files of everything fixed or skipped, by kind (e.g. "clipped_boxes", "background_images")."""
 
     items: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    notes: dict[str, str] = field(default_factory=dict)
+    """A sentence per kind for a person to read (e.g. "held out 36 images of train as val")."""
 
     def add(self, kind: str, file: str | Path, count: int = 1) -> None:
         self.items[kind].extend([str(file)] * count)
 
+    def note(self, kind: str, text: str) -> None:
+        self.notes[kind] = text
+
     def merge(self, other: Report) -> None:
         for kind, files in other.items.items():
             self.items[kind].extend(files)
+        self.notes.update(other.notes)
 
     def to_json(self) -> dict[str, dict]:
-        """{kind: {"count": n, "files": [unique files, in order]}}."""
-        return {
-            kind: {"count": len(files), "files": list(dict.fromkeys(files))}
-            for kind, files in sorted(self.items.items())
-            if files
-        }
+        """{kind: {"count": n, "files": [unique files, in order]}}, plus "note" for kinds that have one."""
+        out: dict[str, dict] = {}
+        for kind in sorted(set(self.items) | set(self.notes)):
+            files = self.items.get(kind, [])
+            if files or kind in self.notes:
+                out[kind] = {"count": len(files), "files": list(dict.fromkeys(files))}
+                if kind in self.notes:
+                    out[kind]["note"] = self.notes[kind]
+        return out
 
 
 @dataclass

@@ -1,0 +1,120 @@
+"""Reading a dataset's annotations: detecting its format (COCO, YOLO, VOC) and its splits.
+
+`read_dataset(source)` returns one `SourceDataset` per split, boxes in pixels of the images as displayed,
+already clipped, with degenerate boxes dropped and every fix counted in the split's report. Only annotation
+files and image headers are read; pixels are decoded later by prepare. Split names are normalised
+("valid" -> "val", "train2017" -> "train"). A dataset with a single split gets a deterministic held-out
+"val" split (`holdout_fraction` of its images, chosen by `seed`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from onedet.data.formats.coco import find_coco_files, read_coco
+from onedet.data.formats.voc import find_voc_root, read_voc
+from onedet.data.formats.yolo import find_yaml, read_yolo
+from onedet.data.records import Report, SourceDataset
+from onedet.errors import OnedetError
+
+FORMATS = ("coco", "yolo", "voc")
+LAYOUTS = (
+    "COCO: instances JSON files (e.g. annotations/instances_train2017.json with images in train2017/); "
+    "YOLO: data.yaml and/or {train,valid,test}/{images,labels} or images/{train,val} + labels/{train,val}; "
+    "Pascal VOC: Annotations/ + JPEGImages/ (+ ImageSets/Main/{train,val,test}.txt)"
+)
+_READERS = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc}
+
+
+def _has_yolo_labels(source: Path) -> bool:
+    return any(p.is_dir() for pattern in ("labels", "*/labels") for p in source.glob(pattern))
+
+
+def _only_subfolder(source: Path) -> Path | None:
+    """The single sub-folder of a folder that holds nothing else recognisable (a dataset unzipped one level deep)."""
+    subdirs = [p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return subdirs[0] if len(subdirs) == 1 else None
+
+
+def _split_order(dataset: SourceDataset) -> tuple[int, str]:
+    return ({"train": 0, "val": 1, "test": 2}.get(dataset.name, 3), dataset.name)
+
+
+def detect_format(source: Path) -> str:
+    """ "coco", "yolo" or "voc" from the files present; `OnedetError` listing the expected layouts otherwise."""
+    source = Path(source)
+    if not source.exists():
+        raise OnedetError(f"{source}: dataset not found")
+    if source.is_file():
+        if source.suffix == ".json":
+            return "coco"
+        if source.suffix in (".yaml", ".yml"):
+            return "yolo"
+        raise OnedetError(f"{source}: expected a dataset folder, a COCO .json or a YOLO data.yaml")
+    if find_voc_root(source) is not None:
+        return "voc"
+    if find_coco_files(source):
+        return "coco"
+    if find_yaml(source) is not None or _has_yolo_labels(source):
+        return "yolo"
+    if (inner := _only_subfolder(source)) is not None:
+        return detect_format(inner)
+    raise OnedetError(f"{source}: unrecognised dataset layout; expected one of: {LAYOUTS}")
+
+
+def _recognised(source: Path, format: str) -> bool:
+    if format == "voc":
+        return find_voc_root(source) is not None
+    if format == "coco":
+        return bool(find_coco_files(source))
+    return find_yaml(source) is not None or _has_yolo_labels(source)
+
+
+def hold_out_val(dataset: SourceDataset, holdout_fraction: float = 0.1, seed: int = 0) -> list[SourceDataset]:
+    """Split one dataset into what remains and a "val" split of `round(fraction * N)` (at least 1) images.
+
+    The choice depends only on `seed` and the number of images; both keep the source order. The val split's
+    report says what was held out (kind "held_out_val"); the fixes found while reading stay in the other split's
+    report. A dataset named "val" keeps the rest as "train".
+    """
+    n = len(dataset.images)
+    if n < 2:
+        return [dataset]
+    n_val = min(n - 1, max(1, round(holdout_fraction * n)))
+    is_val = np.zeros(n, bool)
+    is_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+    rest_name = "train" if dataset.name == "val" else dataset.name
+    val_report = Report()
+    for image, held in zip(dataset.images, is_val):
+        if held:
+            val_report.add("held_out_val", image.path)
+    val_report.note("held_out_val", f"held out {n_val} images of {dataset.name} as val")
+    keep = [im for im, held in zip(dataset.images, is_val) if not held]
+    val = [im for im, held in zip(dataset.images, is_val) if held]
+    return [
+        SourceDataset(rest_name, dataset.format, dataset.classes, dataset.category_ids, keep, dataset.report),
+        SourceDataset("val", dataset.format, dataset.classes, dataset.category_ids, val, val_report),
+    ]
+
+
+def read_dataset(
+    source: Path, format: str = "auto", holdout_fraction: float = 0.1, seed: int = 0
+) -> list[SourceDataset]:
+    """One `SourceDataset` per split of the dataset at `source` (a folder, a COCO JSON or a YOLO yaml)."""
+    source = Path(source)
+    if format == "auto":
+        format = detect_format(source)
+        while source.is_dir() and _recognised(source, format) is False and (inner := _only_subfolder(source)):
+            source = inner
+    if format not in _READERS:
+        raise OnedetError(f"unknown dataset format {format!r}; expected auto, {', '.join(FORMATS)}")
+    if not source.exists():
+        raise OnedetError(f"{source}: dataset not found")
+    splits = sorted(_READERS[format](source), key=_split_order)
+    if not splits or not any(s.images for s in splits):
+        raise OnedetError(f"{source}: no images found as {format}; expected one of: {LAYOUTS}")
+    if len(splits) == 1:
+        splits = hold_out_val(splits[0], holdout_fraction, seed)
+    return splits

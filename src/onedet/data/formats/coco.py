@@ -1,0 +1,193 @@
+"""COCO instances JSON: one JSON per split, images in a folder next to the annotations.
+
+Split names come from the file name (`instances_train2017.json` -> "train") or, for Roboflow's
+`train/_annotations.coco.json`, from the folder. Category ids (non-contiguous, 1..90 in COCO) map to
+contiguous labels in sorted id order; every category declared in `categories` is kept, used or not, so
+`category_ids[label]` gives back the dataset's own ids. `iscrowd=1` boxes become `crowd_boxes_xyxy`
+(ignore regions for evaluation), never training boxes. COCO's bbox is `[x, y, w, h]` in continuous pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from onedet.data.formats.common import clean_boxes, empty_boxes, normalize_split_name
+from onedet.data.images import image_size
+from onedet.data.records import Report, SourceDataset, SourceImage
+from onedet.errors import OnedetError
+
+_GENERIC_STEMS = {"_annotations.coco", "_annotations", "annotations", "coco", "labels", "instances"}
+_SNIFF_BYTES = 1 << 20
+
+
+def looks_like_coco(path: Path) -> bool:
+    """True when a JSON file has COCO's top-level `images` (and `annotations` or `categories`) keys.
+
+    Only the first MiB is read: COCO files put `images` before the (large) `annotations` list.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return b'"images"' in head and (b'"annotations"' in head or b'"categories"' in head or len(head) == _SNIFF_BYTES)
+
+
+def find_coco_files(source: Path) -> list[Path]:
+    """COCO JSON files of a dataset: the file itself, or those in the folder, `annotations/`, or one level down.
+
+    When `instances_*.json` files exist, the others (captions, keypoints, ...) are ignored.
+    """
+    if source.is_file():
+        return [source]
+    candidates = sorted({*source.glob("*.json"), *source.glob("*/*.json")})
+    found = [p for p in candidates if looks_like_coco(p)]
+    instances = [p for p in found if p.name.startswith("instances_")]
+    return instances or found
+
+
+def split_name(json_path: Path) -> str:
+    stem = json_path.name.removesuffix(".json")
+    if stem.lower() in _GENERIC_STEMS:
+        return normalize_split_name(json_path.parent.name)
+    return normalize_split_name(stem)
+
+
+def _image_root(json_path: Path, images: list[dict]) -> Path:
+    """The folder that `file_name`s are relative to: the first candidate holding most of the first images."""
+    here, up = json_path.parent, json_path.parent.parent
+    folder = json_path.name.removesuffix(".json").removeprefix("instances_")  # "train2017"
+    candidates = [here, up / folder, here / folder, up / "images" / folder, up / "images", here / "images"]
+    url = images[0].get("coco_url") or images[0].get("flickr_url") if images else None
+    if isinstance(url, str) and len(parts := Path(urlparse(url).path).parts) >= 2:
+        candidates.append(up / parts[-2])  # COCO's own urls name the folder: .../train2017/x.jpg
+    candidates += [up, *sorted(p for p in up.iterdir() if p.is_dir())]
+    probe = [str(im.get("file_name", "")) for im in images[:8]]
+    for root in dict.fromkeys(candidates):
+        if sum((root / name).is_file() for name in probe) * 2 > len(probe):
+            return root
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise OnedetError(f"{json_path}: cannot find its images (e.g. {probe[0] if probe else '?'}); looked in {tried}")
+
+
+def _categories(json_path: Path, data: dict) -> tuple[list[str], list[int]]:
+    cats = data.get("categories")
+    if not isinstance(cats, list) or not cats:
+        raise OnedetError(f"{json_path}: no 'categories' list; a COCO instances file declares its classes there")
+    by_id: dict[int, str] = {}
+    for c in cats:
+        cid = c.get("id")
+        if not isinstance(cid, int) or cid in by_id:
+            raise OnedetError(f"{json_path}: category {c!r} has a missing or repeated integer id")
+        by_id[cid] = str(c.get("name", f"class{cid}"))
+    ids = sorted(by_id)
+    return [by_id[i] for i in ids], ids
+
+
+def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | None = None) -> SourceDataset:
+    """One split from one COCO instances JSON (boxes clipped to the declared image size, fixes counted).
+
+    `reference` is another split's (classes, category_ids): this file's categories must be a subset of them
+    (same names), so that every split shares one label mapping.
+    """
+    try:
+        with open(json_path, "rb") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise OnedetError(f"{json_path}: not a readable JSON file ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise OnedetError(f"{json_path}: not a COCO instances file (expected top-level 'images', 'annotations')")
+    classes, category_ids = _categories(json_path, data)
+    if reference is not None:
+        ref = dict(zip(reference[1], reference[0]))
+        if any(ref.get(cid) != name for cid, name in zip(category_ids, classes)):
+            raise OnedetError(f"{json_path}: its categories differ from the other split's; all splits must share them")
+        classes, category_ids = reference
+    label_of = {cid: label for label, cid in enumerate(category_ids)}
+    report = Report()
+
+    boxes: dict[int, list[list[float]]] = defaultdict(list)
+    labels: dict[int, list[int]] = defaultdict(list)
+    crowd: dict[int, list[list[float]]] = defaultdict(list)
+    image_ids = {im.get("id") for im in data["images"]}
+    for ann in data.get("annotations", []):
+        image_id, bbox = ann.get("image_id"), ann.get("bbox")
+        if image_id not in image_ids:
+            report.add("annotations_without_image", json_path)
+            continue
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            report.add("annotations_without_bbox", json_path)
+            continue
+        x, y, w, h = bbox
+        if ann.get("iscrowd", 0):
+            crowd[image_id].append([x, y, x + w, y + h])
+            continue
+        if ann.get("category_id") not in label_of:
+            raise OnedetError(
+                f"{json_path}: annotation id {ann.get('id')} has category_id {ann.get('category_id')!r}, "
+                f"not among the declared categories {category_ids}"
+            )
+        boxes[image_id].append([x, y, x + w, y + h])
+        labels[image_id].append(label_of[ann["category_id"]])
+
+    root = _image_root(json_path, data["images"])
+    images: list[SourceImage] = []
+    seen: set[int] = set()
+    for im in data["images"]:
+        image_id, name = im.get("id"), im.get("file_name")
+        if not isinstance(image_id, int) or image_id in seen or not isinstance(name, str):
+            raise OnedetError(f"{json_path}: image entry {im!r} needs a unique integer 'id' and a 'file_name'")
+        seen.add(image_id)
+        path = root / name
+        if not path.is_file():
+            report.add("missing_images", path)
+            continue
+        w, h = im.get("width"), im.get("height")
+        size_hw = (int(h), int(w)) if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 else None
+        if size_hw is None:
+            size_hw = image_size(path)  # not declared: read it from the header (cheap)
+        if not boxes.get(image_id):
+            report.add("background_images", path)
+        b, lab = clean_boxes(
+            np.array(boxes.get(image_id, []), np.float64), labels.get(image_id, []), size_hw, report, path
+        )
+        cb, _ = clean_boxes(
+            np.array(crowd.get(image_id, []), np.float64),
+            np.zeros(len(crowd.get(image_id, []))),
+            size_hw,
+            report,
+            path,
+            kind_prefix="crowd_",
+        )
+        images.append(
+            SourceImage(
+                path, b, lab, crowd_boxes_xyxy=cb if len(cb) else empty_boxes(), image_id=image_id, size_hw=size_hw
+            )
+        )
+    if data["images"] and not images:
+        raise OnedetError(f"{json_path}: none of its {len(data['images'])} images exist under {root}")
+    return SourceDataset(split_name(json_path), "coco", classes, category_ids, images, report)
+
+
+def read_coco(source: Path) -> list[SourceDataset]:
+    """All splits of a COCO dataset (a folder of instances JSONs, or one JSON file)."""
+    files = find_coco_files(source)
+    if not files:
+        raise OnedetError(
+            f"{source}: no COCO instances JSON found (looked for *.json with 'images' and "
+            "'annotations' in the folder, annotations/, and one level down)"
+        )
+    splits = [read_coco_file(files[0])]
+    splits += [read_coco_file(p, (splits[0].classes, splits[0].category_ids)) for p in files[1:]]
+    names = [s.name for s in splits]
+    if len(set(names)) != len(names):
+        raise OnedetError(
+            f"{source}: several JSON files map to the same split name: "
+            + ", ".join(f"{p.name} -> {n}" for p, n in zip(files, names))
+        )
+    return splits

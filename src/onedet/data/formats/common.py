@@ -1,0 +1,70 @@
+"""Helpers shared by the format readers: box clean-up with counting, split names, image listing.
+
+`clean_boxes` is the one place boxes are clipped and degenerate ones dropped, so each fix is counted once:
+readers call it when they know the image size; prepare calls it for a record it had to leave unsized
+(`SourceImage.normalized` or `size_hw is None`), once the image is decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from onedet.data.images import IMAGE_SUFFIXES
+from onedet.data.records import Report
+
+CLIP_TOLERANCE_PX = 1e-2
+"""A box further outside the image than this is counted as clipped; closer is float noise (YOLO's rounded
+text, COCO's float32 sums) and is clipped without counting."""
+
+_SPLIT_ALIASES = {"valid": "val", "validation": "val", "training": "train", "testing": "test", "dev": "val"}
+
+
+def empty_boxes() -> np.ndarray:
+    return np.zeros((0, 4), np.float32)
+
+
+def clean_boxes(
+    boxes_xyxy: np.ndarray,
+    labels: np.ndarray,
+    size_hw: tuple[int, int],
+    report: Report,
+    file: str | Path,
+    kind_prefix: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip boxes [M, 4] (pixels) to the image and drop those with no area left; count both in `report`.
+
+    Kinds: "clipped_boxes" (partly outside, kept) and "zero_area_boxes" (zero or negative width or height,
+    as annotated or once clipped, e.g. wholly outside the image; dropped). `kind_prefix` separates crowd
+    regions ("crowd_"). Each box lands in at most one kind.
+    """
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    if len(boxes) == 0:
+        return empty_boxes(), np.zeros(0, np.int64)
+    h, w = size_hw
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    moved = np.abs(clipped - boxes).max(axis=1) > CLIP_TOLERANCE_PX
+    if (n_dropped := int((~keep).sum())) > 0:
+        report.add(f"{kind_prefix}zero_area_boxes", file, n_dropped)
+    if (n_clipped := int((moved & keep).sum())) > 0:
+        report.add(f"{kind_prefix}clipped_boxes", file, n_clipped)
+    return clipped[keep].astype(np.float32), labels[keep]
+
+
+def normalize_split_name(name: str) -> str:
+    """ "valid"/"validation" -> "val", "training" -> "train", ...; COCO's year suffix dropped ("train2017")."""
+    name = name.strip().lower()
+    name = re.sub(r"^instances_", "", name)
+    name = re.sub(r"[_-]?(19|20)\d\d$", "", name) or name
+    return _SPLIT_ALIASES.get(name, name)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted for a deterministic order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
