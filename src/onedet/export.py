@@ -1,0 +1,326 @@
+"""ONNX export: one file from uint8 pixels of any size to boxes in the original image's pixels.
+
+`EndToEnd` wraps a `Detector` with everything a deployment would otherwise re-implement (and get subtly wrong):
+the store's letterbox (`letterbox_torch`, the same function prepare uses), the cast to [0, 1] (the model owns
+normalisation), NMS-free top-k decoding, boxes mapped back to original pixels, and the dataset's own class
+ids. PyTorch predict runs this same module eagerly, so the two paths share code and can be compared.
+
+Export uses the dynamo exporter (`torch.onnx.export(..., dynamo=True)`): the legacy exporter fails on timm's
+position-embedding resize (../shared/ANCHORS.md). int8 comes from onnxruntime's quantizer (dynamic, or static
+calibrated on a store split), fp16 from onnxruntime's own float16 converter (no extra dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from onedet import __version__
+from onedet.data.letterbox import letterbox_torch
+from onedet.errors import OnedetError
+from onedet.postprocess import decode_topk, to_original
+from onedet.runtime import (
+    CATEGORY_IDS_KEY,
+    CLASSES_KEY,
+    IMAGE_SIZE_KEY,
+    INPUT_NAME,
+    MARKER_KEY,
+    MARKER_VERSION,
+    OUTPUT_NAMES,
+    PRECISION_KEY,
+    VERSION_KEY,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+"""Resize with `antialias` (the letterbox's shrinking) needs opset 18."""
+DEFAULT_MAX_DETECTIONS = 100
+# Ops whose int8 versions pay off on CPU; pre-processing (Resize on pixels) and the top-k stay in float.
+_INT8_DYNAMIC_OPS = ["MatMul", "Gemm"]
+_INT8_STATIC_OPS = ["MatMul", "Gemm", "Conv"]
+_FORBIDDEN_OPS = {"GridSample"}  # known to give wrong results or fail under TensorRT
+
+
+class EndToEnd(nn.Module):
+    """uint8 `[B, H, W, 3]` RGB images -> `boxes [B, K, 4]` (original pixels, xyxy), `scores [B, K]`, `labels [B, K]`.
+
+    `labels` are the dataset's own class ids (`category_ids[label]`). With `half`, the detector runs in fp16 while
+    letterbox and decoding stay in fp32 (coordinates up to thousands of pixels need fp32).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        category_ids: Sequence[int],
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
+        half: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = int(image_size)
+        self.max_detections = int(max_detections)
+        self.half = half
+        self.register_buffer("category_ids", torch.as_tensor(list(category_ids), dtype=torch.int64), persistent=False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, h, w, _ = images.shape
+        size = self.image_size
+        x = letterbox_torch(images.permute(0, 3, 1, 2), size).float() / 255.0  # (B, 3, S, S)
+        if self.half:
+            x = x.half()
+        out = self.model(x)
+        boxes, scores, labels = decode_topk(out.logits.float(), out.boxes_xyxy.float(), self.max_detections)
+        # The scale of every image in the batch (they share H and W), as a tensor computed from the symbolic size.
+        scale = torch.full((b,), size / torch.sym_max(h, w), dtype=torch.float32, device=boxes.device)
+        orig_size = torch.cat(
+            [torch.full((b, 1), h, device=boxes.device), torch.full((b, 1), w, device=boxes.device)], dim=1
+        )
+        boxes = to_original(boxes, scale, orig_size)
+        return boxes, scores, self.category_ids[labels]
+
+
+def _resolve(
+    weights: Any, classes: Sequence[str] | None, category_ids: Sequence[int] | None
+) -> tuple[nn.Module, Any, list[str], list[int]]:
+    """(model in eval mode, config or None, classes, category_ids) from a run folder, a LoadedRun or a Detector."""
+    if isinstance(weights, (str, Path)):
+        from onedet.train.checkpoint import load_run
+
+        weights = load_run(Path(weights))
+    if hasattr(weights, "model") and hasattr(weights, "classes"):  # a LoadedRun
+        return weights.model.eval(), weights.config, list(weights.classes), [int(c) for c in weights.category_ids]
+    if not isinstance(weights, nn.Module):
+        raise OnedetError(f"export: expected a run folder, a LoadedRun or a Detector, got {type(weights).__name__}")
+    config = getattr(weights, "cfg", None) or getattr(weights, "config", None)
+    num_classes = getattr(config, "num_classes", None)
+    if classes is None:
+        if num_classes is None:
+            raise OnedetError("export: pass classes= when exporting a bare Detector without a config")
+        classes = [str(i) for i in range(num_classes)]
+    if category_ids is None:
+        category_ids = list(range(len(classes)))
+    return weights.eval(), config, list(classes), [int(c) for c in category_ids]
+
+
+def build_end_to_end(
+    weights: Any,
+    classes: Sequence[str] | None = None,
+    category_ids: Sequence[int] | None = None,
+    image_size: int | None = None,
+    max_detections: int | None = None,
+    half: bool = False,
+) -> tuple[EndToEnd, list[str], list[int]]:
+    """The `EndToEnd` module of a run folder, a LoadedRun or a Detector, with its class names and ids."""
+    model, config, classes, category_ids = _resolve(weights, classes, category_ids)
+    if len(classes) != len(category_ids):
+        raise OnedetError(f"export: {len(classes)} class names but {len(category_ids)} category ids")
+    size = image_size or getattr(config, "image_size", None)
+    if size is None:
+        raise OnedetError("export: the image size is unknown; pass image_size=")
+    k = max_detections or getattr(config, "topk", None) or DEFAULT_MAX_DETECTIONS
+    model.requires_grad_(False)
+    if half:
+        model = model.half()
+    module = EndToEnd(model, int(size), category_ids, max_detections=int(k), half=half).eval()
+    return module, classes, category_ids
+
+
+def _metadata(classes: list[str], category_ids: list[int], image_size: int, precision: str) -> dict[str, str]:
+    return {
+        MARKER_KEY: MARKER_VERSION,
+        VERSION_KEY: __version__,
+        CLASSES_KEY: json.dumps(classes),
+        CATEGORY_IDS_KEY: json.dumps(category_ids),
+        IMAGE_SIZE_KEY: str(image_size),
+        PRECISION_KEY: precision,
+    }
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace the model's metadata_props entries named in `metadata` (others are kept)."""
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def check_graph(path: Path) -> None:
+    """onnx.checker on the file, and no operator known to break TensorRT."""
+    onnx.checker.check_model(str(path))
+    proto = onnx.load(str(path), load_external_data=False)
+    bad = sorted({n.op_type for n in _all_nodes(proto.graph)} & _FORBIDDEN_OPS)
+    if bad:
+        raise OnedetError(f"{path}: the exported graph contains {bad}, which TensorRT does not run reliably")
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node, including those inside If/Loop sub-graphs."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)
+
+
+def export_onnx(module: EndToEnd, out: Path, metadata: dict[str, str], opset: int = DEFAULT_OPSET) -> Path:
+    """Export `module` with dynamic batch, height and width; write `out` with `metadata`; check it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dtype = next(module.model.parameters()).dtype
+    device = next(module.model.parameters()).device
+    # Batch 2 and a non-square size, so the exporter does not specialise any axis to 1 or to H == W.
+    example = torch.randint(0, 256, (2, 48, 64, 3), dtype=torch.uint8, device=device)
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=1024),
+        1: torch.export.Dim("height", min=1, max=65535),
+        2: torch.export.Dim("width", min=1, max=65535),
+    }
+    log.info("exporting %s (%s) to %s", type(module.model).__name__, dtype, out)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": dims},
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    set_metadata(proto, metadata)
+    onnx.save(proto, str(out))
+    check_graph(out)
+    return out
+
+
+def _rewrite_metadata(path: Path, metadata: dict[str, str]) -> None:
+    proto = onnx.load(str(path))
+    set_metadata(proto, metadata)
+    onnx.save(proto, str(path))
+    check_graph(path)
+
+
+def quantize_int8_dynamic(fp32: Path, out: Path, metadata: dict[str, str]) -> Path:
+    """int8 weights, activations quantized on the fly (onnxruntime `quantize_dynamic`); no calibration data."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(fp32, out, op_types_to_quantize=_INT8_DYNAMIC_OPS, weight_type=QuantType.QInt8)
+    _rewrite_metadata(out, {**metadata, PRECISION_KEY: "int8-dynamic"})
+    return out
+
+
+class _StoreCalibration:
+    """onnxruntime CalibrationDataReader over a store split: its letterboxed images, one at a time, as [1, S, S, 3]."""
+
+    def __init__(self, split: Path, num_images: int) -> None:
+        from onedet.data.store import Store
+
+        self.store = Store(split)
+        n = min(num_images, len(self.store))
+        if n == 0:
+            raise OnedetError(f"{split}: the calibration split holds no images")
+        # Spread over the split rather than its first files (which are often one scene or one class).
+        self.indices = np.linspace(0, len(self.store) - 1, n).round().astype(int).tolist()
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.indices):
+            return None
+        image = self.store.read_images([self.indices[self.position]])  # uint8 (1, 3, S, S)
+        self.position += 1
+        return {INPUT_NAME: np.ascontiguousarray(np.asarray(image).transpose(0, 2, 3, 1))}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def quantize_int8_static(
+    fp32: Path, out: Path, metadata: dict[str, str], calibration: Path, num_images: int = 16
+) -> Path:
+    """int8 weights and activations (QDQ), activation ranges calibrated (min/max) on a store split's images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    reader = _StoreCalibration(Path(calibration), num_images)
+
+    class Reader(CalibrationDataReader):  # onnxruntime checks the base class
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return reader.get_next()
+
+        def rewind(self) -> None:
+            reader.rewind()
+
+    quantize_static(
+        fp32,
+        out,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=_INT8_STATIC_OPS,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        # Compute ranges every few images instead of holding every activation of every image in memory.
+        extra_options={"CalibMaxIntermediateOutputs": 4},
+    )
+    _rewrite_metadata(out, {**metadata, PRECISION_KEY: "int8-static"})
+    return out
+
+
+def export(
+    weights: Any,
+    out: str | Path,
+    int8: bool = False,
+    half: bool = False,
+    calibration: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    classes: Sequence[str] | None = None,
+    category_ids: Sequence[int] | None = None,
+    max_detections: int | None = None,
+) -> list[Path]:
+    """Export a run folder (or a LoadedRun, or a Detector with `classes=`) to `out` (fp32) and its variants.
+
+    `int8` also writes `<stem>.int8-dynamic.onnx`, or, with `calibration` (a store split such as STORE/val),
+    `<stem>.int8-static.onnx`; `half` also writes `<stem>.fp16.onnx`. Returns the files written.
+    """
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise OnedetError(f"{out}: the output file name must end in .onnx")
+    if calibration is not None and not int8:
+        raise OnedetError("--calibration is for static int8: add --int8")
+    module, classes, category_ids = build_end_to_end(weights, classes, category_ids, max_detections=max_detections)
+    meta = _metadata(classes, category_ids, module.image_size, "fp32")
+    paths = [export_onnx(module, out, meta, opset)]
+    if int8:
+        if calibration is None:
+            paths.append(quantize_int8_dynamic(out, out.with_suffix(".int8-dynamic.onnx"), meta))
+        else:
+            paths.append(quantize_int8_static(out, out.with_suffix(".int8-static.onnx"), meta, Path(calibration)))
+    if half:
+        paths.append(convert_fp16(out, out.with_suffix(".fp16.onnx"), meta))
+    return paths
+
+
+def convert_fp16(fp32: Path, out: Path, metadata: dict[str, str]) -> Path:
+    """fp16 weights and compute for GPUs, with uint8 input and float32 outputs kept (onnxruntime's converter)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(fp32))
+    half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
+    set_metadata(half, {**metadata, PRECISION_KEY: "fp16"})
+    onnx.save(half, str(out))
+    check_graph(out)
+    return out

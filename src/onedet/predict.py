@@ -1,0 +1,177 @@
+"""Predict on images, folders or globs with a run folder (PyTorch) or an exported `.onnx` file (onnxruntime).
+
+Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.export.EndToEnd` and run
+eagerly, an `.onnx` file is that module exported. The ONNX path never imports torch (torch is imported lazily,
+only for run folders), so a serving image needs only onnxruntime, numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onedet.data.images import IMAGE_SUFFIXES, load_image
+from onedet.errors import OnedetError
+from onedet.runtime import Detections, OnnxDetector, as_image_list, group_by_size, make_detections
+
+log = logging.getLogger(__name__)
+
+
+class TorchDetector:
+    """A run folder (or checkpoint folder) as a callable with `OnnxDetector`'s interface, run in PyTorch."""
+
+    def __init__(self, run: str | Path | Any, device: str | None = None) -> None:
+        import torch
+
+        from onedet.export import build_end_to_end
+
+        self.module, self.classes, self.category_ids = build_end_to_end(run)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module.to(self.device)
+        self.image_size = self.module.image_size
+        self.names_by_id = dict(zip(self.category_ids, self.classes))
+
+    def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The raw outputs for a uint8 [B, H, W, 3] batch, as `OnnxDetector.run_batch` returns them."""
+        import torch
+
+        with torch.inference_mode():
+            boxes, scores, labels = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
+
+    def __call__(self, images: Any, threshold: float = 0.3) -> list[Detections]:
+        arrays = as_image_list(images)
+        results: list[Detections | None] = [None] * len(arrays)
+        for idx in group_by_size(arrays):
+            boxes, scores, labels = self.run_batch(np.stack([arrays[i] for i in idx]))
+            for j, i in enumerate(idx):
+                results[i] = make_detections(boxes[j], scores[j], labels[j], self.names_by_id, threshold)
+        return [r for r in results if r is not None]
+
+
+def load_predictor(model: str | Path | Any) -> OnnxDetector | TorchDetector:
+    """An `.onnx` file -> `OnnxDetector`; a run or checkpoint folder (or a LoadedRun) -> `TorchDetector`."""
+    if isinstance(model, (OnnxDetector, TorchDetector)):
+        return model
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.suffix == ".onnx" or path.is_file():
+            return OnnxDetector(path)
+        if not path.exists():
+            raise OnedetError(f"{path}: no such model (expected a run folder or an .onnx file)")
+    return TorchDetector(model)
+
+
+def predict(model: str | Path | Any, images: Any, threshold: float = 0.3) -> Detections | list[Detections]:
+    """Detect objects: one image (uint8 [H, W, 3] RGB array, Pillow image or file path) -> `Detections`;
+    a list of them -> a list of `Detections`. `model` is a run folder, an `.onnx` file or a loaded predictor."""
+    detector = load_predictor(model)
+    single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
+    items = [images] if single else list(images)
+    arrays = [load_image(x)[0] if isinstance(x, (str, Path)) else x for x in items]
+    results = detector(arrays, threshold=threshold)
+    return results[0] if single else results
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """Image files from files, folders (their images, sorted, not recursive) and globs (`**` allowed), in order.
+
+    A source that names nothing raises OnedetError; a file listed twice is kept once.
+    """
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not matches:
+                raise OnedetError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.is_file():
+            matches = [path]
+        elif any(c in str(source) for c in "*?["):
+            matches = sorted(
+                Path(p) for p in glob.glob(str(source), recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not matches:
+                raise OnedetError(f"{source}: the pattern matches no image files")
+        else:
+            raise OnedetError(f"{path}: no such image, folder or pattern")
+        found.extend(matches)
+    return list(dict.fromkeys(found))
+
+
+def _color(category_id: int) -> tuple[int, int, int]:
+    # A fixed, well-spread hue per class id (golden-ratio steps), so colours are stable across images.
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((category_id * 0.618034) % 1.0, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: np.ndarray, detections: Detections) -> Any:
+    """A Pillow image of `image` with each box, class name and score drawn on it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(max(canvas.size) / 400))
+    font = ImageFont.load_default(size=max(10, round(max(canvas.size) / 60)))
+    # Draw the weakest first so the strongest boxes end up on top.
+    for i in reversed(range(len(detections))):
+        x0, y0, x1, y1 = detections.boxes_xyxy[i].tolist()
+        color = _color(int(detections.category_ids[i]))
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=width)
+        text = f"{detections.class_names[i]} {detections.scores[i]:.2f}"
+        tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), text, font=font)
+        top = y0 - (ty1 - ty0) - 2 if y0 - (ty1 - ty0) - 2 >= 0 else y0
+        draw.rectangle([x0, top, x0 + (tx1 - tx0) + 4, top + (ty1 - ty0) + 2], fill=color)
+        draw.text((x0 + 2, top - (ty0 - y0)), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    """`<stem>.jpg`, made unique when two sources share a file name."""
+    name, n = f"{path.stem}.jpg", 1
+    while name in used:
+        name, n = f"{path.stem}_{n}.jpg", n + 1
+    used.add(name)
+    return name
+
+
+def predict_files(
+    model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = 0.3
+) -> list[dict[str, Any]]:
+    """Detect objects in every image of `sources`; write annotated JPEGs and `detections.json` into `out`.
+
+    Returns the detections as COCO-results dicts: `file` (the image path), `bbox` [x, y, w, h] in original
+    pixels, `score`, `category_id` (the dataset's own id) and `category` (the name). Images that cannot be
+    read are skipped, counted and named on stderr (the run fails only when none can be read).
+    """
+    files = expand_sources(sources)
+    detector = load_predictor(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    used: set[str] = set()
+    for path in files:
+        try:
+            image, _ = load_image(path)
+        except OnedetError as err:
+            skipped.append(str(err))
+            continue
+        (detections,) = detector([image], threshold=threshold)
+        rows.extend(detections.to_coco(str(path)))
+        draw_detections(image, detections).save(out / _output_name(path, used), quality=90)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
+        if len(skipped) == len(files):
+            raise OnedetError(f"none of the {len(files)} images could be read (first: {skipped[0]})")
+    (out / "detections.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
