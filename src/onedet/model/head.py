@@ -1,0 +1,110 @@
+"""The anchor-free detection head, shared across pyramid levels (FCOS-style, without centerness).
+
+Every location of every level is a candidate: its point is the centre of its cell, `((x + 0.5) s, (y + 0.5) s)`
+for stride `s`. Two towers of 3x3 convs (classification, box) feed a sigmoid classifier and four distances to the
+box sides (left, top, right, bottom), `softplus(scale_level * raw) * s`, so they are >= 0 and in pixels.
+Training assigns each ground-truth box to one location (OneNet), which makes the head NMS-free.
+
+The optional auxiliary branch (YOLOv10 "dual assignment") is a second pair of 1x1 prediction layers on the same
+towers, trained with a one-to-many assignment: it gives the shared towers many more positives early in training
+and is dropped at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+PRIOR_PROB = 0.01  # initial foreground probability (RetinaNet), so the focal loss starts near background
+INIT_DISTANCE = 2.0  # initial distance to each side, in strides
+
+
+class HeadOutput(NamedTuple):
+    logits: torch.Tensor  # [B, N, C]
+    boxes_xyxy: torch.Tensor  # [B, N, 4]
+    points: torch.Tensor  # [N, 2]
+    strides: torch.Tensor  # [N]
+    aux_logits: torch.Tensor | None
+    aux_boxes_xyxy: torch.Tensor | None
+
+
+def _tower(channels: int, num_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), LayerNorm2d(channels), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+
+
+def make_points(height: int, width: int, stride: int, device: torch.device) -> torch.Tensor:
+    """Cell centres `[height * width, 2]` (x, y) in pixels, row-major."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
+
+
+class DetectionHead(nn.Module):
+    """Pyramid maps (one `[B, channels, H/s, W/s]` per stride) -> `HeadOutput` over all locations of all levels."""
+
+    def __init__(
+        self, *, channels: int, num_classes: int, strides: Sequence[int], num_convs: int = 2, aux: bool = False
+    ) -> None:
+        super().__init__()
+        self.strides = tuple(strides)
+        self.cls_tower = _tower(channels, num_convs)
+        self.box_tower = _tower(channels, num_convs)
+        self.cls_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
+        self.box_pred = nn.Conv2d(channels, 4, 3, padding=1)
+        self.scales = nn.Parameter(torch.ones(len(self.strides)))  # per-level scale of the raw distances
+        self.aux_cls_pred = nn.Conv2d(channels, num_classes, 1) if aux else None
+        self.aux_box_pred = nn.Conv2d(channels, 4, 1) if aux else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        bias_cls = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
+        bias_box = math.log(math.expm1(INIT_DISTANCE))  # softplus(bias) == INIT_DISTANCE
+        for cls, box in ((self.cls_pred, self.box_pred), (self.aux_cls_pred, self.aux_box_pred)):
+            if cls is None:
+                continue
+            nn.init.normal_(cls.weight, std=0.01)
+            nn.init.constant_(cls.bias, bias_cls)
+            nn.init.normal_(box.weight, std=0.01)
+            nn.init.constant_(box.bias, bias_box)
+
+    def _decode(self, raw: torch.Tensor, points: torch.Tensor, stride: int, scale: torch.Tensor) -> torch.Tensor:
+        # float32: bf16 has 8 mantissa bits, i.e. whole-pixel errors at 640 px
+        dist = F.softplus(_flatten(raw).float() * scale) * stride  # (B, h*w, 4) ltrb
+        return torch.cat([points - dist[..., :2], points + dist[..., 2:]], dim=-1)
+
+    def forward(self, maps: Sequence[torch.Tensor], with_aux: bool = False) -> HeadOutput:
+        logits, boxes, points, strides = [], [], [], []
+        aux = with_aux and self.aux_cls_pred is not None
+        aux_logits, aux_boxes = [], []
+        for level, (x, stride) in enumerate(zip(maps, self.strides)):
+            cls_feat, box_feat = self.cls_tower(x), self.box_tower(x)
+            pts = make_points(x.shape[-2], x.shape[-1], stride, x.device)
+            logits.append(_flatten(self.cls_pred(cls_feat)).float())
+            boxes.append(self._decode(self.box_pred(box_feat), pts, stride, self.scales[level]))
+            points.append(pts)
+            strides.append(torch.full((pts.shape[0],), float(stride), device=x.device))
+            if aux:
+                aux_logits.append(_flatten(self.aux_cls_pred(cls_feat)).float())
+                aux_boxes.append(self._decode(self.aux_box_pred(box_feat), pts, stride, self.scales[level]))
+        return HeadOutput(
+            logits=torch.cat(logits, dim=1),
+            boxes_xyxy=torch.cat(boxes, dim=1),
+            points=torch.cat(points, dim=0),
+            strides=torch.cat(strides, dim=0),
+            aux_logits=torch.cat(aux_logits, dim=1) if aux else None,
+            aux_boxes_xyxy=torch.cat(aux_boxes, dim=1) if aux else None,
+        )
