@@ -1,0 +1,372 @@
+"""`prepare()`: read a dataset (COCO / YOLO / VOC) and write one memory-mapped store per split (docs/design.md).
+
+How it stays fast and safe:
+- Images are decoded and letterboxed by a pool of processes (one per core). In the raw layout each worker writes
+  its letterboxed image straight into its slot of the preallocated `images` memmap and sends back only the
+  image size, so memory does not grow with the dataset and no pixels cross a pipe. In the compact layout
+  workers send back the JPEG bytes (tens of KB) and the parent appends them to one flat file.
+- Boxes are small: they are fixed (scaled from YOLO fractions, clipped, degenerate ones dropped, through the
+  readers' `clean_boxes`, so each fix is counted once) in the parent and written at the end.
+- Each split is written into `STORE/.<split>.tmp-<pid>` and renamed to `STORE/<split>` only when complete,
+  with `meta.json` (`"complete": true`) written last. An interrupted or failed prepare leaves no
+  `STORE/<split>` that `Store` would open; the next run removes the leftovers of dead runs.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tensordict import MemoryMappedTensor, TensorDict
+from tqdm import tqdm
+
+from onedet.data.images import load_image
+from onedet.data.letterbox import letterbox_image
+from onedet.data.records import Report, SourceDataset, SourceImage
+from onedet.errors import OnedetError
+
+STORE_VERSION = 1
+LAYOUTS = ("raw", "compact")
+JPEG_QUALITY = 95
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool}
+UNREADABLE = "unreadable_images"
+"""Report kind of images skipped with `skip_bad`."""
+
+
+class _Decoded(NamedTuple):
+    slot: int
+    size_hw: tuple[int, int]
+    fixes: list[str]
+    jpeg: np.ndarray | None  # compact layout: the JPEG of the letterboxed image
+    error: str | None  # the OnedetError message of an unreadable image
+
+
+# Worker state, set once per process by `_init_worker` (a pool cannot pass it with every task cheaply).
+_worker: dict = {}
+
+
+def _init_worker(image_size: int, layout: str, images_file: str | None, shape: tuple[int, ...] | None) -> None:
+    if mp.current_process().name != "MainProcess":
+        torch.set_num_threads(1)  # one process per core already; more threads only contend
+    _worker.update(image_size=image_size, layout=layout, images=None)
+    if images_file is not None:
+        _worker["images"] = np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape)
+
+
+def _decode(task: tuple[int, str]) -> _Decoded:
+    """Decode and letterbox one image into its slot (raw) or to JPEG bytes (compact)."""
+    from torchvision.io import encode_jpeg
+
+    slot, path = task
+    try:
+        pixels, fixes = load_image(path)
+    except OnedetError as e:
+        return _Decoded(slot, (0, 0), [], None, str(e))
+    boxed = letterbox_image(pixels, _worker["image_size"])
+    if _worker["layout"] == "raw":
+        _worker["images"][slot] = boxed
+        return _Decoded(slot, pixels.shape[:2], fixes, None, None)
+    jpeg = encode_jpeg(torch.from_numpy(boxed), quality=JPEG_QUALITY).numpy()
+    return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None)
+
+
+def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_Decoded]:
+    """Results in order; in-process for one worker (no fork, easy to debug), else a forked pool."""
+    tasks = list(enumerate(paths))
+    if workers <= 1 or len(paths) <= 1:
+        _init_worker(*init_args)
+        yield from map(_decode, tasks)
+        return
+    # fork: workers inherit the imported modules (spawn would re-import torch in each); DataLoader does the same.
+    ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
+    chunksize = max(1, min(16, len(tasks) // (workers * 8)))
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        yield from pool.imap(_decode, tasks, chunksize=chunksize)
+
+
+def _fix_boxes(
+    image: SourceImage, size_hw: tuple[int, int], report: Report
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes and crowd boxes in displayed pixels, clipped to the decoded image; fixes counted once.
+
+    Readers already clipped boxes to the size they knew; only records left unsized, in fractions (YOLO) or
+    whose declared size differs from the decoded one go through `clean_boxes` again.
+    """
+    from onedet.data.formats.common import clean_boxes
+
+    boxes = np.asarray(image.boxes_xyxy, np.float64).reshape(-1, 4)
+    crowd = np.asarray(image.crowd_boxes_xyxy, np.float64).reshape(-1, 4)
+    labels = np.asarray(image.labels, np.int64).reshape(-1)
+    h, w = size_hw
+    if image.normalized:
+        boxes, crowd = boxes * [w, h, w, h], crowd * [w, h, w, h]
+    declared = tuple(image.size_hw) if image.size_hw is not None else None
+    if declared is not None and declared != (h, w) and not image.normalized:
+        report.add("size_mismatch", image.path)  # the annotation's declared size is not the image's
+    if image.normalized or declared != (h, w):
+        boxes, labels = clean_boxes(boxes, labels, (h, w), report, image.path)
+        crowd, _ = clean_boxes(crowd, np.zeros(len(crowd)), (h, w), report, image.path, kind_prefix="crowd_")
+    return boxes.astype(np.float32), labels, crowd.astype(np.float32)
+
+
+def _memmap(folder: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    return np.memmap(folder / f"{key}.memmap", dtype=dtype, mode="w+", shape=shape)
+
+
+def _compact_raw_images(images_file: Path, shape: tuple[int, ...], kept: list[int]) -> None:
+    """Move kept images down over the holes of skipped ones (in place, rare path) and truncate the file."""
+    images = np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape)
+    for dst, src in enumerate(kept):
+        if dst != src:
+            images[dst] = images[src]
+    images.flush()
+    del images
+    os.truncate(images_file, len(kept) * int(np.prod(shape[1:])))
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return Path(os.path.relpath(path, root)).as_posix()
+        except ValueError:  # another drive on Windows
+            pass
+    return str(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(out: Path, split: str) -> None:
+    """Remove temporary folders of earlier prepares of this split whose process is gone."""
+    pattern = re.compile(rf"^\.{re.escape(split)}\.(tmp|old)-(\d+)$")
+    for p in out.iterdir() if out.is_dir() else []:
+        m = pattern.match(p.name)
+        if m and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def write_split(
+    dataset: SourceDataset,
+    split_dir: str | Path,
+    image_size: int = 640,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    layout: str = "raw",
+    root: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write one split as a store at `split_dir` (atomically) and return it. `root`: file names are relative to it."""
+    if layout not in LAYOUTS:
+        raise OnedetError(f"unknown store layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    if image_size < 32:
+        raise OnedetError(f"image size must be at least 32 pixels, got {image_size}")
+    split_dir = Path(split_dir)
+    if not dataset.images:
+        raise OnedetError(f"split {dataset.name!r} has no images")
+    if split_dir.exists() and not (split_dir / "meta.json").is_file() and any(split_dir.iterdir()):
+        raise OnedetError(f"{split_dir}: exists and is not a onedet store; refusing to overwrite it")
+    out = split_dir.parent
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out, split_dir.name)
+    tmp = out / f".{split_dir.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        _write_into(tmp, dataset, image_size, skip_bad, workers or os.cpu_count() or 1, layout, root, progress)
+        if split_dir.exists():  # a previous store of this split: swap it out, then delete it
+            old = out / f".{split_dir.name}.old-{os.getpid()}"
+            os.replace(split_dir, old)
+            os.replace(tmp, split_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, split_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return split_dir
+
+
+def _write_into(
+    tmp: Path,
+    dataset: SourceDataset,
+    image_size: int,
+    skip_bad: bool,
+    workers: int,
+    layout: str,
+    root: str | Path | None,
+    progress: bool,
+) -> None:
+    num_source, size = len(dataset.images), image_size
+    td_dir = tmp / "td"
+    td_dir.mkdir()
+    report = Report()
+    report.merge(dataset.report)
+    images_shape = (num_source, 3, size, size)
+    images_file = td_dir / "images.memmap"
+    if layout == "raw":
+        _memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
+        init_args = (size, layout, str(images_file), images_shape)
+    else:
+        init_args = (size, layout, None, None)
+    encoded_file = open(td_dir / "encoded.memmap", "wb") if layout == "compact" else None  # noqa: SIM115
+    offsets = [0]
+    kept: list[int] = []
+    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]] = []
+    paths = [str(im.path) for im in dataset.images]
+    bar = tqdm(total=num_source, desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
+    try:
+        for result in _decode_all(paths, workers, init_args):
+            bar.update(1)
+            image = dataset.images[result.slot]
+            if result.error is not None:
+                if not skip_bad:
+                    raise OnedetError(f"{result.error} (pass --skip-bad to skip unreadable images)")
+                report.add(UNREADABLE, image.path)
+                continue
+            for fix in result.fixes:
+                report.add(fix, image.path)
+            kept.append(result.slot)
+            rows.append((result.size_hw, *_fix_boxes(image, result.size_hw, report)))
+            if encoded_file is not None:
+                encoded_file.write(result.jpeg.tobytes())
+                offsets.append(offsets[-1] + len(result.jpeg))
+    finally:
+        bar.close()
+        if encoded_file is not None:
+            encoded_file.close()
+    if not kept:
+        raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
+    n = len(kept)
+    if layout == "raw" and n < num_source:
+        _compact_raw_images(images_file, images_shape, kept)
+    shapes = _write_targets(td_dir, rows, [dataset.images[i] for i in kept], size)
+    if layout == "raw":
+        shapes["images"] = (torch.uint8, (n, 3, size, size))
+    else:
+        offsets_mm = _memmap(td_dir, "offsets", np.int64, (n + 1,))
+        offsets_mm[:] = offsets
+        offsets_mm.flush()
+        shapes["encoded"] = (torch.uint8, (offsets[-1],))
+        shapes["offsets"] = (torch.int64, (n + 1,))
+    _save_tensordict(td_dir, shapes)
+
+    root_path = Path(root) if root is not None else None
+    meta = {
+        "version": STORE_VERSION,
+        "layout": layout,
+        "format": dataset.format,
+        "split": dataset.name,
+        "image_size": size,
+        "classes": list(dataset.classes),
+        "category_ids": [int(c) for c in dataset.category_ids],
+        "num_images": n,
+        "num_boxes": sum(len(r[2]) for r in rows),
+        "max_boxes": max(1, max(len(r[2]) for r in rows)),
+        "files": [_relative(dataset.images[i].path, root_path) for i in kept],
+        "report": report.to_json(),
+        "complete": True,
+    }
+    # meta.json last: its presence is what makes the folder a store.
+    with open(tmp / "meta.json.part", "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp / "meta.json.part", tmp / "meta.json")
+
+
+def _write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: int) -> dict:
+    """Boxes padded to the split's largest count (M >= 1) with validity masks; sizes, scales, ids."""
+    n = len(rows)
+    m = max(1, max(len(r[2]) for r in rows))
+    mc = max(1, max(len(r[3]) for r in rows))
+    boxes = _memmap(td_dir, "boxes_xyxy", np.float32, (n, m, 4))
+    labels = _memmap(td_dir, "labels", np.int64, (n, m))
+    valid = _memmap(td_dir, "valid", np.bool_, (n, m))
+    crowd = _memmap(td_dir, "crowd_boxes_xyxy", np.float32, (n, mc, 4))
+    crowd_valid = _memmap(td_dir, "crowd_valid", np.bool_, (n, mc))
+    orig_size = _memmap(td_dir, "orig_size", np.int64, (n, 2))
+    scale = _memmap(td_dir, "scale", np.float32, (n,))
+    image_id = _memmap(td_dir, "image_id", np.int64, (n,))
+    for i, ((h, w), b, lab, c) in enumerate(rows):
+        s = size / max(h, w)  # the letterbox scale (letterbox_params); store pixels = original pixels * s
+        boxes[i, : len(b)] = b * s
+        labels[i, : len(b)] = lab
+        valid[i, : len(b)] = True
+        crowd[i, : len(c)] = c * s
+        crowd_valid[i, : len(c)] = True
+        orig_size[i] = (h, w)
+        scale[i] = s
+        image_id[i] = images[i].image_id if images[i].image_id >= 0 else i
+    arrays = {
+        "boxes_xyxy": boxes,
+        "labels": labels,
+        "valid": valid,
+        "crowd_boxes_xyxy": crowd,
+        "crowd_valid": crowd_valid,
+        "orig_size": orig_size,
+        "scale": scale,
+        "image_id": image_id,
+    }
+    for a in arrays.values():
+        a.flush()
+    return {key: (_TORCH_DTYPES[a.dtype], a.shape) for key, a in arrays.items()}
+
+
+def _save_tensordict(td_dir: Path, shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
+    """Write tensordict's own metadata over the memmap files already in `td_dir` (no data is copied).
+
+    The tensordict has batch_size [] because the compact layout's `encoded` bytes are not per image.
+    """
+    tensors = {
+        key: MemoryMappedTensor.from_filename(td_dir / f"{key}.memmap", dtype=dtype, shape=shape)
+        for key, (dtype, shape) in shapes.items()
+    }
+    # memmap_ sees tensors already memory-mapped at these very files and only writes td/meta.json.
+    TensorDict(tensors, batch_size=[]).memmap_(td_dir, existsok=True)
+
+
+def prepare(
+    source: str | Path | Sequence[SourceDataset],
+    out: str | Path,
+    format: str = "auto",
+    image_size: int = 640,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    layout: str = "raw",
+    progress: bool = True,
+) -> list[str]:
+    """Read a dataset folder (or file) and write `out/<split>` for each split; return the split names.
+
+    `source` may also be a list of `SourceDataset` (e.g. built in memory). Raises `OnedetError` on bad input:
+    without `skip_bad`, the first unreadable image stops the run, naming the file.
+    """
+    if isinstance(source, (str, Path)):
+        from onedet.data.formats import read_dataset
+
+        source = Path(source)
+        if not source.exists():
+            raise OnedetError(f"{source}: dataset not found")
+        datasets = read_dataset(source, format=format)
+        root: Path | None = source if source.is_dir() else source.parent
+    else:
+        datasets, root = list(source), None
+    out = Path(out)
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise OnedetError(f"{out}: several splits share a name: {names}")
+    for dataset in datasets:
+        write_split(dataset, out / dataset.name, image_size, skip_bad, workers, layout, root, progress)
+    return names

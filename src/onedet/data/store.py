@@ -1,0 +1,202 @@
+"""`Store`: one prepared split (docs/design.md), its metadata, and fast batch reads; `summarize` for `onedet info`.
+
+Batch reads are one `torch.index_select` per key over a plain-tensor view of each memory-mapped file. Why not
+`td[idx]`: indexing tensordict's `MemoryMappedTensor` with an index tensor was measured here at ~1.4k images/s
+(640 px, batches of 16) against ~8.8k for `index_select` on a plain `torch.Tensor` view of the same memory
+(numpy memmap fancy indexing: ~7.5k; `index_select` on the `MemoryMappedTensor` itself pays
+`__torch_function__` dispatch: ~4.9k). So the store keeps the tensordict for its file layout and metadata, and
+reads through plain views.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from onedet.errors import OnedetError
+
+_PER_IMAGE_KEYS = (
+    "boxes_xyxy",
+    "labels",
+    "valid",
+    "crowd_boxes_xyxy",
+    "crowd_valid",
+    "orig_size",
+    "scale",
+    "image_id",
+)
+
+
+def _not_a_store(path: Path) -> OnedetError:
+    if path.is_dir():
+        splits = sorted(p.name for p in path.iterdir() if (p / "meta.json").is_file())
+        if splits:
+            return OnedetError(f"{path}: a store with splits {splits}; open one split, e.g. {path / splits[0]}")
+    elif not path.exists():
+        return OnedetError(f"{path}: no such store")
+    return OnedetError(
+        f"{path}: not a onedet store, or an incomplete one (no meta.json: an interrupted prepare leaves none); "
+        "run `onedet prepare` to write it"
+    )
+
+
+class Store:
+    """One split of a prepared store (`STORE/<split>`), opened memory-mapped: nothing is read until asked."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise _not_a_store(self.path)
+        try:
+            self.meta: dict = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise OnedetError(f"{meta_path}: unreadable store metadata ({e})") from e
+        if self.meta.get("complete") is not True:
+            raise OnedetError(f"{self.path}: incomplete store (meta.json lacks complete: true); prepare it again")
+        if self.meta.get("version") != 1:
+            raise OnedetError(f"{self.path}: store version {self.meta.get('version')!r}, this onedet reads version 1")
+        try:
+            self.td = TensorDict.load_memmap(self.path / "td")
+        except Exception as e:  # any failure to map the files means a damaged store
+            raise OnedetError(f"{self.path / 'td'}: cannot open the store's tensors ({e})") from e
+        self.layout: str = self.meta["layout"]
+        self.image_size: int = int(self.meta["image_size"])
+        self.classes: list[str] = list(self.meta["classes"])
+        self.category_ids: list[int] = [int(c) for c in self.meta["category_ids"]]
+        self.files: list[str] = list(self.meta["files"])
+        n = int(self.meta["num_images"])
+        image_keys = ("images",) if self.layout == "raw" else ("encoded", "offsets")
+        keys = set(self.td.keys())
+        missing = [k for k in (*_PER_IMAGE_KEYS, *image_keys) if k not in keys]
+        if missing:
+            raise OnedetError(f"{self.path}: damaged store, missing tensors {missing}")
+        # Plain torch.Tensor views of the memmaps (see the module docstring for why).
+        self._tensors = {k: self.td[k].as_subclass(torch.Tensor) for k in (*_PER_IMAGE_KEYS, *image_keys)}
+        if any(len(self._tensors[k]) != n for k in _PER_IMAGE_KEYS) or len(self.files) != n:
+            raise OnedetError(f"{self.path}: damaged store, tensor lengths differ from num_images={n}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, images={len(self)}, layout={self.layout!r}, size={self.image_size})"
+
+    @property
+    def max_boxes(self) -> int:
+        return int(self._tensors["valid"].shape[1])
+
+    def read_batch(
+        self,
+        indices: np.ndarray | torch.Tensor | Sequence[int],
+        device: torch.device | str | None = None,
+        pin_memory: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Read the images and targets at `indices` (in that order) in one go.
+
+        Returns `images` uint8 [B, 3, S, S], `boxes_xyxy` float32 [B, M, 4] (store pixels), `labels` int64
+        [B, M], `valid` bool [B, M], `crowd_boxes_xyxy` [B, Mc, 4], `crowd_valid` [B, Mc], `orig_size` int64
+        [B, 2] (h, w), `scale` float32 [B], `image_id` int64 [B], `index` int64 [B]. Tensors are on the CPU
+        (pinned if asked and CUDA exists), except compact images, which are decoded on `device` when given.
+        """
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(f"store indices out of range 0..{len(self) - 1}")
+        pin = pin_memory and torch.cuda.is_available()
+        batch = {k: self._select(k, index, pin) for k in _PER_IMAGE_KEYS}
+        if self.layout == "raw":
+            batch["images"] = self._select("images", index, pin)
+        else:
+            batch["images"] = self._decode(index, device)
+        batch["index"] = index
+        return batch
+
+    def _select(self, key: str, index: torch.Tensor, pin: bool) -> torch.Tensor:
+        src = self._tensors[key]
+        if not pin:
+            return torch.index_select(src, 0, index)
+        out = torch.empty((len(index), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
+        return torch.index_select(src, 0, index, out=out)
+
+    def _decode(self, index: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+        """Decode the JPEGs of the compact layout: one batched call (on the GPU when `device` is CUDA)."""
+        from torchvision.io import decode_jpeg
+
+        s = self.image_size
+        if len(index) == 0:
+            return torch.empty((0, 3, s, s), dtype=torch.uint8, device=device)
+        offsets, encoded = self._tensors["offsets"], self._tensors["encoded"]
+        starts, ends = offsets[index].tolist(), offsets[index + 1].tolist()
+        datas = [encoded[a:b] for a, b in zip(starts, ends)]
+        images = decode_jpeg(datas, device=device or "cpu")
+        return torch.stack(images)
+
+    def read_image(self, i: int) -> torch.Tensor:
+        """One letterboxed image, uint8 [3, S, S]."""
+        return self.read_batch([i])["images"][0]
+
+    def class_counts(self) -> list[int]:
+        """Training boxes per label."""
+        labels = self._tensors["labels"][self._tensors["valid"]]
+        return torch.bincount(labels, minlength=len(self.classes)).tolist()
+
+
+def _split_dirs(path: Path) -> list[Path]:
+    if (path / "meta.json").is_file():
+        return [path]
+    if path.is_dir():
+        splits = sorted(p for p in path.iterdir() if p.is_dir() and (p / "meta.json").is_file())
+        if splits:
+            return splits
+    raise _not_a_store(path)
+
+
+def summarize(store_path: str | Path) -> dict[str, dict]:
+    """{split: {"images", "boxes", "classes", "per_class", "report", "layout", "image_size", "format"}} of a
+    store root (all its splits) or of one split folder."""
+    summary = {}
+    for split_dir in _split_dirs(Path(store_path)):
+        store = Store(split_dir)
+        counts = store.class_counts()
+        summary[store.meta.get("split", split_dir.name)] = {
+            "images": len(store),
+            "boxes": int(store.meta["num_boxes"]),
+            "classes": store.classes,
+            "per_class": dict(zip(store.classes, counts)),
+            "report": store.meta["report"],
+            "layout": store.layout,
+            "image_size": store.image_size,
+            "format": store.meta["format"],
+        }
+    return summary
+
+
+def format_summary(summary: dict[str, dict], max_files: int = 3) -> str:
+    """A readable text table of `summarize()`: per split, counts, per-class boxes, and every fix or skip."""
+    lines = []
+    for split, s in summary.items():
+        lines.append(
+            f"{split}: {s['images']} images, {s['boxes']} boxes, {len(s['classes'])} classes "
+            f"({s.get('format', '?')}, {s.get('layout', '?')} layout, {s.get('image_size', '?')} px)"
+        )
+        width = max([len(c) for c in s["classes"]] + [5])
+        lines.append(f"  {'class':<{width}}  {'boxes':>8}")
+        for name, count in s["per_class"].items():
+            lines.append(f"  {name:<{width}}  {count:>8}")
+        if s["report"]:
+            lines.append("  fixed / skipped:")
+            for kind, item in s["report"].items():
+                files = item["files"]
+                shown = ", ".join(Path(f).name for f in files[:max_files])
+                more = f", ... ({len(files) - max_files} more files)" if len(files) > max_files else ""
+                lines.append(f"    {kind:<28} {item['count']:>6}  {shown}{more}")
+                if item.get("note"):
+                    lines.append(f"    {'':<28} {'':>6}  ({item['note']})")
+        else:
+            lines.append("  nothing fixed or skipped")
+    return "\n".join(lines)
