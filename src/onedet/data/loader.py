@@ -1,0 +1,218 @@
+"""`BatchLoader`: training-ready batches from a store with no per-sample Python work.
+
+Like nanoGPT's `get_batch`, a batch is one read of the memory map: the epoch's indices are a seeded permutation,
+each batch's indices are sorted (memmap locality; the order inside a batch does not matter) and read with one
+`store.read_batch(indices)`. A background thread keeps `prefetch` batches ready (pinned when the target is CUDA),
+so reading overlaps compute. The uint8 -> float conversion and the augmentation run as batch ops: on the GPU
+after a non-blocking copy when there is one, otherwise in the background thread.
+
+Everything random is a function of (seed, epoch, batch position, rank): the same seed gives the same batches,
+augmentation included, and `state_dict()` / `load_state_dict()` resume exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from onedet.data.augment import BatchAugment
+
+
+class Batch(NamedTuple):
+    """One batch (design.md "Batches"); boxes are in the batch's own pixel coordinates."""
+
+    images: Tensor
+    """float [B, 3, S, S] in [0, 1], on the loader's device."""
+    boxes_xyxy: Tensor
+    """float32 [B, M, 4]."""
+    labels: Tensor
+    """int64 [B, M]."""
+    valid: Tensor
+    """bool [B, M]."""
+    index: Tensor
+    """int64 [B]: store indices, for evaluation bookkeeping."""
+
+
+class BatchSource(Protocol):
+    """What the loader needs from a store (`onedet.data.store.Store` provides it)."""
+
+    def __len__(self) -> int: ...
+
+    def read_batch(self, indices: np.ndarray) -> Mapping[str, Any]:
+        """images uint8 [B, 3, S, S], boxes_xyxy, labels, valid for sorted int64 `indices`."""
+        ...
+
+
+def _seed_for(*keys: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of integers (SeedSequence hashes them)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _as_tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+class BatchLoader:
+    """Iterate over a store in batches; one pass of `for batch in loader` is one epoch.
+
+    `shuffle`: a permutation seeded with `seed + epoch` (else store order). Under DDP (`rank`/`world_size`,
+    taken from `torch.distributed` when it is initialised) each rank takes every `world_size`-th index of the
+    permutation, padded by wrapping around to an equal length (as `DistributedSampler` does), so the shards
+    are disjoint up to the padding and cover the store. `drop_last` drops a last, smaller batch. `augment`
+    (a `BatchAugment`, used only while it is in training mode) runs on `device` as one batch op.
+    After a full pass the epoch advances by itself; `set_epoch(e)` chooses it explicitly.
+    """
+
+    def __init__(
+        self,
+        store: BatchSource,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+        augment: BatchAugment | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        prefetch: int = 2,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("pass both rank and world_size, or neither")
+        if rank is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.rank, self.world_size = rank or 0, world_size or 1
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
+        self.store, self.batch_size, self.shuffle, self.seed = store, batch_size, shuffle, seed
+        self.drop_last, self.augment, self.prefetch = drop_last, augment, max(0, prefetch)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already handed out
+        self._pin = self.device.type == "cuda"
+
+    # --- indices ---------------------------------------------------------------------------------------------
+
+    def shard_indices(self, epoch: int | None = None) -> Tensor:
+        """This rank's store indices for an epoch, in the order they are batched (int64 [num_per_rank])."""
+        epoch = self.epoch if epoch is None else epoch
+        n = len(self.store)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(n)
+        total = math.ceil(n / self.world_size) * self.world_size
+        if total > n:  # pad by wrapping around, so every rank gets the same number of batches
+            order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = math.ceil(len(self.store) / self.world_size)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    # --- state -----------------------------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch; the position is kept when it is the current epoch (so a resumed run continues)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    # --- iteration -------------------------------------------------------------------------------------------
+
+    def _read(self, indices: Tensor) -> dict[str, Tensor]:
+        """One memmap read of a batch (sorted indices), pinned when the batch is going to a GPU."""
+        indices = indices.sort().values
+        raw = self.store.read_batch(indices.numpy())
+        out = {k: _as_tensor(raw[k]) for k in ("images", "boxes_xyxy", "labels", "valid")}
+        out["index"] = indices
+        if self._pin:
+            out = {k: v.pin_memory() for k, v in out.items()}
+        return out
+
+    def _finish(self, raw: dict[str, Tensor], epoch: int, step: int) -> Batch:
+        """To the device, uint8 -> float in [0, 1], then the batch augmentation (seeded by epoch, step, rank)."""
+        t = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
+        images = t["images"].float().div_(255)
+        boxes, valid = t["boxes_xyxy"].float(), t["valid"].bool()
+        if self.augment is not None and self.augment.training:
+            generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch, step, self.rank))
+            images, boxes, valid = self.augment(images, boxes, valid, generator=generator)
+        return Batch(images, boxes, t["labels"].long(), valid, t["index"])
+
+    def _produce(self, epoch: int, start: int) -> Iterator[Batch | dict[str, Tensor]]:
+        """What the background thread makes: finished batches on the CPU, raw pinned ones for a GPU."""
+        indices = self.shard_indices(epoch)
+        for step in range(start, len(self)):
+            raw = self._read(indices[step * self.batch_size : (step + 1) * self.batch_size])
+            yield raw if self._pin else self._finish(raw, epoch, step)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self.epoch, self.position
+        items = (
+            self._produce(epoch, start)
+            if self.prefetch == 0
+            else _prefetched(self._produce(epoch, start), self.prefetch)
+        )
+        step = start
+        for item in items:
+            batch = self._finish(item, epoch, step) if self._pin else item
+            step += 1
+            self.position = step  # counted before the yield: a checkpoint taken now resumes after this batch
+            yield batch
+        self.epoch, self.position = epoch + 1, 0
+
+
+def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run an iterator in a daemon thread, `depth` items ahead; errors are re-raised here; stops on close."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as error:  # handed to the consumer, which re-raises it with its traceback
+            q.put(error)
+
+    thread = threading.Thread(target=work, name="onedet-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,152 @@
+"""BatchAugment keeps boxes on their objects: checked on shapes whose true pixel extent is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from onedet.data.augment import FILL, BatchAugment
+from onedet.data.synthetic import PLAIN_BACKGROUND, render_synthetic
+
+NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+
+
+def _extent(image: torch.Tensor, threshold: float = 0.2) -> torch.Tensor | None:
+    """Continuous xyxy extent of the pixels that differ from the grey background by more than `threshold`."""
+    ys, xs = torch.nonzero((image - FILL).abs().amax(0) > threshold, as_tuple=True)
+    if len(xs) == 0:
+        return None
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+def _rectangles(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One solid rectangle per image on the letterbox grey: its clipped box is always its visible extent."""
+    rng = np.random.default_rng(seed)
+    images = torch.full((n, 3, size, size), FILL)
+    boxes = torch.zeros(n, 1, 4)
+    for i in range(n):
+        w, h = rng.integers(size // 8, size // 2, 2)
+        x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
+        images[i, :, y0 : y0 + h, x0 : x0 + w] = torch.tensor(rng.choice([0.0, 1.0], 3) * 0.8 + 0.1)[:, None, None]
+        images[i, 0, y0 : y0 + h, x0 : x0 + w] = 1.0  # never grey
+        boxes[i, 0] = torch.tensor([x0, y0, x0 + w, y0 + h])
+    return images, boxes
+
+
+def test_flip_is_exact():
+    images, boxes = _rectangles(4, 40, seed=0)
+    valid = torch.ones(4, 1, dtype=torch.bool)
+    aug = BatchAugment(flip=1.0, scale=(1.0, 1.0), aspect=(1.0, 1.0), **NO_COLOUR)
+    out, out_boxes, out_valid = aug(images, boxes, valid, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.flip(images, dims=[-1]), atol=1e-5, rtol=0)
+    expected = boxes.clone()
+    expected[..., 0], expected[..., 2] = 40 - boxes[..., 2], 40 - boxes[..., 0]  # continuous coords: x -> W - x
+    torch.testing.assert_close(out_boxes, expected)
+    assert out_valid.all()
+
+
+def test_identity_when_everything_is_off():
+    images, boxes = _rectangles(3, 32, seed=1)
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    aug = BatchAugment(flip=0.0, scale=(1.0, 1.0), aspect=(1.0, 1.0), **NO_COLOUR)
+    out, out_boxes, _ = aug(images, boxes, valid, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_boxes, boxes)
+
+
+@pytest.mark.parametrize("sizes", [None, (48, 96)])
+def test_boxes_bound_the_pixels_after_crop_scale_flip(sizes):
+    images, boxes = _rectangles(64, 64, seed=2)
+    valid = torch.ones(64, 1, dtype=torch.bool)
+    aug = BatchAugment(scale=(0.5, 2.5), aspect=(0.7, 1.4), sizes=sizes, **NO_COLOUR)
+    out, out_boxes, out_valid = aug(images, boxes, valid, generator=torch.Generator().manual_seed(3))
+    side = out.shape[-1]
+    clipped = masked = 0
+    for i in range(64):
+        extent = _extent(out[i], threshold=0.3)
+        if out_valid[i, 0]:
+            assert extent is not None
+            # bilinear edges: the thresholded pixel extent is within a pixel of the continuous box
+            torch.testing.assert_close(out_boxes[i, 0], extent, atol=1.0, rtol=0)
+            assert out_boxes[i, 0].min() >= 0 and out_boxes[i, 0].max() <= side
+            clipped += bool((out_boxes[i, 0] == 0).any() or (out_boxes[i, 0] == side).any())
+        else:
+            masked += 1
+            assert torch.equal(out_boxes[i, 0], torch.zeros(4))
+            # masked only when cut by the border (most of it outside) or squeezed under min_size
+            if extent is not None:
+                w, h = (extent[2:] - extent[:2]).tolist()
+                assert min(w, h) < 3 or extent.min() == 0 or extent.max() == side
+    assert clipped > 0 and masked > 0  # the settings above do push boxes out of the image
+
+
+def test_synthetic_shapes_stay_boxed():
+    images, targets = render_synthetic(120, 64, seed=4, plain=True)
+    singles = [i for i, (b, _) in enumerate(targets) if len(b) == 1]
+    x = torch.from_numpy(images[singles]).permute(0, 3, 1, 2).float() / 255
+    assert PLAIN_BACKGROUND == (114, 114, 114)  # the plain background is the letterbox fill
+    boxes = torch.stack([torch.from_numpy(targets[i][0]) for i in singles])
+    valid = torch.ones(len(singles), 1, dtype=torch.bool)
+    # zoomed out only, so every shape stays whole in view and its box must be tight on all four sides
+    aug = BatchAugment(scale=(0.5, 1.0), **NO_COLOUR)
+    out, out_boxes, out_valid = aug(x, boxes, valid, generator=torch.Generator().manual_seed(5))
+    assert out_valid.all()
+    for i in range(len(singles)):
+        extent = _extent(out[i], threshold=0.25 * float((x[i] - FILL).abs().amax()))
+        torch.testing.assert_close(out_boxes[i, 0], extent, atol=1.0, rtol=0)
+
+
+def test_clip_and_mask():
+    aug = BatchAugment(min_size=2.0, min_visible=0.3)
+    boxes = torch.tensor([[[-10.0, 5, 10, 15], [-19, 0, 1, 10], [5, 5, 6.5, 20], [50, 50, 70, 70], [1, 1, 5, 5]]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    out, keep = aug._clip_and_mask(boxes, valid, width=64, height=60)
+    assert keep.tolist() == [[True, False, False, True, False]]  # half in: kept; 5% in; 1.5 px wide; invalid
+    torch.testing.assert_close(out[0, 0], torch.tensor([0.0, 5, 10, 15]))
+    torch.testing.assert_close(out[0, 3], torch.tensor([50.0, 50, 64, 60]))
+    assert (out[0, [1, 2, 4]] == 0).all()
+
+
+def test_colour_matches_torchvision():
+    images = torch.rand(2, 3, 16, 16)
+    for kwargs, reference in (
+        (dict(brightness=(1.3, 1.3)), lambda im: TF.adjust_brightness(im, 1.3)),
+        (dict(contrast=(0.6, 0.6)), lambda im: TF.adjust_contrast(im, 0.6)),
+        (dict(saturation=(1.5, 1.5)), lambda im: TF.adjust_saturation(im, 1.5)),
+    ):
+        aug = BatchAugment(**{**NO_COLOUR, **kwargs})
+        torch.testing.assert_close(
+            aug.jitter_colour(images), reference(images), atol=2e-4, rtol=0
+        )  # torchvision: 0.2989 red
+
+
+def test_hue_keeps_luma_and_grey():
+    images = torch.rand(2, 3, 8, 8)
+    images[1] = images[1, :1]  # a grey image has no hue to turn
+    out = BatchAugment(**{**NO_COLOUR, "hue": (0.25, 0.25)}).jitter_colour(images)
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    inside = (out > 0) & (out < 1)  # where nothing was clamped
+    diff = torch.einsum("bchw,c->bhw", out - images, luma)
+    assert diff[inside.all(1)].abs().max() < 1e-5
+    torch.testing.assert_close(out[1], images[1], atol=1e-5, rtol=0)
+    assert (out[0] - images[0]).abs().max() > 0.05
+
+
+def test_eval_mode_is_identity():
+    images, boxes = _rectangles(2, 32, seed=6)
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    out = BatchAugment().eval()(images, boxes, valid)
+    assert out[0] is images and out[1] is boxes and out[2] is valid
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_same_result_on_gpu():
+    images, boxes = _rectangles(4, 32, seed=7)
+    valid = torch.ones(4, 1, dtype=torch.bool)
+    aug = BatchAugment()
+    cpu = aug(images, boxes, valid, generator=torch.Generator().manual_seed(0))
+    gpu = aug(images.cuda(), boxes.cuda(), valid.cuda(), generator=torch.Generator().manual_seed(0))
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(a, b.cpu(), atol=1e-4, rtol=0)
