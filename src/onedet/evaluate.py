@@ -1,0 +1,225 @@
+"""COCO box metrics through faster-coco-eval, on detections mapped back to original image pixels.
+
+Ground truth and detections are handed to faster-coco-eval as in-memory COCO objects (no JSON files).
+Crowd regions become `iscrowd=1` annotations, which COCO's matching treats as ignore regions: a detection
+on a crowd is neither a true nor a false positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# COCO's summary order (maxDets 100; area all/small/medium/large).
+_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def build_coco_dicts(
+    gt: Sequence[dict[str, np.ndarray]],
+    detections: Sequence[dict[str, np.ndarray]],
+    category_ids: Sequence[int],
+    image_ids: Sequence[int] | None = None,
+    orig_sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The COCO ground-truth dataset dict and the detection result list (`loadRes` form) of per-image arrays.
+
+    gt[i]: `boxes_xyxy [M, 4]` (original pixels), `labels [M]` (contiguous), optional `crowd_boxes_xyxy [Mc, 4]`
+    and `crowd_labels [Mc]`. The store keeps no label for a crowd region, so without `crowd_labels` a crowd
+    region is an ignore region for every class (COCO ignores it only for its own class).
+    detections[i]: `boxes_xyxy [K, 4]`, `scores [K]`, `labels [K]`.
+    """
+    if len(detections) != len(gt):
+        raise ValueError(f"{len(detections)} detection entries for {len(gt)} images")
+    image_ids = list(range(len(gt))) if image_ids is None else [int(i) for i in image_ids]
+    images = []
+    for i, image_id in enumerate(image_ids):
+        entry: dict[str, Any] = {"id": image_id}
+        if orig_sizes is not None:
+            entry["height"], entry["width"] = int(orig_sizes[i][0]), int(orig_sizes[i][1])
+        images.append(entry)
+    categories = [{"id": int(c), "name": str(c)} for c in category_ids]
+    annotations: list[dict[str, Any]] = []
+
+    def add(image_id: int, box: np.ndarray, category: int, crowd: int) -> None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        w, h = x1 - x0, y1 - y0
+        # Annotation ids start at 1: COCOeval uses 0 to mean "unmatched".
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": [x0, y0, w, h],
+                "area": w * h,
+                "iscrowd": crowd,
+            }
+        )
+
+    for image_id, g in zip(image_ids, gt):
+        for box, label in zip(np.asarray(g["boxes_xyxy"]).reshape(-1, 4), np.asarray(g["labels"]).reshape(-1)):
+            add(image_id, box, int(category_ids[int(label)]), 0)
+        crowd = np.asarray(g.get("crowd_boxes_xyxy", np.zeros((0, 4)))).reshape(-1, 4)
+        crowd_labels = g.get("crowd_labels")
+        for j, box in enumerate(crowd):
+            if crowd_labels is None:
+                for c in category_ids:
+                    add(image_id, box, int(c), 1)
+            else:
+                add(image_id, box, int(category_ids[int(np.asarray(crowd_labels)[j])]), 1)
+    dataset = {"images": images, "annotations": annotations, "categories": categories}
+
+    results: list[dict[str, Any]] = []
+    for image_id, d in zip(image_ids, detections):
+        boxes = np.asarray(d["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
+        for box, score, label in zip(boxes, np.asarray(d["scores"]).reshape(-1), np.asarray(d["labels"]).reshape(-1)):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_ids[int(label)]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
+    return dataset, results
+
+
+def _results_as_annotations(dataset: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `COCO.loadRes` builds from box results, built directly so that no detections at all still works."""
+    annotations = []
+    for i, r in enumerate(results):
+        w, h = r["bbox"][2], r["bbox"][3]
+        annotations.append({**r, "id": i + 1, "area": w * h, "iscrowd": 0})
+    return {"images": dataset["images"], "categories": dataset["categories"], "annotations": annotations}
+
+
+def coco_metrics(
+    gt: Sequence[dict[str, np.ndarray]],
+    detections: Sequence[dict[str, np.ndarray]],
+    classes: Sequence[str],
+    category_ids: Sequence[int] | None = None,
+    image_ids: Sequence[int] | None = None,
+    orig_sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
+    with_pr: bool = False,
+) -> dict[str, Any]:
+    """COCO box metrics: `AP, AP50, AP75, APs, APm, APl` (fractions 0..1; -1 where COCO has nothing to
+    measure, e.g. no small boxes) and `per_class {name: AP}` (-1 for a class without ground truth).
+
+    With `with_pr`, also `pr`: `{"recall": [R], "precision": {name: [R]}}` at IoU 0.5, all areas, 100
+    detections (COCO's 101 recall points; precision -1 where the class has no ground truth).
+    See `build_coco_dicts` for the per-image arrays.
+    """
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    category_ids = list(range(len(classes))) if category_ids is None else list(category_ids)
+    dataset, results = build_coco_dicts(gt, detections, category_ids, image_ids, orig_sizes)
+    coco_gt = COCO(dataset)
+    coco_dt = COCO(_results_as_annotations(dataset, results))
+    evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *a, **k: None)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    metrics: dict[str, Any] = {name: float(v) for name, v in zip(_STAT_NAMES, evaluator.stats)}
+    precision = np.asarray(evaluator.eval["precision"])  # (T iou, R recall, K class, A area, M maxDets)
+    order = list(evaluator.params.catIds)
+    per_class: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
+    for name, category in zip(classes, category_ids):
+        p = precision[:, :, order.index(int(category)), 0, -1]
+        defined = p[p > -1]
+        per_class[str(name)] = float(defined.mean()) if defined.size else -1.0
+        curves[str(name)] = p[0].tolist()
+    metrics["per_class"] = per_class
+    metrics["category_ids"] = [int(c) for c in category_ids]
+    if with_pr:
+        metrics["pr"] = {"recall": list(map(float, evaluator.params.recThrs)), "precision": curves}
+    return metrics
+
+
+def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = None, with_pr: bool = False) -> dict:
+    """COCO metrics of `model` (a `Detector`, switched to eval mode) over a `Store` split.
+
+    Images are read in batches as uint8, passed as `[0, 1]` floats, decoded with `decode_topk` (k: the model
+    config's `topk`, else 100) and mapped back to original pixels with the store's letterbox scale.
+    """
+    import torch
+
+    from onedet.postprocess import decode_topk, to_original
+
+    if k is None:
+        k = int(getattr(getattr(model, "cfg", None), "topk", None) or 100)
+    model.eval()
+    device = next(model.parameters()).device
+    meta = store.meta
+    classes, category_ids = list(meta["classes"]), list(meta["category_ids"])
+    gt: list[dict[str, np.ndarray]] = []
+    detections: list[dict[str, np.ndarray]] = []
+    image_ids: list[int] = []
+    orig_sizes: list[tuple[int, int]] = []
+    n = len(store)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            index = torch.arange(start, min(start + batch_size, n))
+            batch = store.read_batch(index)
+            images = torch.as_tensor(batch["images"]).to(device).float() / 255
+            out = model(images)
+            boxes, scores, labels = decode_topk(out.logits, out.boxes_xyxy, k)
+            scale = torch.as_tensor(batch["scale"]).to(device)
+            orig = torch.as_tensor(batch["orig_size"]).to(device)
+            boxes = to_original(boxes.float(), scale, orig).cpu().numpy()
+            scores, labels = scores.float().cpu().numpy(), labels.cpu().numpy()
+            store_scale = torch.as_tensor(batch["scale"]).cpu().numpy()
+            valid = torch.as_tensor(batch["valid"]).cpu().numpy()
+            crowd_valid = torch.as_tensor(batch["crowd_valid"]).cpu().numpy()
+            for i in range(len(index)):
+                s = float(store_scale[i])
+                gt.append(
+                    {
+                        "boxes_xyxy": torch.as_tensor(batch["boxes_xyxy"][i]).cpu().numpy()[valid[i]] / s,
+                        "labels": torch.as_tensor(batch["labels"][i]).cpu().numpy()[valid[i]],
+                        "crowd_boxes_xyxy": torch.as_tensor(batch["crowd_boxes_xyxy"][i]).cpu().numpy()[crowd_valid[i]]
+                        / s,
+                    }
+                )
+                detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})
+                image_ids.append(int(torch.as_tensor(batch["image_id"][i])))
+                h, w = (int(v) for v in torch.as_tensor(batch["orig_size"][i]))
+                orig_sizes.append((h, w))
+    return coco_metrics(gt, detections, classes, category_ids, image_ids, orig_sizes, with_pr=with_pr)
+
+
+def evaluate_run(weights: str | Path, data: str | Path, batch_size: int = 8) -> dict:
+    """`load_run(weights)` + `Store(data)` + `evaluate_model`, with the run's classes checked against the store's."""
+    from onedet.data.store import Store
+    from onedet.errors import OnedetError
+    from onedet.train.checkpoint import load_run
+
+    run = load_run(weights)
+    store = Store(data)
+    if list(run.classes) != list(store.meta["classes"]):
+        raise OnedetError(
+            f"{data}: the store's classes {list(store.meta['classes'])} differ from the run's {list(run.classes)} "
+            f"({weights})"
+        )
+    return evaluate_model(run.model, store, batch_size=batch_size)
+
+
+def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None = None) -> str:
+    """A readable table: the summary numbers in percent, then AP per class with the dataset's own ids."""
+
+    def pct(v: float) -> str:
+        return "    -" if v < 0 else f"{100 * v:5.1f}"
+
+    lines = ["  ".join(f"{name:>5}" for name in _STAT_NAMES), "  ".join(pct(metrics[n]) for n in _STAT_NAMES)]
+    per_class = metrics.get("per_class", {})
+    if per_class:
+        ids = metrics.get("category_ids", category_ids)
+        width = max(len("class"), *(len(name) for name in per_class))
+        lines += ["", f"{'id':>6}  {'class':<{width}}  {'AP':>5}"]
+        for i, (name, ap) in enumerate(per_class.items()):
+            cid = str(ids[i]) if ids is not None else str(i)
+            lines.append(f"{cid:>6}  {name:<{width}}  {pct(ap)}")
+    return "\n".join(lines)
