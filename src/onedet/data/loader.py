@@ -45,8 +45,10 @@ class BatchSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def read_batch(self, indices: np.ndarray) -> Mapping[str, Any]:
-        """images uint8 [B, 3, S, S], boxes_xyxy, labels, valid for sorted int64 `indices`."""
+    def read_batch(
+        self, indices: np.ndarray, device: torch.device | None = None, pin_memory: bool = False
+    ) -> Mapping[str, Any]:
+        """images uint8 [B, 3, S, S] (compact stores may decode on `device`), boxes_xyxy, labels, valid."""
         ...
 
 
@@ -138,11 +140,10 @@ class BatchLoader:
     def _read(self, indices: Tensor) -> dict[str, Tensor]:
         """One memmap read of a batch (sorted indices), pinned when the batch is going to a GPU."""
         indices = indices.sort().values
-        raw = self.store.read_batch(indices.numpy())
+        # The store writes straight into pinned buffers, and a compact store decodes its JPEGs on the GPU.
+        raw = self.store.read_batch(indices.numpy(), device=self.device if self._pin else None, pin_memory=self._pin)
         out = {k: _as_tensor(raw[k]) for k in ("images", "boxes_xyxy", "labels", "valid")}
-        out["index"] = indices
-        if self._pin:
-            out = {k: v.pin_memory() for k, v in out.items()}
+        out["index"] = indices.pin_memory() if self._pin else indices
         return out
 
     def _finish(self, raw: dict[str, Tensor], epoch: int, step: int) -> Batch:
