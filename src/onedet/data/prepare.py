@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +34,11 @@ from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
 from onedet.errors import OnedetError
+
+# torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
+# works and is the fastest here (ANCHORS.md). A module-level filter, because `warnings.catch_warnings` is not
+# thread-safe and batches are read in the loader's background thread.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 STORE_VERSION = 1
 LAYOUTS = ("raw", "compact")

@@ -11,6 +11,7 @@ reads through plain views.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,11 @@ import torch
 from tensordict import TensorDict
 
 from onedet.errors import OnedetError
+
+# torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
+# works and is the fastest here (ANCHORS.md). A module-level filter, because `warnings.catch_warnings` is not
+# thread-safe and batches are read in the loader's background thread.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 _PER_IMAGE_KEYS = (
     "boxes_xyxy",

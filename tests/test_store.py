@@ -1,0 +1,102 @@
+"""`Store`: opening (and refusing) stores, batch reads against the tensordict, `summarize` / `format_summary`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensordict import TensorDict
+
+from onedet.data.prepare import prepare
+from onedet.data.records import Report, SourceDataset, SourceImage
+from onedet.data.store import Store, format_summary, summarize
+from onedet.errors import OnedetError
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    """train (6 images, 0..4 boxes each, one crowd region) and val (2 images), raw layout at 48 px."""
+    tmp = tmp_path_factory.mktemp("store")
+    rng = np.random.default_rng(0)
+    splits = []
+    for name, n in (("train", 6), ("val", 2)):
+        images = []
+        for i in range(n):
+            h, w = int(rng.integers(30, 90)), int(rng.integers(30, 90))
+            path = tmp / f"{name}{i}.png"
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+            k = i % 5
+            boxes = np.array([[1 + j, 2, 10 + 2 * j, 20] for j in range(k)], np.float32).reshape(-1, 4)
+            crowd = np.array([[0, 0, 5, 5]], np.float32) if i == 1 else np.zeros((0, 4), np.float32)
+            images.append(SourceImage(path, boxes, np.arange(k) % 3, crowd, image_id=-1, size_hw=(h, w)))
+        report = Report()
+        report.add("background_images", images[0].path)
+        splits.append(SourceDataset(name, "voc", CLASSES, [0, 1, 2], images, report))
+    prepare(splits, tmp / "store", image_size=48, workers=1, progress=False)
+    return tmp / "store"
+
+
+def test_metadata_and_shapes(store_root):
+    store = Store(store_root / "train")
+    meta = json.loads((store_root / "train" / "meta.json").read_text())
+    assert meta["complete"] is True and meta["version"] == 1 and meta["split"] == "train"
+    assert len(store) == meta["num_images"] == 6 and store.files == meta["files"]
+    assert store.classes == CLASSES and store.category_ids == [0, 1, 2]
+    assert meta["max_boxes"] == store.max_boxes == 4  # the largest count in the split
+    assert meta["num_boxes"] == 0 + 1 + 2 + 3 + 4 + 0
+    td = TensorDict.load_memmap(store_root / "train" / "td")  # the schema, as any tensordict user sees it
+    assert td["images"].shape == (6, 3, 48, 48) and td["images"].dtype == torch.uint8
+    assert td["boxes_xyxy"].shape == (6, 4, 4) and td["crowd_boxes_xyxy"].shape == (6, 1, 4)
+    assert td["image_id"].tolist() == list(range(6))  # no dataset ids: the index
+    assert td["crowd_valid"][:, 0].tolist() == [False, True, False, False, False, False]
+
+
+def test_read_batch_matches_tensordict_in_the_given_order(store_root):
+    store = Store(store_root / "train")
+    td = TensorDict.load_memmap(store_root / "train" / "td")
+    idx = np.array([4, 1, 5, 1])
+    batch = store.read_batch(idx)
+    for key in ("images", "boxes_xyxy", "labels", "valid", "crowd_boxes_xyxy", "crowd_valid", "orig_size", "scale"):
+        assert torch.equal(batch[key], td[key][torch.from_numpy(idx)]), key
+    assert batch["index"].tolist() == [4, 1, 5, 1]
+    assert torch.equal(store.read_batch(torch.tensor([2]))["images"][0], store.read_image(2))
+    assert store.read_batch(np.array([], np.int64))["images"].shape == (0, 3, 48, 48)
+    with pytest.raises(IndexError):
+        store.read_batch([6])
+    # padding rows are invalid and zero
+    assert not batch["valid"][0, 4:].any() and batch["valid"][0].sum() == 4
+    assert (batch["boxes_xyxy"][1, 1:] == 0).all()
+
+
+def test_store_refuses_what_is_not_a_complete_store(store_root, tmp_path):
+    with pytest.raises(OnedetError, match="no such store"):
+        Store(tmp_path / "missing")
+    with pytest.raises(OnedetError, match=r"splits \['train', 'val'\]"):
+        Store(store_root)  # the root, not a split
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "td").mkdir()
+    with pytest.raises(OnedetError, match="incomplete"):
+        Store(tmp_path / "half")
+    (tmp_path / "half" / "meta.json").write_text(json.dumps({"version": 1, "complete": False}))
+    with pytest.raises(OnedetError, match="incomplete"):
+        Store(tmp_path / "half")
+
+
+def test_summarize_and_format(store_root):
+    summary = summarize(store_root)
+    assert list(summary) == ["train", "val"]
+    train = summary["train"]
+    assert train["images"] == 6 and train["boxes"] == 10 and train["classes"] == CLASSES
+    assert train["per_class"] == {"a": 5, "b": 3, "c": 2}  # labels j % 3 for j < k, k = 0, 1, 2, 3, 4, 0
+    assert train["report"]["background_images"]["count"] == 1
+    assert list(summarize(store_root / "val")) == ["val"]
+    text = format_summary(summary)
+    assert "train: 6 images, 10 boxes, 3 classes" in text and "background_images" in text
+    assert "val: 2 images" in text
