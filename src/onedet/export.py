@@ -7,11 +7,14 @@ ids. PyTorch predict runs this same module eagerly, so the two paths share code 
 
 Export uses the dynamo exporter (`torch.onnx.export(..., dynamo=True)`): the legacy exporter fails on timm's
 position-embedding resize (../shared/ANCHORS.md). int8 comes from onnxruntime's quantizer (dynamic, or static
-calibrated on a store split), fp16 from onnxruntime's own float16 converter (no extra dependency).
+calibrated on a store split), fp16 from exporting the detector in half precision: onnxruntime's float16
+converter broke the graph's topological order here, and would put pre/post-processing in fp16 too (boxes of
+4000 px need fp32).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -69,14 +72,14 @@ class EndToEnd(nn.Module):
         self.model = model
         self.image_size = int(image_size)
         self.max_detections = int(max_detections)
-        self.half = half
+        self.fp16 = half
         self.register_buffer("category_ids", torch.as_tensor(list(category_ids), dtype=torch.int64), persistent=False)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, h, w, _ = images.shape
         size = self.image_size
         x = letterbox_torch(images.permute(0, 3, 1, 2), size).float() / 255.0  # (B, 3, S, S)
-        if self.half:
+        if self.fp16:
             x = x.half()
         out = self.model(x)
         boxes, scores, labels = decode_topk(out.logits.float(), out.boxes_xyxy.float(), self.max_detections)
@@ -130,7 +133,7 @@ def build_end_to_end(
     k = max_detections or getattr(config, "topk", None) or DEFAULT_MAX_DETECTIONS
     model.requires_grad_(False)
     if half:
-        model = model.half()
+        model = copy.deepcopy(model).half()  # the caller's model stays fp32
     module = EndToEnd(model, int(size), category_ids, max_detections=int(k), half=half).eval()
     return module, classes, category_ids
 
@@ -241,9 +244,9 @@ class _StoreCalibration:
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.position >= len(self.indices):
             return None
-        image = self.store.read_images([self.indices[self.position]])  # uint8 (1, 3, S, S)
+        image = self.store.read_image(self.indices[self.position])  # uint8 (3, S, S), letterboxed already
         self.position += 1
-        return {INPUT_NAME: np.ascontiguousarray(np.asarray(image).transpose(0, 2, 3, 1))}
+        return {INPUT_NAME: np.ascontiguousarray(image.permute(1, 2, 0).numpy()[None])}
 
     def rewind(self) -> None:
         self.position = 0
@@ -301,6 +304,10 @@ def export(
         raise OnedetError(f"{out}: the output file name must end in .onnx")
     if calibration is not None and not int8:
         raise OnedetError("--calibration is for static int8: add --int8")
+    if isinstance(weights, (str, Path)):
+        from onedet.train.checkpoint import load_run
+
+        weights = load_run(Path(weights))
     module, classes, category_ids = build_end_to_end(weights, classes, category_ids, max_detections=max_detections)
     meta = _metadata(classes, category_ids, module.image_size, "fp32")
     paths = [export_onnx(module, out, meta, opset)]
@@ -310,17 +317,6 @@ def export(
         else:
             paths.append(quantize_int8_static(out, out.with_suffix(".int8-static.onnx"), meta, Path(calibration)))
     if half:
-        paths.append(convert_fp16(out, out.with_suffix(".fp16.onnx"), meta))
+        half_module, _, _ = build_end_to_end(weights, classes, category_ids, max_detections=max_detections, half=True)
+        paths.append(export_onnx(half_module, out.with_suffix(".fp16.onnx"), {**meta, PRECISION_KEY: "fp16"}, opset))
     return paths
-
-
-def convert_fp16(fp32: Path, out: Path, metadata: dict[str, str]) -> Path:
-    """fp16 weights and compute for GPUs, with uint8 input and float32 outputs kept (onnxruntime's converter)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    proto = onnx.load(str(fp32))
-    half = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
-    set_metadata(half, {**metadata, PRECISION_KEY: "fp16"})
-    onnx.save(half, str(out))
-    check_graph(out)
-    return out
