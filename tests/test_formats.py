@@ -94,6 +94,10 @@ def test_coco_bad_inputs(tmp_path: Path) -> None:
                  [{"image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 2], "id": 77}])  # fmt: skip
     with pytest.raises(OnedetError, match=r"instances_train2017\.json.*annotation id 77.*category_id 5"):
         read_dataset(path)
+    path = _coco(tmp_path / "z", "train", [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}],
+                 [{"image_id": 1, "category_id": 1, "bbox": [0, None, 2, 2]}])  # fmt: skip
+    with pytest.raises(OnedetError, match=r"instances_train2017\.json: an annotation's bbox is not four numbers"):
+        read_dataset(path)
     path = _coco(tmp_path / "y", "train", [{"id": 1, "file_name": "gone.jpg", "width": 8, "height": 8}], [])
     (tmp_path / "y" / "train2017" / "gone.jpg").unlink()
     with pytest.raises(OnedetError, match="cannot find its images"):

@@ -75,9 +75,10 @@ def _recognised(source: Path, format: str) -> bool:
 def hold_out_val(dataset: SourceDataset, holdout_fraction: float = 0.1, seed: int = 0) -> list[SourceDataset]:
     """Split one dataset into what remains and a "val" split of `round(fraction * N)` (at least 1) images.
 
-    A fraction of 0 (or a dataset of one image) returns the dataset unchanged. The choice depends only on `seed` and the number of images; both keep the source order. The val split's
-    report says what was held out (kind "held_out_val"); the fixes found while reading stay in the other split's
-    report. A dataset named "val" keeps the rest as "train".
+    A fraction of 0 (or a dataset of one image) returns the dataset unchanged. The choice depends only on
+    `seed` and the number of images; both splits keep the source order. The val split's report says what was
+    held out (kind "held_out_val"); the fixes found while reading stay in the other split's report. A dataset
+    named "val" keeps the rest as "train".
     """
     n = len(dataset.images)
     if n < 2 or holdout_fraction <= 0:

@@ -26,6 +26,21 @@ def empty_boxes() -> np.ndarray:
     return np.zeros((0, 4), np.float32)
 
 
+def clip_boxes(boxes_xyxy: np.ndarray, sizes_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip float64 boxes [M, 4] to image sizes ([2] for all, or [M, 2] per box, as (h, w)).
+
+    Returns the clipped boxes, `keep` [M] (positive area left) and `moved` [M] (clipped by more than
+    `CLIP_TOLERANCE_PX`). The vectorised core of `clean_boxes`, also used whole-dataset by the COCO reader.
+    """
+    sizes = np.broadcast_to(np.asarray(sizes_hw, np.float64), (len(boxes_xyxy), 2))
+    clipped = np.empty_like(boxes_xyxy)
+    clipped[:, [0, 2]] = np.clip(boxes_xyxy[:, [0, 2]], 0, sizes[:, 1:2])
+    clipped[:, [1, 3]] = np.clip(boxes_xyxy[:, [1, 3]], 0, sizes[:, 0:1])
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    moved = np.abs(clipped - boxes_xyxy).max(axis=1) > CLIP_TOLERANCE_PX
+    return clipped, keep, moved
+
+
 def clean_boxes(
     boxes_xyxy: np.ndarray,
     labels: np.ndarray,
@@ -44,12 +59,7 @@ def clean_boxes(
     labels = np.asarray(labels, np.int64).reshape(-1)
     if len(boxes) == 0:
         return empty_boxes(), np.zeros(0, np.int64)
-    h, w = size_hw
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, h)
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    moved = np.abs(clipped - boxes).max(axis=1) > CLIP_TOLERANCE_PX
+    clipped, keep, moved = clip_boxes(boxes, np.asarray(size_hw, np.float64))
     if (n_dropped := int((~keep).sum())) > 0:
         report.add(f"{kind_prefix}zero_area_boxes", file, n_dropped)
     if (n_clipped := int((moved & keep).sum())) > 0:
