@@ -96,7 +96,7 @@ def test_coco_bad_inputs(tmp_path: Path) -> None:
         read_dataset(path)
     path = _coco(tmp_path / "z", "train", [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}],
                  [{"image_id": 1, "category_id": 1, "bbox": [0, None, 2, 2]}])  # fmt: skip
-    with pytest.raises(OnedetError, match=r"instances_train2017\.json: an annotation's bbox is not four numbers"):
+    with pytest.raises(OnedetError, match=r"instances_train2017\.json: a bbox of image 1 is not four finite numbers"):
         read_dataset(path)
     path = _coco(tmp_path / "y", "train", [{"id": 1, "file_name": "gone.jpg", "width": 8, "height": 8}], [])
     (tmp_path / "y" / "train2017" / "gone.jpg").unlink()

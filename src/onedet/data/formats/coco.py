@@ -158,10 +158,10 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
     try:
         boxes = np.array(xywh, np.float64).reshape(-1, 4)
     except (TypeError, ValueError) as e:
-        raise OnedetError(f"{json_path}: an annotation's bbox is not four numbers ({e})") from e
+        raise OnedetError(f"{json_path}: an annotation's bbox is not four finite numbers ({e})") from e
     if not np.isfinite(boxes).all():
         bad = owner[int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])]
-        raise OnedetError(f"{json_path}: a bbox of image {data['images'][bad].get('id')} is not finite")
+        raise OnedetError(f"{json_path}: a bbox of image {data['images'][bad].get('id')} is not four finite numbers")
     boxes[:, 2:] += boxes[:, :2]
     crowd_a, labels_a = np.array(crowd, bool), np.array(labels, np.int64)
     clipped, keep, moved = clip_boxes(boxes, sizes[owner_a])
