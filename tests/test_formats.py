@@ -104,6 +104,20 @@ def test_coco_bad_inputs(tmp_path: Path) -> None:
         read_dataset(path)
 
 
+def test_coco_roboflow_layout_splits_from_folders(tmp_path: Path) -> None:
+    for folder in ("train", "valid", "test"):
+        _image(tmp_path / folder / f"{folder}.jpg", 16, 12)
+        anns = [{"id": 1, "image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0}]
+        data = {"images": [{"id": 0, "file_name": f"{folder}.jpg", "width": 16, "height": 12}], "annotations": anns,
+                "categories": [{"id": 0, "name": "things"}, {"id": 1, "name": "fish"}]}  # fmt: skip
+        (tmp_path / folder / "_annotations.coco.json").write_text(json.dumps(data))
+    splits = _by_split(read_dataset(tmp_path))
+    assert list(splits) == ["train", "val", "test"]
+    (im,) = splits["val"].images
+    assert im.path == tmp_path / "valid" / "valid.jpg" and im.labels.tolist() == [1]
+    np.testing.assert_allclose(im.boxes_xyxy, [[1, 2, 4, 6]])
+
+
 # --- YOLO -------------------------------------------------------------------------------------------------------
 
 
