@@ -175,7 +175,7 @@ def parse_label_file(path: Path, num_classes: int | None) -> tuple[np.ndarray, n
     return np.array(ids, np.int64), np.array(boxes, np.float64).reshape(-1, 4)
 
 
-def _read_split(name: str, images: list[Path], names: list[str] | None, report: Report) -> list[SourceImage]:
+def _read_split(images: list[Path], names: list[str] | None, report: Report) -> list[SourceImage]:
     records = []
     for image in images:
         if not image.is_file():
@@ -240,7 +240,7 @@ def read_yolo(source: Path) -> list[SourceDataset]:
     datasets = []
     for name, images in splits.items():
         report = Report()
-        records = _read_split(name, images, names, report)
+        records = _read_split(images, names, report)
         _orphan_labels(images, report)
         if images and not records:
             raise OnedetError(f"{source}: split {name!r} lists {len(images)} images but none exists")
