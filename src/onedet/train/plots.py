@@ -1,0 +1,188 @@
+"""PNG plots of a run (matplotlib, Agg backend): loss and mAP curves, per-class precision-recall, predictions.
+
+All functions take plain arrays and write one file, so they work the same during training, from a finished
+run's `metrics.csv`, and in the benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display here, and none needed
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import patches
+
+_COLORS = plt.get_cmap("tab20").colors
+
+
+def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
+    """Train loss (and its terms) and validation AP / AP50 against the epoch, from `metrics.csv` rows."""
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [r["epoch"] for r in rows]
+    loss_keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith("train/")})
+    for key in loss_keys:
+        xs = [r["epoch"] for r in rows if key in r]
+        ax_loss.plot(
+            xs, [r[key] for r in rows if key in r], label=key.removeprefix("train/"), lw=2 if key == "loss" else 1
+        )
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("train loss")
+    ax_loss.set_yscale("log")
+    if loss_keys:
+        ax_loss.legend(fontsize=7)
+    for key in ("AP", "AP50", "AP75"):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            ax_ap.plot(*zip(*pts), marker="o", ms=3, label=key)
+    ax_ap.set_xlabel("epoch")
+    ax_ap.set_ylabel("validation mAP")
+    ax_ap.set_ylim(0, 1)
+    ax_ap.grid(alpha=0.3)
+    if any("AP" in r for r in rows):
+        ax_ap.legend()
+    if epochs:
+        ax_ap.set_xlim(left=min(epochs) - 0.5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_precision_recall(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "precision-recall (IoU 0.5)"
+) -> Path:
+    """One precision-recall curve per class: `curves[name] = (recall [R], precision [R])`, AP in the legend."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, (name, (recall, precision)) in enumerate(curves.items()):
+        recall, precision = np.asarray(recall), np.asarray(precision)
+        ap = float(np.trapezoid(precision, recall)) if len(recall) > 1 else 0.0
+        ax.plot(recall, precision, color=_COLORS[i % len(_COLORS)], label=f"{name} ({ap:.2f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_predictions(
+    images: Sequence[np.ndarray],
+    boxes_xyxy: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    classes: Sequence[str],
+    path: Path,
+    *,
+    threshold: float = 0.3,
+    truth_xyxy: Sequence[np.ndarray] | None = None,
+    columns: int = 4,
+) -> Path:
+    """A grid of images `[H, W, 3]` uint8 with predicted boxes (coloured by class, score >= threshold) and,
+    optionally, the ground truth dashed in white."""
+    n = len(images)
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(images[i])
+        if truth_xyxy is not None:
+            for x0, y0, x1, y1 in np.asarray(truth_xyxy[i]).reshape(-1, 4):
+                ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--", lw=1))
+        for (x0, y0, x1, y1), label, score in zip(
+            np.asarray(boxes_xyxy[i]).reshape(-1, 4), np.asarray(labels[i]).ravel(), np.asarray(scores[i]).ravel()
+        ):
+            if score < threshold:
+                continue
+            color = _COLORS[int(label) % len(_COLORS)]
+            ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, lw=1.5))
+            name = classes[int(label)] if 0 <= int(label) < len(classes) else str(int(label))
+            ax.text(
+                x0,
+                y0,
+                f"{name} {score:.2f}",
+                color="black",
+                fontsize=6,
+                va="bottom",
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "lw": 0},
+            )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def precision_recall_curves(
+    pred_boxes: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    pred_labels: Sequence[np.ndarray],
+    true_boxes: Sequence[np.ndarray],
+    true_labels: Sequence[np.ndarray],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per-class (recall, precision) arrays at one IoU threshold, with greedy matching by descending score.
+
+    Written by hand (a few lines) because the COCO evaluators keep their per-class curves behind a
+    101-point interpolation and an evaluator object; this is for the plot only, the metrics come from
+    `onedet.evaluate`.
+    """
+    per_class: dict[int, list[tuple[float, bool]]] = {c: [] for c in range(num_classes)}
+    num_true = np.zeros(num_classes, dtype=np.int64)
+    for boxes, scores, labels, gt_boxes, gt_labels in zip(
+        pred_boxes, pred_scores, pred_labels, true_boxes, true_labels
+    ):
+        gt_boxes, gt_labels = np.asarray(gt_boxes).reshape(-1, 4), np.asarray(gt_labels).ravel()
+        for c in range(num_classes):
+            num_true[c] += int((gt_labels == c).sum())
+        taken = np.zeros(len(gt_boxes), dtype=bool)
+        for j in np.argsort(-np.asarray(scores)):
+            label = int(labels[j])
+            if label >= num_classes:
+                continue
+            candidates = np.flatnonzero((gt_labels == label) & ~taken)
+            hit = False
+            if len(candidates):
+                ious = _iou(np.asarray(boxes[j]), gt_boxes[candidates])
+                best = int(np.argmax(ious))
+                if ious[best] >= iou_threshold:
+                    taken[candidates[best]] = True
+                    hit = True
+            per_class[label].append((float(scores[j]), hit))
+    curves = {}
+    for c, entries in per_class.items():
+        entries.sort(key=lambda e: -e[0])
+        hits = np.array([h for _, h in entries], dtype=np.float64)
+        tp = np.cumsum(hits)
+        recall = tp / max(1, num_true[c])
+        precision = tp / np.arange(1, len(hits) + 1) if len(hits) else np.zeros(0)
+        # The usual monotone envelope, so the curve reads like the AP it stands for.
+        precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        curves[c] = (np.concatenate([[0.0], recall]), np.concatenate([[1.0], precision]))
+    return curves
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], others[:, 0])
+    y0 = np.maximum(box[1], others[:, 1])
+    x1 = np.minimum(box[2], others[:, 2])
+    y1 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
