@@ -7,6 +7,10 @@ interpolation (antialiased, so shrinking averages instead of aliasing) and place
 Prepare, the loader, predict and the ONNX graph all call `letterbox_torch`, so pixels in a store are the pixels
 predict feeds the model, bit for bit (the same kernel on the same uint8 input). The resized size is computed in
 integer arithmetic (round half up) so Python, traced torch and ONNX agree on it exactly.
+
+Measured (uint8 images, sizes 160..1024): against Pillow's `resize(BILINEAR)` (also antialiased) at most 1 grey
+level apart (rounding); the same graph exported with the dynamo exporter (opset 18, dynamic H and W) and run by
+onnxruntime at most 1 level apart on about 0.01% of the pixels.
 """
 
 from __future__ import annotations

@@ -235,8 +235,9 @@ def _write_into(
     rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]] = []
     paths = [str(im.path) for im in dataset.images]
     bar = tqdm(total=num_source, desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
+    results = _decode_all(paths, workers, init_args)
     try:
-        for result in _decode_all(paths, workers, init_args):
+        for result in results:
             bar.update(1)
             image = dataset.images[result.slot]
             if result.error is not None:
@@ -252,6 +253,7 @@ def _write_into(
                 encoded_file.write(result.jpeg.tobytes())
                 offsets.append(offsets[-1] + len(result.jpeg))
     finally:
+        results.close()  # on an error, stop the pool now rather than when the traceback is freed
         bar.close()
         if encoded_file is not None:
             encoded_file.close()
