@@ -70,8 +70,8 @@ class _Parsed:
         self.xml, self.size_hw, self.names, self.boxes, self.difficult = xml, size_hw, names, boxes, difficult
 
 
-def _number(obj: ET.Element, tag: str, xml: Path, index: int) -> float:
-    text = obj.findtext(f"bndbox/{tag}")
+def _number(bndbox: ET.Element | None, tag: str, xml: Path, index: int) -> float:
+    text = bndbox.findtext(tag) if bndbox is not None else None
     try:
         return float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
@@ -94,7 +94,8 @@ def parse_xml(xml: Path) -> tuple[_Parsed, str | None]:
         name = (obj.findtext("name") or "").strip()
         if not name:
             raise OnedetError(f"{xml}: object {i} has no <name>")
-        x0, y0, x1, y1 = (_number(obj, t, xml, i) for t in ("xmin", "ymin", "xmax", "ymax"))
+        bndbox = obj.find("bndbox")
+        x0, y0, x1, y1 = (_number(bndbox, t, xml, i) for t in ("xmin", "ymin", "xmax", "ymax"))
         if x1 <= x0 or y1 <= y0:
             boxes.append([x0, y0, x0, y0])  # no extent as drawn
         else:
