@@ -115,8 +115,11 @@ def test_truncated_and_unreadable_files_name_the_file(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
     data = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
-    for name in ("t.jpg", "junk.jpg", "missing.jpg"):
+    for name in ("t.jpg", "t.png", "junk.jpg", "missing.jpg"):
         with pytest.raises(OnedetError, match=name):
             load_image(tmp_path / name)
     for name in ("junk.jpg", "missing.jpg"):

@@ -10,6 +10,7 @@ naming the file, so prepare can report it or, with `--skip-bad`, count and skip 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,8 @@ def _open(path: Path) -> Image.Image:
         return Image.open(path)
     except FileNotFoundError as e:
         raise OnedetError(f"{path}: image file not found") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise OnedetError(f"{path}: not a readable image ({e})") from e
+    except Exception as e:  # Pillow's plugins raise many types (OSError, SyntaxError, EOFError, struct.error, ...)
+        raise OnedetError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -104,7 +105,8 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
     without EXIF rotation returns []. Raises `OnedetError` naming the file when it cannot be read whole.
     """
     path = Path(path)
-    with _open(path) as img:
+    with _open(path) as img, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Possibly corrupt EXIF data" and the like, once per file
         try:
             orientation = _orientation(img)
             img.load()  # truncated files fail here (Pillow's LOAD_TRUNCATED_IMAGES stays False)
@@ -113,8 +115,8 @@ def load_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
                 img = ImageOps.exif_transpose(img)
                 fixes.append("exif_rotated")
             pixels, converted = _to_rgb(img)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise OnedetError(f"{path}: cannot decode image ({e})") from e
+        except Exception as e:  # whatever the plugin raises, the file is what is wrong
+            raise OnedetError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise OnedetError(f"{path}: decoded to an unexpected array {pixels.dtype} {pixels.shape}")
     return np.ascontiguousarray(pixels), fixes + converted  # may be read-only (a view of Pillow's bytes)
