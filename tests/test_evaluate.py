@@ -1,7 +1,10 @@
 """COCO metrics through faster-coco-eval equal pycocotools' (the reference) on the same data."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
+import torch
 
 from onedet.evaluate import build_coco_dicts, coco_metrics, format_metrics
 
@@ -97,3 +100,85 @@ def test_format_metrics_shows_dataset_ids_and_names():
     text = format_metrics(coco_metrics(gt, det, CLASSES, CATEGORY_IDS))
     assert "AP50" in text and "APl" in text
     assert any(line.split()[:2] == ["42", "bird"] for line in text.splitlines())
+
+
+class _Out(NamedTuple):
+    logits: torch.Tensor
+    boxes_xyxy: torch.Tensor
+
+
+class _OracleModel(torch.nn.Module):
+    """Answers each image with the boxes it was told (store pixels), one confident location per box."""
+
+    def __init__(self, boxes_xyxy, labels, num_classes):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.boxes, self.labels, self.num_classes = boxes_xyxy, labels, num_classes
+        self.seen = 0
+
+    def forward(self, images):
+        assert images.dtype == torch.float32 and float(images.max()) <= 1.0
+        b = len(images)
+        boxes = self.boxes[self.seen : self.seen + b]
+        logits = torch.full((b, boxes.shape[1], self.num_classes), -10.0)
+        # Decreasing scores: the padded (invalid) entries rank below every real box, so AP is exactly 1.
+        scores = 10.0 - torch.arange(boxes.shape[1], dtype=torch.float32)
+        logits.scatter_(2, self.labels[self.seen : self.seen + b, :, None], scores.expand(b, -1)[..., None])
+        self.seen += b
+        return _Out(logits, boxes)
+
+
+class _FakeStore:
+    """The part of `Store` that evaluate_model reads: three images letterboxed with scales 0.5, 2 and 1."""
+
+    classes = CLASSES
+    category_ids = CATEGORY_IDS
+
+    def __init__(self):
+        self.scale = torch.tensor([0.5, 2.0, 1.0])
+        self.orig_size = torch.tensor([[128, 128], [32, 20], [64, 64]])
+        self.boxes = torch.tensor([[[4.0, 4.0, 20.0, 30.0], [30.0, 30.0, 60.0, 50.0]], [[2.0, 2.0, 30.0, 40.0]] * 2,
+                                   [[10.0, 10.0, 40.0, 40.0], [0.0, 0.0, 5.0, 5.0]]])  # fmt: skip
+        self.labels = torch.tensor([[0, 1], [2, 2], [1, 0]])
+        self.valid = torch.tensor([[True, True], [True, False], [True, False]])
+
+    def __len__(self):
+        return 3
+
+    def read_batch(self, indices, device=None):
+        i = torch.as_tensor(np.asarray(indices))
+        return {
+            "images": torch.full((len(i), 3, 64, 64), 114, dtype=torch.uint8),
+            "boxes_xyxy": self.boxes[i],
+            "labels": self.labels[i],
+            "valid": self.valid[i],
+            "crowd_boxes_xyxy": torch.zeros(len(i), 1, 4),
+            "crowd_valid": torch.zeros(len(i), 1, dtype=torch.bool),
+            "orig_size": self.orig_size[i],
+            "scale": self.scale[i],
+            "image_id": i + 1000,
+            "index": i,
+        }
+
+
+def test_evaluate_model_maps_store_boxes_back_to_original_pixels(monkeypatch):
+    import onedet.evaluate as evaluate
+
+    store = _FakeStore()
+    model = _OracleModel(store.boxes, store.labels, len(CLASSES))
+    seen = {}
+    real = evaluate.coco_metrics
+
+    def spy(gt, detections, *args, **kwargs):
+        seen.update(gt=gt, detections=detections, args=args)
+        return real(gt, detections, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "coco_metrics", spy)
+    metrics = evaluate.evaluate_model(model, store, batch_size=2)
+    assert model.seen == 3  # batches of 2 and 1
+    np.testing.assert_allclose(seen["gt"][0]["boxes_xyxy"], [[8, 8, 40, 60], [60, 60, 120, 100]])
+    np.testing.assert_allclose(seen["gt"][1]["boxes_xyxy"], [[1, 1, 15, 20]])
+    # The padded second box of image 1 decodes too; clipped to the original 20 x 32 image.
+    assert (seen["detections"][1]["boxes_xyxy"][:, 2] <= 20).all()
+    assert seen["args"][2] == [1000, 1001, 1002] and seen["args"][3] == [(128, 128), (32, 20), (64, 64)]
+    assert metrics["AP"] == pytest.approx(1.0)  # every box found exactly, in original pixels

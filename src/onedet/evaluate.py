@@ -140,69 +140,60 @@ def coco_metrics(
 
 
 def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = None, with_pr: bool = False) -> dict:
-    """COCO metrics of `model` (a `Detector`, switched to eval mode) over a `Store` split.
+    """COCO metrics of `model` (a `Detector`, switched to eval mode) over a `Store` split (see `coco_metrics`).
 
-    Images are read in batches as uint8, passed as `[0, 1]` floats, decoded with `decode_topk` (k: the model
-    config's `topk`, else 100) and mapped back to original pixels with the store's letterbox scale.
+    Images are read in batches with `store.read_batch` (uint8), passed as `[0, 1]` floats, decoded with
+    `decode_topk` (k: the model config's `topk`, else 100) and mapped back to original pixels with the store's
+    letterbox scale; the ground truth is mapped back the same way.
     """
     import torch
 
     from onedet.postprocess import decode_topk, to_original
 
     if k is None:
-        k = int(getattr(getattr(model, "cfg", None), "topk", None) or 100)
+        k = int(getattr(getattr(model, "config", None), "topk", None) or 100)
     model.eval()
     device = next(model.parameters()).device
-    meta = store.meta
-    classes, category_ids = list(meta["classes"]), list(meta["category_ids"])
     gt: list[dict[str, np.ndarray]] = []
     detections: list[dict[str, np.ndarray]] = []
     image_ids: list[int] = []
     orig_sizes: list[tuple[int, int]] = []
-    n = len(store)
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            index = torch.arange(start, min(start + batch_size, n))
-            batch = store.read_batch(index)
-            images = torch.as_tensor(batch["images"]).to(device).float() / 255
-            out = model(images)
+        for start in range(0, len(store), batch_size):
+            batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))), device=device)
+            out = model(batch["images"].to(device).float() / 255)
             boxes, scores, labels = decode_topk(out.logits, out.boxes_xyxy, k)
-            scale = torch.as_tensor(batch["scale"]).to(device)
-            orig = torch.as_tensor(batch["orig_size"]).to(device)
-            boxes = to_original(boxes.float(), scale, orig).cpu().numpy()
-            scores, labels = scores.float().cpu().numpy(), labels.cpu().numpy()
-            store_scale = torch.as_tensor(batch["scale"]).cpu().numpy()
-            valid = torch.as_tensor(batch["valid"]).cpu().numpy()
-            crowd_valid = torch.as_tensor(batch["crowd_valid"]).cpu().numpy()
-            for i in range(len(index)):
-                s = float(store_scale[i])
+            boxes = to_original(boxes.float(), batch["scale"].to(device), batch["orig_size"].to(device))
+            boxes, scores, labels = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
+            scale = batch["scale"].numpy().astype(np.float64)
+            for i in range(len(batch["index"])):
+                valid, crowd_valid = batch["valid"][i].numpy(), batch["crowd_valid"][i].numpy()
                 gt.append(
                     {
-                        "boxes_xyxy": torch.as_tensor(batch["boxes_xyxy"][i]).cpu().numpy()[valid[i]] / s,
-                        "labels": torch.as_tensor(batch["labels"][i]).cpu().numpy()[valid[i]],
-                        "crowd_boxes_xyxy": torch.as_tensor(batch["crowd_boxes_xyxy"][i]).cpu().numpy()[crowd_valid[i]]
-                        / s,
+                        "boxes_xyxy": batch["boxes_xyxy"][i].numpy()[valid] / scale[i],
+                        "labels": batch["labels"][i].numpy()[valid],
+                        "crowd_boxes_xyxy": batch["crowd_boxes_xyxy"][i].numpy()[crowd_valid] / scale[i],
                     }
                 )
                 detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})
-                image_ids.append(int(torch.as_tensor(batch["image_id"][i])))
-                h, w = (int(v) for v in torch.as_tensor(batch["orig_size"][i]))
-                orig_sizes.append((h, w))
-    return coco_metrics(gt, detections, classes, category_ids, image_ids, orig_sizes, with_pr=with_pr)
+                image_ids.append(int(batch["image_id"][i]))
+                orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
+    return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes, with_pr=with_pr)
 
 
 def evaluate_run(weights: str | Path, data: str | Path, batch_size: int = 8) -> dict:
     """`load_run(weights)` + `Store(data)` + `evaluate_model`, with the run's classes checked against the store's."""
+    import torch
+
     from onedet.data.store import Store
     from onedet.errors import OnedetError
     from onedet.train.checkpoint import load_run
 
-    run = load_run(weights)
+    run = load_run(weights, device="cuda" if torch.cuda.is_available() else "cpu")
     store = Store(data)
-    if list(run.classes) != list(store.meta["classes"]):
+    if list(run.classes) != list(store.classes):
         raise OnedetError(
-            f"{data}: the store's classes {list(store.meta['classes'])} differ from the run's {list(run.classes)} "
-            f"({weights})"
+            f"{data}: the store's classes {store.classes} differ from the run's {list(run.classes)} ({weights})"
         )
     return evaluate_model(run.model, store, batch_size=batch_size)
 
