@@ -303,6 +303,9 @@ def test_unrecognised_or_missing_layout_says_what_was_expected(tmp_path: Path) -
         read_dataset(tmp_path, format="yolo")
     with pytest.raises(OnedetError, match="not a Pascal VOC folder"):
         read_dataset(tmp_path, format="voc")
+    (tmp_path / "Annotations").mkdir()
+    with pytest.raises(OnedetError, match="has Annotations/ but no JPEGImages/"):
+        read_dataset(tmp_path)
 
 
 def test_hold_out_val_is_deterministic_by_seed() -> None:

@@ -61,6 +61,9 @@ def detect_format(source: Path) -> str:
         return "yolo"
     if (inner := _only_subfolder(source)) is not None:
         return detect_format(inner)
+    for present, absent in (("Annotations", "JPEGImages"), ("JPEGImages", "Annotations")):
+        if (source / present).is_dir():
+            raise OnedetError(f"{source}: has {present}/ but no {absent}/; Pascal VOC needs both")
     raise OnedetError(f"{source}: unrecognised dataset layout; expected one of: {LAYOUTS}")
 
 
