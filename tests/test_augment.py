@@ -75,11 +75,55 @@ def test_boxes_bound_the_pixels_after_crop_scale_flip(sizes):
         else:
             masked += 1
             assert torch.equal(out_boxes[i, 0], torch.zeros(4))
-            # masked only when cut by the border (most of it outside) or squeezed under min_size
-            if extent is not None:
-                w, h = (extent[2:] - extent[:2]).tolist()
-                assert min(w, h) < 3 or extent.min() == 0 or extent.max() == side
     assert clipped > 0 and masked > 0  # the settings above do push boxes out of the image
+
+
+def _ramps(n: int, size: int) -> torch.Tensor:
+    """Images whose pixels hold their own source coordinates: x / W, y / H, and 1 (content, not fill)."""
+    centres = (torch.arange(size) + 0.5) / size
+    ramp = torch.stack([centres.expand(size, size), centres[:, None].expand(size, size), torch.ones(size, size)])
+    return ramp.expand(n, 3, size, size).contiguous()
+
+
+def _fit_axis(values: torch.Tensor, positions: torch.Tensor) -> tuple[float, float]:
+    """Least-squares line source = slope * (position + 0.5) + intercept, over interior pixels only (bilinear
+    sampling clamps at a patch's edges)."""
+    values, positions = values[2:-2].double(), positions[2:-2].double() + 0.5
+    dp = positions - positions.mean()
+    slope = (dp * (values - values.mean())).sum() / (dp**2).sum()
+    return float(slope), float(values.mean() - slope * positions.mean())
+
+
+def test_masking_follows_an_independent_map():
+    """Augment coordinate ramps with the same seed: their pixels tell where each output pixel came from, which
+    maps every box (in or out of view) independently of the augmentation's own box code."""
+    size, n = 64, 48
+    _, boxes = _rectangles(n, size, seed=8)
+    valid = torch.ones(n, 1, dtype=torch.bool)
+    aug = BatchAugment(scale=(0.5, 2.5), aspect=(0.7, 1.4), min_size=2.0, min_visible=0.3, **NO_COLOUR)
+    coords, out_boxes, out_valid = aug(_ramps(n, size), boxes, valid, generator=torch.Generator().manual_seed(9))
+    checked = {True: 0, False: 0}
+    for i in range(n):
+        content = coords[i, 2] > 0.99
+        rows, cols = content.any(1).nonzero().squeeze(1), content.any(0).nonzero().squeeze(1)
+        if len(rows) < 8 or len(cols) < 8:
+            continue
+        ax, bx = _fit_axis(coords[i, 0, rows[len(rows) // 2], cols] * size, cols)
+        ay, by = _fit_axis(coords[i, 1, rows, cols[len(cols) // 2]] * size, rows)
+        x0, y0, x1, y1 = boxes[i, 0].tolist()
+        xs = sorted([(x0 - bx) / ax, (x1 - bx) / ax])  # a flip makes the slope negative
+        ys = sorted([(y0 - by) / ay, (y1 - by) / ay])
+        full = (xs[1] - xs[0]) * (ys[1] - ys[0])
+        cx = [min(max(v, 0), size) for v in xs]
+        cy = [min(max(v, 0), size) for v in ys]
+        w, h = cx[1] - cx[0], cy[1] - cy[0]
+        if out_valid[i, 0]:
+            torch.testing.assert_close(out_boxes[i, 0], torch.tensor([cx[0], cy[0], cx[1], cy[1]]), atol=0.05, rtol=0)
+            assert w >= 2.0 - 0.05 and h >= 2.0 - 0.05 and w * h >= (0.3 - 0.01) * full
+        else:
+            assert w < 2.0 + 0.05 or h < 2.0 + 0.05 or w * h < (0.3 + 0.01) * full
+        checked[bool(out_valid[i, 0])] += 1
+    assert checked[True] > 10 and checked[False] > 0
 
 
 def test_synthetic_shapes_stay_boxed():
@@ -150,3 +194,19 @@ def test_same_result_on_gpu():
     gpu = aug(images.cuda(), boxes.cuda(), valid.cuda(), generator=torch.Generator().manual_seed(0))
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(a, b.cpu(), atol=1e-4, rtol=0)
+
+
+def test_uint8_path_matches_float_path():
+    """The loader hands uint8 to the augmentation (fast uint8 resampling on the CPU); floats give the same."""
+    images, targets = render_synthetic(6, 48, seed=9)
+    x8 = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    boxes = torch.zeros(6, 6, 4)
+    valid = torch.zeros(6, 6, dtype=torch.bool)
+    for i, (b, _) in enumerate(targets):
+        boxes[i, : len(b)], valid[i, : len(b)] = torch.from_numpy(b), True
+    aug = BatchAugment(sizes=(40, 56))
+    a = aug(x8, boxes, valid, generator=torch.Generator().manual_seed(1))
+    b = aug(x8.float() / 255, boxes, valid, generator=torch.Generator().manual_seed(1))
+    assert a[0].dtype == torch.float32 and a[0].min() >= 0 and a[0].max() <= 1
+    assert (a[0] - b[0]).abs().max() < 3 / 255  # uint8 rounding of the resampled pixels, then the colour map
+    assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onedet.data.augment import BatchAugment
+from onedet.data.augment import BatchAugment, to_float
 
 
 class Batch(NamedTuple):
@@ -149,11 +149,13 @@ class BatchLoader:
     def _finish(self, raw: dict[str, Tensor], epoch: int, step: int) -> Batch:
         """To the device, uint8 -> float in [0, 1], then the batch augmentation (seeded by epoch, step, rank)."""
         t = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
-        images = t["images"].float().div_(255)
-        boxes, valid = t["boxes_xyxy"].float(), t["valid"].bool()
+        images, boxes, valid = t["images"], t["boxes_xyxy"].float(), t["valid"].bool()
         if self.augment is not None and self.augment.training:
+            # the augmentation takes the uint8 images: it folds the float conversion into its colour step
             generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch, step, self.rank))
             images, boxes, valid = self.augment(images, boxes, valid, generator=generator)
+        else:
+            images = to_float(images)
         return Batch(images, boxes, t["labels"].long(), valid, t["index"])
 
     def _produce(self, epoch: int, start: int) -> Iterator[Batch | dict[str, Tensor]]:
