@@ -57,7 +57,9 @@ class ViTBackbone(VisionTransformer):
         global_blocks: Sequence[int] = (),
         taps: Sequence[int],
         frozen: bool = True,
+        init_weights: bool = True,
     ) -> None:
+        """`init_weights=False` skips timm's (slow) weight init, for weights that are loaded right after."""
         super().__init__(
             img_size=image_size,
             patch_size=patch_size,
@@ -72,7 +74,11 @@ class ViTBackbone(VisionTransformer):
             pre_norm=pre_norm,
             norm_layer=partial(LayerNorm, eps=norm_eps),
             act_layer=act,
+            weight_init="" if init_weights else "skip",
         )
+        if not init_weights:  # 'skip' leaves these two as torch.empty: make them finite, cheaply
+            nn.init.normal_(self.pos_embed, std=0.02)
+            nn.init.normal_(self.cls_token, std=1e-6)
         # The final norm and classifier are never used: dropping them keeps DDP's unused-parameter check quiet.
         self.norm = nn.Identity()
         self.window_size = window_size
@@ -136,27 +142,6 @@ class ViTBackbone(VisionTransformer):
             if i == self.taps[-1]:
                 break  # blocks after the last tap do not change the output
         return maps
-
-
-def build_backbone(cfg) -> ViTBackbone:  # cfg: onedet.config.ModelConfig (untyped to keep imports light)
-    """The backbone of a `ModelConfig`, with its weights loaded as `cfg.pretrained` says."""
-    backbone = ViTBackbone(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        mlp_ratio=cfg.mlp_ratio,
-        act=cfg.act,
-        pre_norm=cfg.pre_norm,
-        norm_eps=cfg.norm_eps,
-        window_size=cfg.window_size,
-        global_blocks=cfg.global_blocks,
-        taps=cfg.taps,
-        frozen=cfg.freeze_backbone,
-    )
-    load_backbone_weights(backbone, cfg.pretrained, hub_name=cfg.backbone)
-    return backbone
 
 
 # --- weights -------------------------------------------------------------------------------------------------

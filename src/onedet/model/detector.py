@@ -46,7 +46,8 @@ class Detector(nn.Module):
     background), so N depends on the padded size. Attributes `backbone`, `neck`, `head` are the three parts.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, init_backbone: bool = True) -> None:
+        """`init_backbone=False` skips the backbone's random init (weights are loaded right after)."""
         super().__init__()
         self.config = cfg
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
@@ -65,6 +66,7 @@ class Detector(nn.Module):
             global_blocks=cfg.global_blocks,
             taps=cfg.taps,
             frozen=cfg.freeze_backbone,
+            init_weights=init_backbone,
         )
         self.neck = SimpleFeaturePyramid(
             in_channels=cfg.embed_dim,
@@ -106,7 +108,7 @@ class Detector(nn.Module):
 
 def build_detector(cfg: ModelConfig) -> Detector:
     """The detector of `cfg`, with the backbone weights of `cfg.pretrained` loaded (None: random, as asked)."""
-    model = Detector(cfg)
+    model = Detector(cfg, init_backbone=cfg.pretrained is None)
     load_backbone_weights(model.backbone, cfg.pretrained, hub_name=cfg.backbone)
     return model
 
@@ -114,7 +116,7 @@ def build_detector(cfg: ModelConfig) -> Detector:
 def count_parameters(cfg: ModelConfig) -> int:
     """Parameters of the detector of `cfg`, counted on the meta device (no memory, no initialisation cost)."""
     with torch.device("meta"):
-        model = Detector(dataclasses.replace(cfg, pretrained=None))
+        model = Detector(dataclasses.replace(cfg, pretrained=None), init_backbone=False)
     return sum(p.numel() for p in model.parameters())
 
 
