@@ -176,6 +176,35 @@ def test_round_trip_per_format(tmp_path, fmt):
             assert set(batch["image_id"].tolist()) == {100 * (split == "val") + j + 1 for j in range(len(items))}
 
 
+def test_coco_and_yolo_versions_give_the_same_store_boxes(tmp_path):
+    for fmt in ("coco", "yolo"):
+        write_dataset(tmp_path / fmt, fmt, seed=3)
+        prepare(tmp_path / fmt, tmp_path / f"store_{fmt}", image_size=SIZE, workers=1, progress=False)
+    for split in SPLITS:
+        a, b = Store(tmp_path / "store_coco" / split), Store(tmp_path / "store_yolo" / split)
+        assert [Path(f).name for f in a.files] == [Path(f).name for f in b.files]
+        ba, bb = a.read_batch(np.arange(len(a))), b.read_batch(np.arange(len(b)))
+        assert torch.equal(ba["valid"], bb["valid"]) and torch.equal(ba["labels"], bb["labels"])
+        torch.testing.assert_close(ba["boxes_xyxy"], bb["boxes_xyxy"], atol=1e-3, rtol=0)  # YOLO's 7 decimals
+        assert torch.equal(ba["images"], bb["images"])
+
+
+def test_exif_rotation_counted_and_sizes_as_displayed(tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 high x 80 wide, displayed rotated a quarter turn: 80 high x 40 wide
+    Image.fromarray(_smooth_image(rng, 40, 80)).save(path, exif=exif, quality=95)
+    box = np.array([[5, 10, 30, 70]], np.float32)  # drawn on the displayed image
+    ds = SourceDataset("train", "voc", CLASSES, [0, 1, 2], [SourceImage(path, box, np.array([0]), size_hw=(80, 40))])
+    prepare([ds], tmp_path / "store", image_size=SIZE, workers=1, progress=False)
+    store = Store(tmp_path / "store" / "train")
+    batch = store.read_batch([0])
+    assert batch["orig_size"][0].tolist() == [80, 40] and store.meta["report"]["exif_rotated"]["count"] == 1
+    assert "size_mismatch" not in store.meta["report"]
+    np.testing.assert_allclose((batch["boxes_xyxy"][0, 0] / batch["scale"][0]).numpy(), box[0], atol=1e-4)
+
+
 def test_normalized_boxes_scaled_and_clipped_once(tmp_path):
     ds = _source_dataset(tmp_path / "img", 2)
     h, w = load_image(ds.images[0].path)[0].shape[:2]
@@ -338,3 +367,7 @@ def test_real_dataset_round_trip(shared_data, tmp_path, name):
             np.testing.assert_allclose(back, image.boxes_xyxy, atol=0.5)
             assert batch["labels"][i, :n].tolist() == list(image.labels)
             assert max(batch["orig_size"][i].tolist()) * batch["scale"][i].item() == pytest.approx(160)
+            nc = len(image.crowd_boxes_xyxy)  # COCO iscrowd / VOC difficult: kept apart, as ignore regions
+            assert int(batch["crowd_valid"][i].sum()) == nc
+            crowd = (batch["crowd_boxes_xyxy"][i, :nc].double() / batch["scale"][i].double()).numpy()
+            np.testing.assert_allclose(crowd, image.crowd_boxes_xyxy.reshape(-1, 4), atol=0.5)
