@@ -167,6 +167,13 @@ def _remove_stale(out: Path, split: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _check_options(image_size: int, layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise OnedetError(f"unknown store layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    if image_size < 32:
+        raise OnedetError(f"image size must be at least 32 pixels, got {image_size}")
+
+
 def write_split(
     dataset: SourceDataset,
     split_dir: str | Path,
@@ -178,10 +185,7 @@ def write_split(
     progress: bool = True,
 ) -> Path:
     """Write one split as a store at `split_dir` (atomically) and return it. `root`: file names are relative to it."""
-    if layout not in LAYOUTS:
-        raise OnedetError(f"unknown store layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
-    if image_size < 32:
-        raise OnedetError(f"image size must be at least 32 pixels, got {image_size}")
+    _check_options(image_size, layout)
     split_dir = Path(split_dir)
     if not dataset.images:
         raise OnedetError(f"split {dataset.name!r} has no images")
@@ -361,6 +365,7 @@ def prepare(
     `source` may also be a list of `SourceDataset` (e.g. built in memory). Raises `OnedetError` on bad input:
     without `skip_bad`, the first unreadable image stops the run, naming the file.
     """
+    _check_options(image_size, layout)  # before reading a large dataset's annotations
     if isinstance(source, (str, Path)):
         from onedet.data.formats import read_dataset
 
