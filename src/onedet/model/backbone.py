@@ -17,9 +17,12 @@ target `blocks.N.attn.qkv`); only `forward` differs:
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from unittest import mock
+from urllib.parse import urlparse
 
 import torch
 from timm.layers import LayerNorm, resample_abs_pos_embed
@@ -179,11 +182,29 @@ def to_timm_layout(state: dict[str, torch.Tensor], backbone: ViTBackbone) -> dic
     return {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """A quick TCP connect to the Hugging Face endpoint: huggingface_hub's own retries take over a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _download(hub_name: str, backbone: ViTBackbone) -> dict[str, torch.Tensor]:
     import timm
+    from huggingface_hub import constants
 
+    # Unreachable hub: look in the local cache only (offline mode), which fails at once when the file is absent.
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable()
     try:
-        model = timm.create_model(hub_name, pretrained=True, num_classes=0, img_size=backbone.patch_embed.img_size)
+        with mock.patch.object(constants, "HF_HUB_OFFLINE", offline):
+            model = timm.create_model(hub_name, pretrained=True, num_classes=0, img_size=backbone.patch_embed.img_size)
     except Exception as e:  # offline (LocalEntryNotFoundError, OSError, ...) or an unknown name
         raise OnedetError(
             f"could not download {hub_name} ({type(e).__name__}: {e}); "
