@@ -90,7 +90,10 @@ def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_D
     tasks = list(enumerate(paths))
     if workers <= 1 or len(paths) <= 1:
         _init_worker(*init_args)
-        yield from map(_decode, tasks)
+        try:
+            yield from map(_decode, tasks)
+        finally:
+            _worker.clear()  # drop the memmap: the folder is renamed or deleted next
         return
     # fork: workers inherit the imported modules (spawn would re-import torch in each); DataLoader does the same.
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
