@@ -387,7 +387,7 @@ class Trainer:
         total = weighted_total(terms, weights)
         finite = distributed.all_reduce_mean(torch.isfinite(total.detach()).float().reshape(1))
         if float(finite) < 1:
-            self._stop_non_finite("loss", {k: float(v) for k, v in terms.items()})
+            self._stop_non_finite("loss", {k: float(v.detach()) for k, v in terms.items()})
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.grad_clip > 0:

@@ -1,0 +1,267 @@
+"""The trainer end to end on a tiny synthetic store, and its parts: config/CLI, optimizer, schedule, EMA, AMP plan,
+cached features, bad input (non-finite loss, classes that do not match, an occupied run folder)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from train_helpers import cli_args, make_store, tiny_config
+
+from onedet.errors import OnedetError
+from onedet.train.config import TrainConfig, add_train_arguments, field_docs, train_config_from_args
+from onedet.train.ema import WeightEma
+from onedet.train.optim import build_optimizer, lr_factor, param_groups
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("train-store"))
+
+
+@pytest.fixture(scope="module")
+def trained(store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One short training run through the CLI, shared by the checks on what it writes."""
+    from onedet.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(cli_args(store, out, "--epochs", "2")) == 0
+    return out
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+def test_cli_is_generated_from_the_dataclass() -> None:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--data",
+            "s",
+            "--finetune",
+            "lora",
+            "--lr",
+            "3e-4",
+            "--no-augment",
+            "--max-minutes",
+            "2.5",
+            "--pretrained",
+            "none",
+            "--workers",
+            "none",
+        ]
+    )
+    cfg = train_config_from_args(args)
+    assert cfg == TrainConfig(
+        data=Path("s"), finetune="lora", lr=3e-4, augment=False, max_minutes=2.5, pretrained=None, workers=None
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "s", "--finetune", "everything"])
+    helps = {a.dest: a.help for a in parser._actions}
+    assert "LoRA rank" in helps["lora_rank"] and "%(default)s" in helps["lora_rank"]
+    assert set(field_docs()) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+# --- optimizer, schedule, EMA ------------------------------------------------------------------------------------
+
+
+class _Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.backbone.pos_embed = nn.Parameter(torch.zeros(1, 3, 4))
+        self.head = nn.Linear(4, 2)
+
+
+def test_no_weight_decay_on_norms_biases_and_position_embeddings() -> None:
+    model = _Toy()
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: g for g in param_groups(model, lr=1.0, weight_decay=0.1, backbone_lr_scale=0.1)}
+    decayed = {names[id(p)] for g in groups.values() if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {"backbone.0.weight", "head.weight"}
+    assert groups["backbone_decay"]["lr"] == pytest.approx(0.1) and groups["head_decay"]["lr"] == 1.0
+    model.backbone.requires_grad_(False)
+    assert [g["name"] for g in param_groups(model, lr=1.0, weight_decay=0.1)] == ["head_no_decay", "head_decay"]
+    assert build_optimizer(model, lr=1.0, weight_decay=0.1).param_groups[1]["weight_decay"] == 0.1
+
+
+@pytest.mark.parametrize("steps_per_epoch", [3, 50])
+def test_schedule_is_counted_in_epochs(steps_per_epoch: int) -> None:
+    kw = {"steps_per_epoch": steps_per_epoch, "epochs": 10, "warmup_epochs": 2}
+    factors = [lr_factor(s, **kw) for s in range(10 * steps_per_epoch)]
+    warmup = 2 * steps_per_epoch
+    assert all(a < b for a, b in itertools.pairwise(factors[: warmup + 1])), "warm-up rises"
+    assert factors[warmup] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[warmup:])), "cosine decays"
+    assert factors[-1] == pytest.approx(0.01, abs=0.01)
+    # The same fraction of training has the same factor whatever the dataset size.
+    assert lr_factor(6 * steps_per_epoch, **kw) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_ema_follows_the_trainable_weights_and_restores() -> None:
+    model = _Toy()
+    model.backbone.requires_grad_(False)
+    ema = WeightEma(model, decay=0.5, warmup_power=1.0)
+    assert set(ema.shadow) == {"head.weight", "head.bias"}, "frozen weights are not copied"
+    start = model.head.weight.detach().clone()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    ema.update(model)  # warm-up decay 1 - 2**-1 = 0.5
+    assert torch.allclose(ema.shadow["head.weight"], start + 0.5)
+    live = model.head.weight.detach().clone()
+    with ema.applied(model):
+        assert torch.allclose(model.head.weight, start + 0.5)
+    assert torch.equal(model.head.weight, live)
+    copy = WeightEma(model, decay=0.5)
+    copy.load_state_dict(ema.state_dict())
+    assert copy.num_updates == 1 and torch.equal(copy.shadow["head.weight"], ema.shadow["head.weight"])
+
+
+def test_amp_plan() -> None:
+    from onedet.train import amp
+
+    cpu = torch.device("cpu")
+    assert amp.plan("off", cpu, True) == (None, None)
+    assert amp.plan("bf16", cpu, False) == (torch.bfloat16, torch.bfloat16)
+    auto = amp.plan("auto", cpu, True)
+    assert auto.rest is None and auto.backbone == (torch.bfloat16 if amp.cpu_bf16_supported() else None)
+    assert amp.plan("auto", cpu, False) == (None, None), "a trainable backbone stays fp32 on the CPU"
+
+
+# --- the split forward and cached features ---------------------------------------------------------------------
+
+
+def test_backbone_then_head_equals_the_detector_forward() -> None:
+    from onedet.config import ModelConfig
+    from onedet.model.detector import Detector
+    from onedet.train.features import backbone_features, head_forward
+
+    torch.manual_seed(0)
+    model = Detector(ModelConfig.from_preset("tiny", num_classes=4, image_size=128)).eval()
+    images = torch.rand(2, 3, 100, 120)  # padded inside
+    with torch.no_grad():
+        whole, split = model(images), head_forward(model, backbone_features(model, images))
+    assert torch.equal(whole.logits, split.logits) and torch.equal(whole.boxes_xyxy, split.boxes_xyxy)
+
+
+def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path: Path) -> None:
+    from onedet.data.store import Store
+    from onedet.train.features import CachedFeatureModel, FeatureCache, head_forward, split_taps
+    from onedet.train.loop import Trainer
+
+    trainer = Trainer(tiny_config(store, tmp_path / "run", cache_features=True, amp="off"))
+    try:
+        cache = trainer.val_cache
+        assert cache is not None and cache.array.dtype.name == "float16"
+        val = Store(store / "val")
+        images = torch.as_tensor(val.read_batch([0, 1])["images"]).float() / 255
+        model = trainer.detector.eval()
+        with torch.no_grad():
+            direct = model(images)
+            cached = CachedFeatureModel(model, cache)(images)
+            flipped = model(images.flip(-1))
+            features = cache.read(torch.tensor([0, 1]), torch.tensor([1, 1]))
+            from_flip = head_forward(model, split_taps(features, cache.num_taps))
+        # float16 features: close, not equal
+        assert torch.allclose(cached.logits, direct.logits, atol=0.05)
+        assert torch.allclose(from_flip.logits, flipped.logits, atol=0.05), "the flipped image's own features"
+        result = trainer.fit()
+        assert result.metrics is not None and (tmp_path / "run" / "weights" / "best" / "model.safetensors").exists()
+        # The same backbone over the same store finds its cache again instead of recomputing it.
+        again = FeatureCache.build(
+            model, val, tmp_path / "run" / "cache", "val", batch_size=8, device=torch.device("cpu"), dtype=None
+        )
+        assert again.meta["key"] == cache.meta["key"]
+    finally:
+        trainer.close()
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def test_training_writes_the_run_folder(trained: Path) -> None:
+    from onedet.train.logging import read_metrics
+
+    for name in ("curves.png", "pr.png", "predictions.png", "metrics.csv", "metrics.json", "train_config.json"):
+        assert (trained / name).stat().st_size > 0, name
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    for which in ("last", "best"):
+        folder = trained / "weights" / which
+        assert (folder / "model.safetensors").is_file() and (folder / "model.json").is_file()
+    assert (trained / "weights" / "last" / "train_state.pt").is_file()
+    assert not (trained / "weights" / "best" / "train_state.pt").exists()
+    rows = read_metrics(trained)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["AP50"] <= 1 and r["lr"] > 0 for r in rows)
+    info = json.loads((trained / "weights" / "best" / "model.json").read_text())
+    assert info["classes"] and info["model"]["num_classes"] == len(info["classes"])
+
+
+def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.CaptureFixture) -> None:
+    from onedet.cli import main
+
+    assert main(["eval", "--weights", str(trained), "--data", str(store / "val"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
+    saved = json.loads((trained / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(saved["AP"], abs=1e-6), "eval of `best` equals the trainer's"
+
+
+def test_an_occupied_run_folder_needs_resume(trained: Path, store: Path) -> None:
+    from onedet.train import train
+
+    with pytest.raises(OnedetError, match="already holds a run"):
+        train(tiny_config(store, trained))
+
+
+def test_resume_refuses_a_store_with_other_classes(trained: Path, store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from onedet.train import train
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model_json = run / "weights" / "last" / "model.json"
+    info = json.loads(model_json.read_text())
+    info["classes"] = list(reversed(info["classes"]))
+    model_json.write_text(json.dumps(info))
+    with pytest.raises(OnedetError, match="do not match the checkpoint"):
+        train(tiny_config(store, run, resume=True))
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onedet.loss
+    from onedet.train import train
+    from onedet.train.checkpoint import read_train_state
+
+    real = onedet.loss.weighted_total
+    calls = []
+
+    def explode_on_third_step(terms, weights=None):
+        calls.append(1)
+        total = real(terms, weights)
+        return total * float("nan") if len(calls) == 3 else total
+
+    monkeypatch.setattr(onedet.loss, "weighted_total", explode_on_third_step)
+    out = tmp_path / "run"
+    with pytest.raises(OnedetError, match=r"non-finite loss at epoch 1, step 3.*last good checkpoint"):
+        train(tiny_config(store, out, checkpoint_every_steps=1, epochs=2))
+    assert read_train_state(out / "weights" / "last")["global_step"] == 2
+
+
+def test_an_unwritable_run_folder_is_a_clear_error(store: Path, tmp_path: Path) -> None:
+    from onedet.train import train
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OnedetError, match="not writable"):
+        train(tiny_config(store, blocker / "run"))
