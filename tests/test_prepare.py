@@ -144,6 +144,10 @@ def test_letterbox_matches_pil_and_batches():
     boxed = letterbox_torch(batch, 64)
     assert boxed.shape == (2, 3, 64, 64) and boxed.dtype == torch.uint8
     assert torch.equal(boxed[0], torch.from_numpy(out))
+    same = _smooth_image(rng, 48, 64)  # already fitting: letterbox_image skips the (identity) resize
+    assert torch.equal(
+        torch.from_numpy(letterbox_image(same, 64)), letterbox_torch(torch.from_numpy(same).permute(2, 0, 1), 64)
+    )
 
 
 # --- round trips ----------------------------------------------------------------------------------------------
