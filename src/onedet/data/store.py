@@ -110,7 +110,10 @@ class Store:
         [B, 2] (h, w), `scale` float32 [B], `image_id` int64 [B], `index` int64 [B]. Tensors are on the CPU
         (pinned if asked and CUDA exists), except compact images, which are decoded on `device` when given.
         """
-        index = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
+        if isinstance(indices, torch.Tensor):
+            index = indices.detach().to("cpu", torch.int64).reshape(-1)
+        else:
+            index = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(f"store indices out of range 0..{len(self) - 1}")
         pin = pin_memory and torch.cuda.is_available()
@@ -118,7 +121,8 @@ class Store:
         if self.layout == "raw":
             batch["images"] = self._select("images", index, pin)
         else:
-            batch["images"] = self._decode(index, device)
+            images = self._decode(index, device)
+            batch["images"] = images.pin_memory() if pin and not images.is_cuda else images
         batch["index"] = index
         return batch
 
