@@ -1,9 +1,10 @@
 """ONNX export: one file from uint8 pixels of any size to boxes in the original image's pixels.
 
 `EndToEnd` wraps a `Detector` with everything a deployment would otherwise re-implement (and get subtly wrong):
-the store's letterbox (`letterbox_torch`, the same function prepare uses), the cast to [0, 1] (the model owns
-normalisation), NMS-free top-k decoding, boxes mapped back to original pixels, and the dataset's own class
-ids. PyTorch predict runs this same module eagerly, so the two paths share code and can be compared.
+the store's letterbox (`letterbox_float`: the geometry and kernel of `letterbox_torch`, which prepare uses), the
+cast to [0, 1] (the model owns normalisation), NMS-free top-k decoding, boxes mapped back to original pixels,
+and the dataset's own class ids. PyTorch predict runs this same module eagerly, so the two paths share code and
+can be compared.
 
 Export uses the dynamo exporter (`torch.onnx.export(..., dynamo=True)`): the legacy exporter fails on timm's
 position-embedding resize (../shared/ANCHORS.md). int8 comes from onnxruntime's quantizer (dynamic, or static
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onedet import __version__
-from onedet.data.letterbox import letterbox_torch
+from onedet.data.letterbox import PAD_VALUE
 from onedet.errors import OnedetError
 from onedet.postprocess import decode_topk, to_original
 from onedet.runtime import (
@@ -51,6 +53,22 @@ DEFAULT_MAX_DETECTIONS = 100
 _INT8_DYNAMIC_OPS = ["MatMul", "Gemm"]
 _INT8_STATIC_OPS = ["MatMul", "Gemm", "Conv"]
 _FORBIDDEN_OPS = {"GridSample"}  # known to give wrong results or fail under TensorRT
+
+
+def letterbox_float(images: Tensor, size: int) -> Tensor:
+    """`onedet.data.letterbox.letterbox_torch` without its final rounding to uint8: uint8 `[B, 3, H, W]` -> float
+    `[B, 3, S, S]` in 0..255, whose `round()` is exactly the store's pixels (tests/test_export.py checks it).
+
+    Why not round: torch's and onnxruntime's antialiased resize kernels differ by ~1e-3 grey levels, and rounding
+    turns that into whole levels at a few pixels, enough to move scores by 1e-4; unrounded they agree to 1e-5.
+    Same scale, size (integer round-half-up), kernel, top-left placement and pad value as the store.
+    """
+    h, w = images.shape[-2], images.shape[-1]
+    longest = torch.sym_max(h, w)
+    new_h = torch.sym_max((2 * h * size + longest) // (2 * longest), 1)
+    new_w = torch.sym_max((2 * w * size + longest) // (2 * longest), 1)
+    resized = F.interpolate(images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    return F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE))
 
 
 class EndToEnd(nn.Module):
@@ -78,7 +96,7 @@ class EndToEnd(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, h, w, _ = images.shape
         size = self.image_size
-        x = letterbox_torch(images.permute(0, 3, 1, 2), size).float() / 255.0  # (B, 3, S, S)
+        x = letterbox_float(images.permute(0, 3, 1, 2), size) / 255.0  # (B, 3, S, S)
         if self.fp16:
             x = x.half()
         out = self.model(x)

@@ -43,7 +43,9 @@ class TorchDetector:
         import torch
 
         with torch.inference_mode():
-            boxes, scores, labels = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+            boxes, scores, labels = self.module(
+                torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(self.device)
+            )
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
 
     def __call__(self, images: Any, threshold: float = 0.3) -> list[Detections]:

@@ -1,0 +1,253 @@
+"""ONNX export: a valid graph with metadata and no GridSample, onnxruntime == PyTorch predict on images of any
+size (synthetic extremes and real photos), and int8 (dynamic, static calibrated on a store) / fp16 files that run.
+
+One tiny run folder is exported once for the module through the real CLI (`onedet export ... --int8
+--calibration STORE/val`); the PyTorch reference is the same `EndToEnd` module run eagerly by `TorchDetector`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from onedet import __version__
+from onedet.cli import main
+from onedet.config import ModelConfig
+from onedet.data.images import load_image
+from onedet.errors import OnedetError
+from onedet.model.detector import build_detector
+from onedet.predict import TorchDetector
+from onedet.runtime import OnnxDetector
+
+CLASSES = ["cat", "dog", "fish"]
+CATEGORY_IDS = [3, 7, 11]  # not 0..C-1, so a missing id lookup in the graph would show
+
+
+def make_run(folder: Path, seed: int = 0) -> Path:
+    """A run folder as training writes it (docs/design.md), with a tiny random detector.
+
+    A fresh head predicts the focal prior (~0.01) everywhere, so hundreds of scores tie within 1e-6 and their
+    order is arbitrary; a wider random classifier spreads the scores so that comparing detections means something.
+    """
+    torch.manual_seed(seed)
+    # The tiny preset cut to 2 blocks (one windowed, one global) at 128 px: every part of the model, exported fast.
+    cfg = ModelConfig.from_preset(
+        "tiny", num_classes=len(CLASSES), depth=2, global_blocks=(1,), taps=(0, 1), image_size=128, pretrained=None
+    )
+    model = build_detector(cfg)
+    with torch.no_grad():
+        model.head.cls_pred.weight.normal_(0.0, 0.03)
+        model.head.cls_pred.bias.fill_(-2.0)
+    ckpt = folder / "weights" / "best"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
+    info = {"model": cfg.to_dict(), "classes": CLASSES, "category_ids": CATEGORY_IDS, "onedet_version": __version__}
+    (ckpt / "model.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth gradient with a few flat rectangles: structure at every scale, unlike pure noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([255 * xx / max(w, 1), 255 * yy / max(h, 1), np.full_like(xx, 128)], axis=-1)
+    for _ in range(4):
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        img[y0 : y0 + max(1, h // 4), x0 : x0 + max(1, w // 4)] = rng.integers(0, 256, 3)
+    return img.astype(np.uint8)
+
+
+test_image.__test__ = False  # a helper, not a test
+
+
+def assert_same_detections(ref: tuple, got: tuple, score_tol: float = 1e-4, box_tol: float = 1.0) -> None:
+    """Same detections (labels equal, boxes within `box_tol` px, scores within `score_tol`) for one image.
+
+    Near-equal scores may come out of top-k in either order, and at the K-th place a detection may be in one
+    list and not the other; so detections are matched one-to-one (not by position), and only those clearly
+    above the lowest kept score must match. The sorted score lists must agree everywhere.
+    """
+    rb, rs, rl = ref
+    gb, gs, gl = got
+    assert rs.shape == gs.shape and rb.shape == gb.shape
+    np.testing.assert_allclose(np.sort(gs), np.sort(rs), atol=score_tol, rtol=0)
+    boundary = max(rs.min(), gs.min()) + score_tol
+    checked = 0
+    for (b1, s1, l1), (b2, s2, l2) in (((rb, rs, rl), (gb, gs, gl)), ((gb, gs, gl), (rb, rs, rl))):
+        free = np.ones(len(s2), dtype=bool)
+        for i in np.flatnonzero(s1 > boundary):
+            close = free & (l2 == l1[i]) & (np.abs(s2 - s1[i]) <= score_tol) & (np.abs(b2 - b1[i]).max(1) <= box_tol)
+            assert close.any(), f"no match for label {l1[i]} score {s1[i]:.6f} box {b1[i]}"
+            free[np.flatnonzero(close)[0]] = False
+            checked += 1
+    assert checked >= len(rs), "too few detections above the top-k boundary for a meaningful comparison"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from onedet.data.prepare import prepare
+    from onedet.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("export")
+    run = make_run(root / "run")
+    make_synthetic(root / "synthetic", num_images=10, image_size=128, seed=1)
+    prepare(root / "synthetic", root / "store", image_size=128, workers=1, progress=False)
+    out = root / "model.onnx"
+    assert (
+        main(["export", "--weights", str(run), "--out", str(out), "--int8", "--calibration", str(root / "store/val")])
+        == 0
+    )
+    return {"root": root, "run": run, "fp32": out, "int8_static": root / "model.int8-static.onnx"}
+
+
+def test_graph_is_valid_has_metadata_and_no_grid_sample(exported: dict) -> None:
+    for path in (exported["fp32"], exported["int8_static"]):
+        onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(str(path))
+        ops = {n.op_type for n in proto.graph.node}
+        assert "GridSample" not in ops
+        assert {"Resize", "TopK", "Pad"} <= ops  # letterbox and decoding are in the graph
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["onedet_model"] == "1"
+        assert meta["onedet_version"] == __version__
+        assert json.loads(meta["classes"]) == CLASSES
+        assert json.loads(meta["category_ids"]) == CATEGORY_IDS
+        assert meta["image_size"] == "128"
+        [inp] = proto.graph.input
+        assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        dims = inp.type.tensor_type.shape.dim
+        assert [d.dim_param != "" for d in dims] == [True, True, True, False] and dims[3].dim_value == 3
+        types = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
+        assert types == {
+            "boxes": onnx.TensorProto.FLOAT,
+            "scores": onnx.TensorProto.FLOAT,
+            "labels": onnx.TensorProto.INT64,
+        }
+    assert OnnxDetector(exported["int8_static"]).precision == "int8-static"
+
+
+@pytest.fixture(scope="module")
+def detectors(exported: dict) -> tuple[TorchDetector, OnnxDetector]:
+    return TorchDetector(exported["run"], device="cpu"), OnnxDetector(exported["fp32"])
+
+
+# (h, w): extremes of size and aspect ratio, odd sizes, upscaling and downscaling, the model's own size.
+SIZES = [(1, 2000), (2000, 1), (3000, 4000), (37, 91), (480, 640), (256, 256)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_onnxruntime_matches_pytorch(detectors: tuple, size: tuple[int, int]) -> None:
+    torch_det, onnx_det = detectors
+    n = 1 if size[0] * size[1] > 1e6 else 2  # a batch of 2 checks the batch axis (not for 12 Mpx: time)
+    batch = np.stack([test_image(*size, seed=s) for s in range(1, n + 1)])
+    ref = torch_det.run_batch(batch)
+    got = onnx_det.run_batch(batch)
+    h, w = size
+    for b in range(n):
+        assert set(got[2][b].tolist()) <= set(CATEGORY_IDS)
+        assert (got[0][b][:, [0, 2]] <= w).all() and (got[0][b][:, [1, 3]] <= h).all() and (got[0][b] >= 0).all()
+        assert_same_detections(tuple(x[b] for x in ref), tuple(x[b] for x in got))
+
+
+def test_onnxruntime_matches_pytorch_on_noise(detectors: tuple) -> None:
+    """Pure noise, downscaled: the worst case for resize kernels that differ in the last float bits."""
+    torch_det, onnx_det = detectors
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    ref, got = torch_det.run_batch(image[None]), onnx_det.run_batch(image[None])
+    assert_same_detections(tuple(x[0] for x in ref), tuple(x[0] for x in got))
+
+
+def test_in_graph_letterbox_is_the_store_letterbox() -> None:
+    """The graph's float letterbox rounds to exactly the store's uint8 pixels (same size, kernel, placement, pad)."""
+    from onedet.data.letterbox import letterbox_torch
+    from onedet.export import letterbox_float
+
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 2000), (37, 91), (300, 400), (256, 256), (100, 60)]:
+        images = torch.from_numpy(rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8))
+        assert torch.equal(letterbox_float(images, 256).round().to(torch.uint8), letterbox_torch(images, 256))
+
+
+def test_onnxruntime_matches_pytorch_on_real_images(detectors: tuple, shared_data: Path) -> None:
+    torch_det, onnx_det = detectors
+    candidates = [
+        *sorted((shared_data / "bccd/BCCD/JPEGImages").glob("*.jpg"))[:1],
+        *sorted((shared_data / "aquarium/aquarium_pretrain/valid/images").glob("*.jpg"))[:1],
+        *sorted((shared_data / "coco128_coco/train2017").glob("*.jpg"))[:1],
+    ]
+    if not candidates:
+        pytest.skip("no real images found")
+    for path in candidates:
+        image, _ = load_image(path)
+        ref, got = torch_det.run_batch(image[None]), onnx_det.run_batch(image[None])
+        assert_same_detections(tuple(x[0] for x in ref), tuple(x[0] for x in got))
+
+
+def test_parity_check_can_fail() -> None:
+    """The comparison used above rejects a box shifted by 2 px, a wrong label and a changed score."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 500, (20, 4)).astype(np.float32)
+    scores = np.sort(rng.uniform(0.1, 0.9, 20)).astype(np.float32)[::-1].copy()
+    labels = rng.integers(0, 3, 20)
+    ref = (boxes, scores, labels)
+    assert_same_detections(ref, (boxes[::-1] + 0.5, scores[::-1], labels[::-1]))  # order does not matter
+    shifted = boxes.copy()
+    shifted[3, 2] += 2
+    relabelled = labels.copy()
+    relabelled[5] = (labels[5] + 1) % 3
+    rescored = scores.copy()
+    rescored[1] += 5e-4
+    for bad in ((shifted, scores, labels), (boxes, scores, relabelled), (boxes, rescored, labels)):
+        with pytest.raises(AssertionError):
+            assert_same_detections(ref, bad)
+
+
+def test_int8_dynamic_and_fp16_run_and_detect(exported: dict) -> None:
+    from onedet.export import build_end_to_end, export_onnx, quantize_int8_dynamic
+    from onedet.runtime import PRECISION_KEY
+    from onedet.train.checkpoint import load_run
+
+    root, fp32 = exported["root"], exported["fp32"]
+    meta = OnnxDetector(fp32).metadata
+    dynamic = quantize_int8_dynamic(fp32, root / "model.int8-dynamic.onnx", meta)
+    module, _, _ = build_end_to_end(load_run(exported["run"]), half=True)
+    half = export_onnx(module, root / "model.fp16.onnx", {**meta, PRECISION_KEY: "fp16"})
+
+    image = test_image(300, 500, seed=3)
+    ref = OnnxDetector(fp32).run_batch(image[None])
+    assert fp32.stat().st_size > 3 * dynamic.stat().st_size / 2  # int8 weights: a smaller file
+    assert fp32.stat().st_size > 3 * half.stat().st_size / 2
+    for path, precision, score_tol in (
+        (dynamic, "int8-dynamic", 0.1),
+        (exported["int8_static"], "int8-static", 0.1),
+        (half, "fp16", 0.01),
+    ):
+        detector = OnnxDetector(path)
+        assert detector.precision == precision
+        onnx.checker.check_model(str(path))
+        boxes, scores, labels = detector.run_batch(image[None])
+        assert boxes.dtype == np.float32 and scores.dtype == np.float32 and labels.dtype == np.int64
+        assert boxes.shape == ref[0].shape and np.isfinite(boxes).all()
+        assert set(labels[0].tolist()) <= set(CATEGORY_IDS)
+        # Quantised models approximate the fp32 one: the best score is close.
+        assert abs(float(scores[0, 0]) - float(ref[1][0, 0])) < score_tol
+        assert len(detector(image, threshold=0.0)[0]) == scores.shape[1]
+    fp16_types = {t.data_type for t in onnx.load(str(half)).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in fp16_types
+
+
+def test_export_errors(exported: dict, tmp_path: Path) -> None:
+    from onedet.export import export
+
+    with pytest.raises(OnedetError, match=r"\.onnx"):
+        export(exported["run"], tmp_path / "model.bin")
+    with pytest.raises(OnedetError, match="--int8"):
+        export(exported["run"], tmp_path / "model.onnx", calibration=tmp_path)
+    with pytest.raises(OnedetError, match="no such run"):
+        export(tmp_path / "missing", tmp_path / "model.onnx")

@@ -1,0 +1,153 @@
+"""`onedet predict` with a run folder (PyTorch) and with an .onnx file (onnxruntime): files, folders and globs in,
+annotated images and COCO-results JSON out; the Python `predict` API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onedet import __version__
+from onedet.cli import main
+from onedet.errors import OnedetError
+from onedet.runtime import Detections
+
+CLASSES = ["circle", "square", "triangle"]
+CATEGORY_IDS = [1, 2, 4]
+KEYS = {"file", "bbox", "score", "category_id", "category"}
+
+
+def make_run(folder: Path) -> Path:
+    """A run folder as training writes it (docs/design.md): weights/best/{model.safetensors, model.json}."""
+    import torch
+    from safetensors.torch import save_file
+
+    from onedet.config import ModelConfig
+    from onedet.model.detector import build_detector
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(
+        "tiny", num_classes=3, depth=2, global_blocks=(1,), taps=(0, 1), image_size=128, pretrained=None
+    )
+    model = build_detector(cfg)
+    with torch.no_grad():  # spread the scores (a fresh head predicts ~0.01 everywhere)
+        model.head.cls_pred.weight.normal_(0.0, 0.05)
+        model.head.cls_pred.bias.fill_(-1.0)
+    ckpt = folder / "weights" / "best"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
+    info = {"model": cfg.to_dict(), "classes": CLASSES, "category_ids": CATEGORY_IDS, "onedet_version": __version__}
+    (ckpt / "model.json").write_text(json.dumps(info))
+    return folder
+
+
+def _image(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like test image: a smooth gradient with a few flat rectangles."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([255 * xx / w, 255 * yy / h, np.full_like(xx, 128)], axis=-1)
+    for _ in range(3):
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        img[y0 : y0 + h // 4, x0 : x0 + w // 4] = rng.integers(0, 256, 3)
+    return img.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from onedet.export import export
+
+    root = tmp_path_factory.mktemp("predict")
+    run = make_run(root / "run")
+    [onnx_file] = export(run, root / "model.onnx")
+    (root / "images").mkdir()
+    (root / "more").mkdir()
+    Image.fromarray(_image(120, 160, 0)).save(root / "images" / "a.png")
+    Image.fromarray(_image(300, 90, 1)).save(root / "images" / "b.jpg")
+    Image.fromarray(_image(50, 50, 2)[..., 0]).save(root / "more" / "a.png")  # same name, grayscale
+    (root / "images" / "notes.txt").write_text("not an image")
+    return {"root": root, "run": run, "onnx": onnx_file}
+
+
+def _predict_cli(model: Path, root: Path, out: Path, capsys: pytest.CaptureFixture) -> list[dict]:
+    sources = [str(root / "images"), str(root / "more" / "*.png")]
+    code = main(["predict", "--model", str(model), *sources, "--out", str(out), "--threshold", "0.2", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((out / "detections.json").read_text())
+    return printed
+
+
+def test_predict_cli_onnx_and_run_folder_agree(setup: dict, capsys: pytest.CaptureFixture) -> None:
+    root = setup["root"]
+    by_model = {}
+    for name in ("onnx", "run"):
+        out = root / f"out_{name}"
+        rows = _predict_cli(setup[name], root, out, capsys)
+        assert rows, "no detections at threshold 0.2: the test model should produce some"
+        files = {r["file"] for r in rows}
+        assert files <= {str(root / "images/a.png"), str(root / "images/b.jpg"), str(root / "more/a.png")}
+        assert len(files) == 3
+        for r in rows:
+            assert set(r) == KEYS
+            assert CLASSES[CATEGORY_IDS.index(r["category_id"])] == r["category"]
+            assert r["score"] >= 0.2
+            x, y, w, h = r["bbox"]
+            size = Image.open(r["file"]).size
+            assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= size[0] + 0.01 and y + h <= size[1] + 0.01
+        # One annotated image per source, same size as the source; the two a.png do not overwrite each other.
+        written = sorted(p.name for p in out.glob("*.jpg"))
+        assert written == ["a.jpg", "a_1.jpg", "b.jpg"]
+        assert Image.open(out / "b.jpg").size == (90, 300)
+        by_model[name] = rows
+    # PyTorch and onnxruntime give the same detections (scores well apart from the threshold).
+    for file in {r["file"] for r in by_model["onnx"]}:
+        a = sorted((r for r in by_model["onnx"] if r["file"] == file), key=lambda r: -r["score"])
+        b = sorted((r for r in by_model["run"] if r["file"] == file), key=lambda r: -r["score"])
+        assert abs(len(a) - len(b)) <= 1  # a score within 1e-4 of the threshold may fall on either side
+        assert a[0]["score"] == pytest.approx(b[0]["score"], abs=1e-4)
+        assert a[0]["category_id"] == b[0]["category_id"]
+        assert a[0]["bbox"] == pytest.approx(b[0]["bbox"], abs=1.0)
+
+
+def test_predict_cli_errors(setup: dict, capsys: pytest.CaptureFixture) -> None:
+    root = setup["root"]
+    cases = [
+        ([str(root / "missing.jpg")], "no such image"),
+        ([str(root / "*.bmp")], "matches no image"),
+        ([str(root / "run")], "holds no images"),
+    ]
+    for sources, message in cases:
+        code = main(["predict", "--model", str(setup["onnx"]), *sources, "--out", str(root / "err")])
+        assert code == 2
+        assert message in capsys.readouterr().err
+    code = main(["predict", "--model", str(root / "nothing"), str(root / "images"), "--out", str(root / "err")])
+    assert code == 2 and "no such model" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_skipped_and_reported(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from onedet.predict import predict_files
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    rows = predict_files(setup["onnx"], [folder], tmp_path / "out", threshold=0.0)
+    assert {r["file"] for r in rows} == {str(folder / "good.png")}
+    assert "broken.jpg" in capsys.readouterr().err
+    with pytest.raises(OnedetError, match="none of the 1 images"):
+        predict_files(setup["onnx"], [folder / "broken.jpg"], tmp_path / "out2")
+
+
+def test_predict_python_api(setup: dict) -> None:
+    from onedet.predict import predict  # `onedet.predict` is the module once imported (see report)
+
+    image = np.asarray(Image.open(setup["root"] / "images" / "a.png").convert("RGB"))
+    one = predict(setup["onnx"], image, threshold=0.0)
+    assert isinstance(one, Detections) and len(one) > 0
+    many = predict(setup["run"], [image, setup["root"] / "images" / "b.jpg"], threshold=0.0)
+    assert isinstance(many, list) and len(many) == 2
+    np.testing.assert_allclose(np.sort(many[0].scores), np.sort(one.scores), atol=1e-4)
+    assert many[1].boxes_xyxy[:, 2].max() <= 90 and many[1].boxes_xyxy[:, 3].max() <= 300
