@@ -1,7 +1,7 @@
 """The anchor-free detection head, shared across pyramid levels (FCOS-style, without centerness).
 
 Every location of every level is a candidate: its point is the centre of its cell, `((x + 0.5) s, (y + 0.5) s)`
-for stride `s`. Two towers of 3x3 convs (classification, box) feed a sigmoid classifier and four distances to the
+for stride `s`. Two towers of depthwise-separable 3x3 convs (classification, box) feed a sigmoid classifier and four distances to the
 box sides (left, top, right, bottom), `softplus(scale_level * raw) * s`, so they are >= 0 and in pixels.
 Training assigns each ground-truth box to one location (OneNet), which makes the head NMS-free.
 
@@ -35,9 +35,16 @@ class HeadOutput(NamedTuple):
 
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
+    # Depthwise-separable 3x3 convs (as YOLOv10's classification branch): at stride 8 a full 3x3 conv of two
+    # towers costs about 10% of ViT-B's FLOPs at 640 px and half of ViT-S's; this is about 9x cheaper.
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), LayerNorm2d(channels), nn.GELU()]
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            LayerNorm2d(channels),
+            nn.GELU(),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -63,8 +70,8 @@ class DetectionHead(nn.Module):
         self.strides = tuple(strides)
         self.cls_tower = _tower(channels, num_convs)
         self.box_tower = _tower(channels, num_convs)
-        self.cls_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
-        self.box_pred = nn.Conv2d(channels, 4, 3, padding=1)
+        self.cls_pred = nn.Conv2d(channels, num_classes, 1)
+        self.box_pred = nn.Conv2d(channels, 4, 1)
         self.scales = nn.Parameter(torch.ones(len(self.strides)))  # per-level scale of the raw distances
         self.aux_cls_pred = nn.Conv2d(channels, num_classes, 1) if aux else None
         self.aux_box_pred = nn.Conv2d(channels, 4, 1) if aux else None
