@@ -1,8 +1,9 @@
 """The anchor-free detection head, shared across pyramid levels (FCOS-style, without centerness).
 
 Every location of every level is a candidate: its point is the centre of its cell, `((x + 0.5) s, (y + 0.5) s)`
-for stride `s`. Two towers of depthwise-separable 3x3 convs (classification, box) feed a sigmoid classifier and four distances to the
-box sides (left, top, right, bottom), `softplus(scale_level * raw) * s`, so they are >= 0 and in pixels.
+for stride `s`. Two towers of depthwise-separable 3x3 convs (classification, box) feed a sigmoid classifier and
+four distances to the box sides (left, top, right, bottom), `softplus(scale_level * raw) * s`, so they are >= 0
+and in pixels.
 Training assigns each ground-truth box to one location (OneNet), which makes the head NMS-free.
 
 The optional auxiliary branch (YOLOv10 "dual assignment") is a second pair of 1x1 prediction layers on the same
