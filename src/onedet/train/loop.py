@@ -297,6 +297,8 @@ class Trainer:
             "classes": self.classes,
             "category_ids": self.category_ids,
             "finetune": self.cfg.finetune,
+            "global_step": self.global_step,
+            "epochs_done": self.loader.epoch + self.loader.state_dict()["position"] / max(1, self.steps_per_epoch),
         }
 
     def _export_weights(self) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
