@@ -149,9 +149,15 @@ def test_state_dict_resumes_exactly(store):
 
 
 def test_prefetch_matches_synchronous_and_reraises(store):
-    a = _indices(BatchLoader(store, 4, seed=4, prefetch=0))
-    b = _indices(BatchLoader(store, 4, seed=4, prefetch=3))
-    assert a == b
+    def run(**kwargs):
+        return list(BatchLoader(store, 4, seed=4, augment=BatchAugment(), **kwargs))
+
+    reference = run(prefetch=0)
+    for kwargs in (dict(prefetch=3, workers=1), dict(prefetch=1, workers=2), dict(prefetch=2, workers=3)):
+        batches = run(**kwargs)  # worker threads take turns: the same batches, in the same order
+        assert len(batches) == len(reference)
+        for x, y in zip(batches, reference):
+            assert torch.equal(x.index, y.index) and torch.equal(x.images, y.images)
 
     class Broken(Store):
         def read_batch(self, indices, device=None, pin_memory=False):

@@ -2,9 +2,10 @@
 
 Like nanoGPT's `get_batch`, a batch is one read of the memory map: the epoch's indices are a seeded permutation,
 each batch's indices are sorted (memmap locality; the order inside a batch does not matter) and read with one
-`store.read_batch(indices)`. A background thread keeps `prefetch` batches ready (pinned when the target is CUDA),
-so reading overlaps compute. The uint8 -> float conversion and the augmentation run as batch ops: on the GPU
-after a non-blocking copy when there is one, otherwise in the background thread.
+`store.read_batch(indices)`. Background threads (`workers`, each with one intra-op thread: no OpenMP team to
+stall on a busy CPU) keep `prefetch` batches ready each, pinned when the target is CUDA, so reading overlaps
+compute. The uint8 -> float conversion and the augmentation run as batch ops: on the GPU after a non-blocking
+copy when there is one, otherwise in the worker threads, which then process whole batches in parallel.
 
 Everything random is a function of (seed, epoch, batch position, rank): the same seed gives the same batches,
 augmentation included, and `state_dict()` / `load_state_dict()` resume exactly where a run stopped.
@@ -68,7 +69,9 @@ class BatchLoader:
     taken from `torch.distributed` when it is initialised) each rank takes every `world_size`-th index of the
     permutation, padded by wrapping around to an equal length (as `DistributedSampler` does), so the shards
     are disjoint up to the padding and cover the store. `drop_last` drops a last, smaller batch. `augment`
-    (a `BatchAugment`, used only while it is in training mode) runs on `device` as one batch op.
+    (a `BatchAugment`, used only while it is in training mode) runs on `device` as one batch op. `as_float=False`
+    yields the store's uint8 images as they are (no augmentation). `workers` background threads each prepare
+    whole batches, `prefetch` batches ahead (`prefetch=0`: everything in the calling thread).
     After a full pass the epoch advances by itself; `set_epoch(e)` chooses it explicitly.
     """
 
@@ -84,9 +87,13 @@ class BatchLoader:
         rank: int | None = None,
         world_size: int | None = None,
         prefetch: int = 2,
+        workers: int = 2,
+        as_float: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not as_float and augment is not None:
+            raise ValueError("augmentation makes float images: pass as_float=True with augment")
         if (rank is None) != (world_size is None):
             raise ValueError("pass both rank and world_size, or neither")
         if rank is None and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -95,7 +102,8 @@ class BatchLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
         self.store, self.batch_size, self.shuffle, self.seed = store, batch_size, shuffle, seed
-        self.drop_last, self.augment, self.prefetch = drop_last, augment, max(0, prefetch)
+        self.drop_last, self.augment, self.prefetch, self.as_float = drop_last, augment, max(0, prefetch), as_float
+        self.workers = max(1, workers)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.epoch = 0
         self.position = 0  # batches of the current epoch already handed out
@@ -154,24 +162,24 @@ class BatchLoader:
             # the augmentation takes the uint8 images: it folds the float conversion into its colour step
             generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch, step, self.rank))
             images, boxes, valid = self.augment(images, boxes, valid, generator=generator)
-        else:
+        elif self.as_float:
             images = to_float(images)
         return Batch(images, boxes, t["labels"].long(), valid, t["index"])
 
-    def _produce(self, epoch: int, start: int) -> Iterator[Batch | dict[str, Tensor]]:
-        """What the background thread makes: finished batches on the CPU, raw pinned ones for a GPU."""
+    def _produce(self, epoch: int, steps: range) -> Iterator[Batch | dict[str, Tensor]]:
+        """What a background thread makes: finished batches on the CPU, raw pinned ones for a GPU."""
         indices = self.shard_indices(epoch)
-        for step in range(start, len(self)):
+        for step in steps:
             raw = self._read(indices[step * self.batch_size : (step + 1) * self.batch_size])
             yield raw if self._pin else self._finish(raw, epoch, step)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.epoch, self.position
-        items = (
-            self._produce(epoch, start)
-            if self.prefetch == 0
-            else _prefetched(self._produce(epoch, start), self.prefetch)
-        )
+        if self.prefetch == 0:
+            items = self._produce(epoch, range(start, len(self)))
+        else:  # worker k makes steps start + k, start + k + workers, ...; they are handed out in step order
+            parts = [self._produce(epoch, range(start + k, len(self), self.workers)) for k in range(self.workers)]
+            items = _prefetched(parts, self.prefetch)
         step = start
         for item in items:
             batch = self._finish(item, epoch, step) if self._pin else item
@@ -181,13 +189,18 @@ class BatchLoader:
         self.epoch, self.position = epoch + 1, 0
 
 
-def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run an iterator in a daemon thread, `depth` items ahead; errors are re-raised here; stops on close."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
+def _prefetched(parts: list[Iterator[Any]], depth: int) -> Iterator[Any]:
+    """Run each iterator in its own daemon thread, `depth` items ahead, and yield their items round-robin
+    (part 0's first, part 1's first, ..., part 0's second, ...). Errors are re-raised here; stops on close."""
+    queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in parts]
     stop = threading.Event()
     done = object()
 
-    def work() -> None:
+    def work(items: Iterator[Any], q: queue.Queue) -> None:
+        # One intra-op thread per worker (thread-local in torch): a batch read is a memory copy that one core
+        # saturates, and with several workers the batches already run in parallel. OpenMP teams on this
+        # oversubscribed CPU were measured ~10x slower for `index_select` (threads wait at barriers).
+        torch.set_num_threads(1)
         try:
             for item in items:
                 while not stop.is_set():
@@ -202,20 +215,26 @@ def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
         except BaseException as error:  # handed to the consumer, which re-raises it with its traceback
             q.put(error)
 
-    thread = threading.Thread(target=work, name="onedet-prefetch", daemon=True)
-    thread.start()
+    threads = [
+        threading.Thread(target=work, args=(items, q), name=f"onedet-loader-{k}", daemon=True)
+        for k, (items, q) in enumerate(zip(parts, queues))
+    ]
+    for thread in threads:
+        thread.start()
     try:
         while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            for q in queues:
+                item = q.get()
+                if item is done:  # parts take turns, so the first one to finish means all are done
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
     finally:
         stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        for thread, q in zip(threads, queues):
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
