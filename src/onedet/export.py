@@ -294,8 +294,8 @@ def quantize_int8_static(
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        # Compute ranges every few images instead of holding every activation of every image in memory.
-        extra_options={"CalibMaxIntermediateOutputs": 4},
+        # No CalibMaxIntermediateOutputs: onnxruntime 1.32 drops (not merges) the collected ranges when it is hit.
+        # MinMax keeps only per-tensor ReduceMin/ReduceMax outputs per image, so memory stays small without it.
     )
     _rewrite_metadata(out, {**metadata, PRECISION_KEY: "int8-static"})
     return out

@@ -1,0 +1,201 @@
+"""Inference benchmark: uint8 image in, boxes out, on the CPU: PyTorch eager against onnxruntime fp32, int8 dynamic
+and int8 static, per preset; optionally COCO AP of each on a real store split with a trained run.
+
+    .venv/bin/python benchmarks/inference.py [--presets small base] [--repeats 7] [--threads 2]
+        [--image IMG] [--calibration STORE/split] [--weights RUN --data STORE/val] [--out benchmarks/out/inference]
+
+Latency: batch 1, one image (a real 640x480 BCCD photo when ../shared/data is present, else a synthetic one)
+letterboxed to the preset's size (640 for base and small) inside the measured call, decoded to boxes in original
+pixels; `--threads` intra-op threads for both torch and onnxruntime; medians of `--repeats` round-robin runs
+after one warm-up (a load change on a shared machine hits every variant alike, so the ratios stay meaningful).
+Random weights (`pretrained=None`): latency does not depend on them. Static int8 is calibrated on 16 images of
+`--calibration` (default: a synthetic store written under `--out`).
+
+With `--weights RUN --data STORE/val`: AP/AP50 of the run's model in PyTorch (`evaluate_model`) and of each ONNX
+file (the store's letterboxed images fed through the graph, boxes mapped back with the store's scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onedet.config import from_preset
+from onedet.export import (
+    _metadata,
+    build_end_to_end,
+    export_onnx,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
+from onedet.model.detector import build_detector
+from onedet.runtime import OnnxDetector
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _image(path: Path | None) -> tuple[np.ndarray, str]:
+    from onedet.data.images import load_image
+
+    candidates = [path] if path else sorted((SHARED / "bccd/BCCD/JPEGImages").glob("*.jpg"))[:1]
+    for p in candidates:
+        if p and p.is_file():
+            return load_image(p)[0], str(p.name)
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "synthetic 480x640 noise"
+
+
+def _calibration_store(out: Path, size: int) -> Path:
+    from onedet.data.prepare import prepare
+    from onedet.data.synthetic import make_synthetic
+
+    store = out / f"calibration_store_{size}"
+    if not (store / "val" / "meta.json").is_file():
+        make_synthetic(out / f"calibration_images_{size}", num_images=80, image_size=size, seed=0)
+        prepare(out / f"calibration_images_{size}", store, image_size=size, workers=1, progress=False)
+    return store / "val"
+
+
+def _export_all(weights: object, folder: Path, calibration: Path, **kw: object) -> tuple[object, dict[str, Path]]:
+    """The eager EndToEnd module and the fp32 / int8-dynamic / int8-static files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    module, classes, category_ids = build_end_to_end(weights, **kw)
+    meta = _metadata(classes, category_ids, module.image_size, "fp32")
+    t = time.perf_counter()
+    files = {"onnxruntime fp32": export_onnx(module, folder / "model.onnx", meta)}
+    print(f"  export {time.perf_counter() - t:.0f} s", flush=True)
+    files["onnxruntime int8 dynamic"] = quantize_int8_dynamic(files["onnxruntime fp32"], folder / "int8d.onnx", meta)
+    t = time.perf_counter()
+    files["onnxruntime int8 static"] = quantize_int8_static(
+        files["onnxruntime fp32"], folder / "int8s.onnx", meta, calibration
+    )
+    print(f"  static int8 calibration {time.perf_counter() - t:.0f} s", flush=True)
+    return module, files
+
+
+def latency(args: argparse.Namespace) -> None:
+    image, image_name = _image(args.image)
+    print(
+        f"input: {image_name} {image.shape[1]}x{image.shape[0]}, batch 1, {args.threads} threads, "
+        f"{args.repeats} repeats (medians)"
+    )
+    rows = []
+    for preset in args.presets:
+        cfg = from_preset(preset, pretrained=None)
+        print(f"{preset}: building and exporting ({cfg.image_size} px)", flush=True)
+        torch.manual_seed(0)
+        model = build_detector(cfg).eval()
+        calibration = args.calibration or _calibration_store(args.out, cfg.image_size)
+        module, files = _export_all(model, args.out / preset, calibration, classes=[str(i) for i in range(80)])
+        batch_np = image[None]
+        batch_t = torch.from_numpy(np.ascontiguousarray(batch_np))
+        sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
+
+        def eager(module: torch.nn.Module = module, batch_t: torch.Tensor = batch_t) -> tuple:
+            with torch.inference_mode():
+                return module(batch_t)
+
+        fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
+        fns.update({name: (lambda s=s, b=batch_np: s.run_batch(b)) for name, s in sessions.items()})
+        medians = _time_round_robin(fns, args.repeats)
+        ref_scores = eager()[1][0].numpy()
+        for name, median in medians.items():
+            size_mb = files[name].stat().st_size / 2**20 if name in files else None
+            scores = sessions[name].run_batch(batch_np)[1][0] if name in sessions else ref_scores
+            diff = float(np.abs(np.sort(scores) - np.sort(ref_scores)).max())
+            rows.append((preset, name, size_mb, median, medians["PyTorch eager fp32"] / median, diff))
+    print()
+    print("| preset | variant | file MB | median ms | speed-up vs eager | max score diff vs eager |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for preset, name, size_mb, median, ratio, diff in rows:
+        mb = f"{size_mb:.0f}" if size_mb is not None else "-"
+        print(f"| {preset} | {name} | {mb} | {median * 1000:.0f} | {ratio:.2f}x | {diff:.1e} |")
+
+
+def _evaluate_onnx(detector: OnnxDetector, store: object) -> dict:
+    from onedet.evaluate import coco_metrics
+
+    gt, detections, image_ids, orig_sizes = [], [], [], []
+    for i in range(len(store)):
+        batch = store.read_batch([i])
+        image = batch["images"][0].permute(1, 2, 0).numpy()[None]  # letterboxed: the graph's scale is 1
+        boxes, scores, labels = detector.run_batch(np.ascontiguousarray(image))
+        scale, (h, w) = float(batch["scale"][0]), batch["orig_size"][0].tolist()
+        boxes = boxes[0] / scale
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        label_of = {c: i for i, c in enumerate(store.category_ids)}  # graph labels are dataset ids
+        valid, crowd = batch["valid"][0].numpy(), batch["crowd_valid"][0].numpy()
+        gt.append(
+            {
+                "boxes_xyxy": batch["boxes_xyxy"][0].numpy()[valid] / scale,
+                "labels": batch["labels"][0].numpy()[valid],
+                "crowd_boxes_xyxy": batch["crowd_boxes_xyxy"][0].numpy()[crowd] / scale,
+            }
+        )
+        detections.append(
+            {"boxes_xyxy": boxes, "scores": scores[0], "labels": np.array([label_of[c] for c in labels[0]])}
+        )
+        image_ids.append(int(batch["image_id"][0]))
+        orig_sizes.append((h, w))
+    return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes)
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    from onedet.data.store import Store
+    from onedet.evaluate import evaluate_model
+    from onedet.train.checkpoint import load_run
+
+    run = load_run(args.weights)
+    store = Store(args.data)
+    calibration = args.calibration or Path(args.data).parent / "train"
+    print(f"accuracy: {args.weights} on {args.data} ({len(store)} images); static int8 calibrated on {calibration}")
+    _, files = _export_all(run, args.out / "trained", calibration)
+    rows = [("PyTorch eager fp32", evaluate_model(run.model, store, batch_size=4))]
+    rows += [(name, _evaluate_onnx(OnnxDetector(path, threads=args.threads), store)) for name, path in files.items()]
+    print("| variant | file MB | AP | AP50 |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, m in rows:
+        mb = f"{files[name].stat().st_size / 2**20:.0f}" if name in files else "-"
+        print(f"| {name} | {mb} | {m['AP']:.3f} | {m['AP50']:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["small", "base"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image", type=Path, default=None)
+    parser.add_argument("--calibration", type=Path, default=None, help="store split for static int8")
+    parser.add_argument("--weights", type=Path, default=None, help="a trained run: adds the accuracy table")
+    parser.add_argument("--data", type=Path, default=None, help="store split to measure AP on (with --weights)")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/inference"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.skip_latency:
+        latency(args)
+    if args.weights is not None:
+        accuracy(args)
+
+
+if __name__ == "__main__":
+    main()
