@@ -1,14 +1,14 @@
 """Box-aware batch augmentation on the batch's device: flip, scale jitter / random resized crop, colour jitter.
 
 Plain torch ops rather than kornia, for reasons measured here (2-core CPU, 16 x 3 x 640 x 640):
-- Geometry is axis-aligned (zoom, aspect, shift, flip), so each sample is one crop + one `F.interpolate` into
-  a grey canvas, and the boxes go through the exact affine that the integer crop/paste rectangles define.
-  On the CPU this runs on uint8 (torch's vectorised uint8 bilinear kernel) and is several times cheaper than
-  `affine_grid` + `grid_sample` on floats; kornia's flip also maps x to (W-1)-x, off by one for boxes, and it
-  does not clip boxes after a crop.
+- Geometry is axis-aligned (zoom, aspect, shift, flip), so each sample is one crop + one `F.interpolate` pasted
+  into a grey float canvas (the paste doubles as the uint8 -> float conversion), and the boxes go through the
+  exact affine that the integer crop/paste rectangles define. On the CPU the resampling runs on uint8 (torch's
+  vectorised uint8 bilinear kernel), several times cheaper than `affine_grid` + `grid_sample` on floats;
+  kornia's flip also maps x to (W-1)-x, off by one for boxes, and it does not clip boxes after a crop.
 - Brightness, contrast, saturation and hue are all linear maps of the pixel values, so they compose into one
-  3x3 matrix plus an offset per image, applied with one `baddbmm` that also does the uint8 -> [0, 1] float
-  conversion. Hue is a rotation of the YIQ chroma plane (kornia's HSV hue costs ~4x the rest of the jitter).
+  3x3 matrix plus an offset per image, applied with one `baddbmm` (which also rescales 0..255 to [0, 1]).
+  Hue is a rotation of the YIQ chroma plane (kornia's HSV hue costs ~4x the rest of the jitter).
 
 Random parameters are drawn on the CPU from a caller-supplied `torch.Generator`, so a batch's augmentation is a
 function of that seed alone (the loader seeds it per batch: exact resume), and only pixel work runs on the
@@ -97,13 +97,20 @@ class BatchAugment(nn.Module):
         modified."""
         if not self.training:
             return to_float(images), boxes_xyxy, valid
-        images, boxes_xyxy, valid = self.transform_geometry(images, boxes_xyxy, valid, generator)
-        return self.jitter_colour(images, generator), boxes_xyxy, valid
-
-    def jitter_colour(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Brightness, contrast, saturation and hue as one affine colour map per image -> float [B, 3, H, W]."""
-        b, c, h, w = images.shape
         unit = 1 / 255 if images.dtype == torch.uint8 else 1.0
+        # the resampled pixels are pasted straight into a float canvas (0..255 for uint8 input): the paste is the
+        # uint8 -> float conversion, and the colour step rescales to [0, 1]
+        images, boxes_xyxy, valid = self.transform_geometry(images, boxes_xyxy, valid, generator, torch.float32)
+        return self.jitter_colour(images, generator, unit), boxes_xyxy, valid
+
+    def jitter_colour(
+        self, images: Tensor, generator: torch.Generator | None = None, unit: float | None = None
+    ) -> Tensor:
+        """Brightness, contrast, saturation and hue as one affine colour map per image -> float [B, 3, H, W] in
+        [0, 1]. `unit` is the value of 1/255 of the input (default: 1/255 for uint8, else 1)."""
+        b, c, h, w = images.shape
+        if unit is None:
+            unit = 1 / 255 if images.dtype == torch.uint8 else 1.0
         bright = _uniform(b, *self.brightness, generator)
         contr = _uniform(b, *self.contrast, generator)
         sat = _uniform(b, *self.saturation, generator)
@@ -125,9 +132,15 @@ class BatchAugment(nn.Module):
         return out.view(b, c, h, w).clamp_(0, 1)
 
     def transform_geometry(
-        self, images: Tensor, boxes_xyxy: Tensor, valid: Tensor, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        boxes_xyxy: Tensor,
+        valid: Tensor,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Zoom + crop/pad + flip; boxes mapped, clipped and masked the same way. Keeps uint8 on the CPU."""
+        """Zoom + crop/pad + flip; boxes mapped, clipped and masked the same way. The output has `dtype` (default:
+        the input's) on the input's scale: 0..255 for uint8 input, as it is for float input."""
         b, c, h, w = images.shape
         if self.sizes:
             out_h = out_w = int(self.sizes[int(torch.randint(len(self.sizes), (1,), generator=generator))])
@@ -144,23 +157,25 @@ class BatchAugment(nn.Module):
         flip = torch.rand(b, generator=generator) < self.flip
 
         # uint8 bilinear (antialiased when shrinking) has a fast CPU kernel; elsewhere work in float
-        work = images if images.device.type == "cpu" or images.dtype != torch.uint8 else to_float(images)
-        fill = 114 if work.dtype == torch.uint8 else FILL
-        canvas = work.new_full((b, c, out_h, out_w), fill)
+        work = images if images.device.type == "cpu" or images.dtype != torch.uint8 else images.float()
+        canvas = work.new_full((b, c, out_h, out_w), 114 if images.dtype == torch.uint8 else FILL, dtype=dtype)
         affine = torch.zeros(b, 4)  # per sample: x_out = x_in * kx + tx, y_out = y_in * ky + ty
         # One interpolate per sample (B small calls; no per-pixel Python): each sample has its own window size.
         for i in range(b):
             ix0, ix1, ox0, ox1 = _snap(float(x0[i]), float(win_w[i]), w, out_w)
             iy0, iy1, oy0, oy1 = _snap(float(y0[i]), float(win_h[i]), h, out_h)
-            patch = work[i : i + 1, :, iy0:iy1, ix0:ix1]
-            canvas[i : i + 1, :, oy0:oy1, ox0:ox1] = F.interpolate(
-                patch, size=(oy1 - oy0, ox1 - ox0), mode="bilinear", align_corners=False, antialias=True
+            patch = F.interpolate(
+                work[i : i + 1, :, iy0:iy1, ix0:ix1],
+                size=(oy1 - oy0, ox1 - ox0),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
             )
             kx, ky = (ox1 - ox0) / (ix1 - ix0), (oy1 - oy0) / (iy1 - iy0)
             affine[i] = torch.tensor([kx, ox0 - ix0 * kx, ky, oy0 - iy0 * ky])
-        if flip.any():
-            flipped = flip.nonzero().squeeze(1).to(canvas.device)
-            canvas[flipped] = canvas[flipped].flip(-1)
+            if flip[i]:  # mirror the patch and its place (cheaper than flipping the whole canvas afterwards)
+                patch, (ox0, ox1) = patch.flip(-1), (out_w - ox1, out_w - ox0)
+            canvas[i : i + 1, :, oy0:oy1, ox0:ox1] = patch
 
         affine, flip = affine.to(boxes_xyxy), flip.to(boxes_xyxy.device)[:, None]
         kx, tx, ky, ty = (affine[:, k : k + 1] for k in range(4))
