@@ -119,16 +119,17 @@ class BatchAugment(nn.Module):
         # contrast pulls towards the mean grey level; a strided sample of ~64x64 pixels estimates it well
         step = max(1, min(h, w) // 64)
         sample = images[:, :, ::step, ::step].float()
-        mean = torch.einsum("bchw,c->b", sample, _GRAY.to(sample)).cpu() * unit / (sample.shape[2] * sample.shape[3])
+        # stays on the device: no host sync per batch
+        mean = torch.einsum("bchw,c->b", sample, _GRAY.to(sample)) * (unit / (sample.shape[2] * sample.shape[3]))
         # out = clamp(contr * (bright * S x) + (1 - contr) * bright * mean): S (saturation + hue) keeps grey grey
         cos, sin = torch.cos(angle) * sat, torch.sin(angle) * sat
         chroma = torch.zeros(b, 3, 3)
         chroma[:, 0, 0] = 1
         chroma[:, 1, 1], chroma[:, 1, 2], chroma[:, 2, 1], chroma[:, 2, 2] = cos, -sin, sin, cos
         matrix = (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ) * (contr * bright * unit).view(b, 1, 1)
-        offset = ((1 - contr) * bright * mean).view(b, 1, 1).expand(b, 3, 1)
         x = images.reshape(b, c, h * w).float()
-        out = torch.baddbmm(offset.to(x), matrix.to(x), x)
+        offset = ((1 - contr) * bright).to(x) * mean
+        out = torch.baddbmm(offset.view(b, 1, 1).expand(b, 3, 1), matrix.to(x), x)
         return out.view(b, c, h, w).clamp_(0, 1)
 
     def transform_geometry(
