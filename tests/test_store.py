@@ -97,6 +97,14 @@ def test_summarize_and_format(store_root):
     assert train["per_class"] == {"a": 5, "b": 3, "c": 2}  # labels j % 3 for j < k, k = 0, 1, 2, 3, 4, 0
     assert train["report"]["background_images"]["count"] == 1
     assert list(summarize(store_root / "val")) == ["val"]
+    hidden = store_root / ".train.tmp-999999"  # a prepare killed just before its rename: not a split
+    hidden.mkdir()
+    (hidden / "meta.json").write_text((store_root / "train" / "meta.json").read_text())
+    try:
+        assert list(summarize(store_root)) == ["train", "val"]
+    finally:
+        (hidden / "meta.json").unlink()
+        hidden.rmdir()
     text = format_summary(summary)
     assert "train: 6 images, 10 boxes, 3 classes" in text and "background_images" in text
     assert "val: 2 images" in text

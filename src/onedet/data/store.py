@@ -38,9 +38,14 @@ _PER_IMAGE_KEYS = (
 )
 
 
+def _is_split(path: Path) -> bool:
+    """A split folder of a store root; hidden folders are prepare's temporary ones, never splits."""
+    return not path.name.startswith(".") and (path / "meta.json").is_file()
+
+
 def _not_a_store(path: Path) -> OnedetError:
     if path.is_dir():
-        splits = sorted(p.name for p in path.iterdir() if (p / "meta.json").is_file())
+        splits = sorted(p.name for p in path.iterdir() if _is_split(p))
         if splits:
             return OnedetError(f"{path}: a store with splits {splits}; open one split, e.g. {path / splits[0]}")
     elif not path.exists():
@@ -165,7 +170,7 @@ def _split_dirs(path: Path) -> list[Path]:
     if (path / "meta.json").is_file():
         return [path]
     if path.is_dir():
-        splits = sorted(p for p in path.iterdir() if p.is_dir() and (p / "meta.json").is_file())
+        splits = sorted(p for p in path.iterdir() if _is_split(p))
         if splits:
             return splits
     raise _not_a_store(path)
