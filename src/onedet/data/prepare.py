@@ -170,6 +170,13 @@ def _remove_stale(out: Path, split: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _num_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset restrict)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _check_options(image_size: int, layout: str) -> None:
     if layout not in LAYOUTS:
         raise OnedetError(f"unknown store layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
@@ -200,7 +207,7 @@ def write_split(
     tmp = out / f".{split_dir.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write_into(tmp, dataset, image_size, skip_bad, workers or os.cpu_count() or 1, layout, root, progress)
+        _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
         if split_dir.exists():  # a previous store of this split: swap it out, then delete it
             old = out / f".{split_dir.name}.old-{os.getpid()}"
             os.replace(split_dir, old)
