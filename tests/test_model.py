@@ -16,7 +16,7 @@ from onedet.model.detector import Detector, DetectorOutput, build_detector, desc
 @pytest.fixture(scope="module")
 def tiny() -> Detector:
     torch.manual_seed(0)
-    return build_detector(from_preset("tiny", num_classes=3))
+    return build_detector(from_preset("tiny", num_classes=3, freeze_backbone=True))
 
 
 def test_preset_parameter_counts():

@@ -5,8 +5,9 @@ from the single stride-`p` map of a plain ViT: transposed convs to go finer, ide
 then a 1x1 and a 3x3 conv, each followed by a per-pixel (channels-first) LayerNorm. LayerNorm rather than
 BatchNorm so small batches and gradient accumulation behave (RF-DETR made the same change).
 
-Unlike detectron2 we first fuse the tapped ViT maps (concatenated along channels) into `channels` with one 1x1
-conv: the transposed conv then works on 256 channels instead of 4 x 768, which saves ~20M parameters at base.
+Unlike detectron2 we first fuse the tapped ViT maps (each layer-normed, then concatenated along channels) into
+`channels` with one 1x1 conv: the transposed conv then works on 256 channels instead of 4 x 768, which saves
+~20M parameters at base.
 
 Mix-FFN (Xie et al. 2021, SegFormer): `x + fc2(GELU(dwconv3x3(fc1(LN(x)))))`. The depthwise 3x3 conv carries
 position information, so the neck needs no position embedding and works at any input size.
@@ -71,6 +72,9 @@ class SimpleFeaturePyramid(nn.Module):
     ) -> None:
         super().__init__()
         self.strides = tuple(strides)
+        # A LayerNorm per tap first: a CLIP ViT's residual stream grows with depth, so without it the deepest tap
+        # would dominate the concatenation.
+        self.tap_norms = nn.ModuleList(LayerNorm2d(in_channels) for _ in range(num_inputs))
         self.fuse = nn.Sequential(nn.Conv2d(in_channels * num_inputs, channels, 1, bias=False), LayerNorm2d(channels))
         self.levels = nn.ModuleList(
             nn.Sequential(
@@ -85,5 +89,5 @@ class SimpleFeaturePyramid(nn.Module):
         )
 
     def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        x = self.fuse(torch.cat(list(maps), dim=1))
+        x = self.fuse(torch.cat([norm(m) for norm, m in zip(self.tap_norms, maps)], dim=1))
         return [level(x) for level in self.levels]
