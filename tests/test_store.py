@@ -95,6 +95,9 @@ def test_summarize_and_format(store_root):
     train = summary["train"]
     assert train["images"] == 6 and train["boxes"] == 10 and train["classes"] == CLASSES
     assert train["per_class"] == {"a": 5, "b": 3, "c": 2}  # labels j % 3 for j < k, k = 0, 1, 2, 3, 4, 0
+    store = Store(store_root / "train")
+    del store.meta["boxes_per_class"]  # the same counts from the labels themselves
+    assert store.class_counts() == [5, 3, 2]
     assert train["report"]["background_images"]["count"] == 1
     assert list(summarize(store_root / "val")) == ["val"]
     hidden = store_root / ".train.tmp-999999"  # a prepare killed just before its rename: not a split

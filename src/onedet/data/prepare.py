@@ -299,6 +299,9 @@ def _write_into(
         "num_images": n,
         "num_boxes": sum(len(r[2]) for r in rows),
         "max_boxes": max(1, max(len(r[2]) for r in rows)),
+        "boxes_per_class": np.bincount(
+            np.concatenate([r[2] for r in rows]).astype(np.int64), minlength=len(dataset.classes)
+        ).tolist(),
         "files": [_relative(dataset.images[i].path, root_path) for i in kept],
         "report": report.to_json(),
         "complete": True,
