@@ -242,6 +242,38 @@ def test_int8_dynamic_and_fp16_run_and_detect(exported: dict) -> None:
     assert onnx.TensorProto.FLOAT16 in fp16_types
 
 
+def test_lora_is_merged_before_export() -> None:
+    """A Detector with LoRA adapters is merged (a copy; the caller's model keeps its adapters) and predicts alike."""
+    import copy
+
+    from onedet.export import build_end_to_end
+    from onedet.lora import apply_lora, has_lora
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("tiny", num_classes=2, depth=2, global_blocks=(1,), taps=(0, 1), image_size=128)
+    model = build_detector(cfg).eval()
+    with torch.no_grad():
+        model.head.cls_pred.weight.normal_(0.0, 0.03)
+        model.head.cls_pred.bias.fill_(-2.0)
+    plain_model = copy.deepcopy(model)
+    apply_lora(model, rank=4)
+    with torch.no_grad():  # peft starts lora_B at zero (no change); make the adapters do something
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    images = torch.from_numpy(test_image(100, 150)[None])
+    module, _, _ = build_end_to_end(model, classes=["a", "b"])
+    assert not has_lora(module.model) and has_lora(model)
+    with torch.no_grad():
+        merged = module(images)
+        module.model = model  # the same pipeline around the un-merged model
+        unmerged = module(images)
+        module.model = plain_model  # and without the adapters: a different answer
+        plain = module(images)
+    assert_same_detections(tuple(x[0].numpy() for x in unmerged), tuple(x[0].numpy() for x in merged))
+    assert np.abs(plain[1].numpy() - merged[1].numpy()).max() > 1e-3
+
+
 def test_export_errors(exported: dict, tmp_path: Path) -> None:
     from onedet.export import export
 

@@ -130,7 +130,19 @@ def _resolve(
         classes = [str(i) for i in range(num_classes)]
     if category_ids is None:
         category_ids = list(range(len(classes)))
-    return weights.eval(), config, list(classes), [int(c) for c in category_ids]
+    return _merged(weights).eval(), config, list(classes), [int(c) for c in category_ids]
+
+
+def _merged(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its LoRA adapters merged into the linears, or `model` itself when it has none.
+
+    Runs loaded by `load_run` are merged already; this covers a Detector fresh from LoRA training.
+    """
+    if not any(type(m).__module__.startswith("peft.") for m in model.modules()):
+        return model
+    from onedet.lora import merge_lora
+
+    return merge_lora(copy.deepcopy(model))
 
 
 def build_end_to_end(
