@@ -150,8 +150,23 @@ class ViTBackbone(VisionTransformer):
 # --- weights -------------------------------------------------------------------------------------------------
 
 
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # OpenAI's original CLIP files (e.g. ViT-B-16.pt) are TorchScript archives, not pickles
+        try:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:
+            pass
+        raise
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors` / `.pt` / `.pth` / `.bin` file (nothing arbitrary is unpickled)."""
+    """Tensors of a `.safetensors` / `.pt` / `.pth` / `.bin` file (nothing arbitrary is unpickled).
+
+    Also reads OpenAI's TorchScript CLIP archives (their state_dict; TorchScript runs no pickled Python).
+    """
     if not path.is_file():
         raise OnedetError(f"{path}: pretrained weights file not found")
     try:
@@ -160,7 +175,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
     except Exception as e:  # corrupt file, pickled objects, wrong format: all the same to the user
         raise OnedetError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
     if isinstance(state, nn.Module):
@@ -236,8 +251,6 @@ def load_backbone_weights(backbone: ViTBackbone, pretrained: str | Path | None, 
             for k in own
             if k in state and state[k].shape != own[k].shape
         ]
-    except OnedetError:
-        raise
     except Exception as e:
         raise OnedetError(f"{source}: cannot convert the weights to the backbone ({type(e).__name__}: {e})") from e
     if missing or unexpected or wrong:
