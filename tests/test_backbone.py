@@ -194,3 +194,24 @@ def test_offline_hub_fails_fast_with_a_clear_error(monkeypatch):
     backbone = _tiny(window_size=8)
     with pytest.raises(OnedetError, match=r"could not download vit_tiny_patch16_224.* pretrained=PATH"):
         load_backbone_weights(backbone, "hub", hub_name="vit_tiny_patch16_224.augreg_in21k")
+
+
+class _Visual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_archive_is_read(tmp_path):
+    """OpenAI's original CLIP files are TorchScript archives: their state_dict is read (no pickle involved)."""
+    from onedet.model.backbone import read_state_dict
+
+    module = torch.jit.script(_Visual())
+    torch.jit.save(module, tmp_path / "ViT-B-16.pt")
+    state = read_state_dict(tmp_path / "ViT-B-16.pt")
+    assert set(state) == {"proj.weight", "proj.bias"}
+    torch.testing.assert_close(state["proj.weight"], module.proj.weight)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import zipfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -154,11 +155,9 @@ def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        # OpenAI's original CLIP files (e.g. ViT-B-16.pt) are TorchScript archives, not pickles
-        try:
+        # OpenAI's original CLIP files (e.g. ViT-B-16.pt) are TorchScript archives (a zip with code/), not pickles
+        if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
             return torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:
-            pass
         raise
 
 
