@@ -186,3 +186,12 @@ def test_compact_store_gives_the_same_batches(store, tmp_path):
         assert torch.equal(a.index, b.index) and torch.equal(a.boxes_xyxy, b.boxes_xyxy)
         # JPEG (quality 95, chroma subsampled: noticeable on 32 px noise) of the same letterboxed pixels
         assert (a.images - b.images).abs().mean() < 0.06 < (a.images - b.images.roll(1, 0)).abs().mean()
+
+
+def test_rank_and_world_size_default_to_torch_distributed(store, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    loader = BatchLoader(store, 3, seed=2)
+    assert (loader.rank, loader.world_size) == (1, 3)
+    assert _indices(loader) == _indices(BatchLoader(store, 3, seed=2, rank=1, world_size=3))
