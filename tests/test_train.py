@@ -265,3 +265,12 @@ def test_an_unwritable_run_folder_is_a_clear_error(store: Path, tmp_path: Path) 
     blocker.write_text("")
     with pytest.raises(OnedetError, match="not writable"):
         train(tiny_config(store, blocker / "run"))
+
+
+def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) -> None:
+    from onedet.train import train
+    from onedet.train.logging import read_metrics
+
+    result = train(tiny_config(store, tmp_path / "run", epochs=5, max_minutes=1e-4, augment=False))
+    assert [r["epoch"] for r in read_metrics(result.run)] == [1], "stopped after the first epoch"
+    assert result.metrics is not None, "the last epoch is evaluated and `best` written"

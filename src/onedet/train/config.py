@@ -72,7 +72,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     """Also write the `last` checkpoint every N optimizer steps (0: at the end of each epoch only)."""
     max_minutes: float | None = None
-    """Stop after the epoch during which this much wall-clock time has passed (the schedule still spans `epochs`)."""
+    """Wall-clock budget: after each epoch the schedule (cosine included) is refitted to end within it at the pace
+    so far (at most `epochs`), and training stops after the epoch during which it runs out."""
     progress: bool = True
     """Show a progress bar."""
     image_size: int | None = None

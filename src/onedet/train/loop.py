@@ -189,8 +189,12 @@ class Trainer:
             backbone_lr_scale=cfg.backbone_lr_scale if cfg.finetune != "frozen" else 1.0,
         )
         self.steps_per_epoch = len(self.loader)
+        self.epochs = cfg.epochs  # the schedule's length; a time budget may refit it (_fit_to_budget)
         self.scheduler = build_scheduler(
-            self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs
+            self.optimizer,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=lambda: self.epochs,
+            warmup_epochs=cfg.warmup_epochs,
         )
         self.ema = WeightEma(self.detector, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.params = [p for p in self.detector.parameters() if p.requires_grad]
@@ -320,6 +324,7 @@ class Trainer:
         live = {k: v.detach().cpu() for k, v in raw.items() if k not in weights or not torch.equal(v.cpu(), weights[k])}
         return {
             "global_step": self.global_step,
+            "epochs": self.epochs,
             "model": live,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -370,6 +375,7 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.global_step = int(state["global_step"])
+        self.epochs = int(state["epochs"])
         self.best_ap = float(state["best_ap"])
         self.elapsed = float(state["elapsed"])
         self.epoch_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
@@ -432,11 +438,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         start = time.perf_counter() - self.elapsed
-        stop = False
-        for epoch in range(self.loader.epoch, cfg.epochs):
+        epoch = self.loader.epoch
+        while epoch < self.epochs:
             self.loader.set_epoch(epoch)
             self.forward.train()
-            self.log.start_epoch(epoch, cfg.epochs, self.steps_per_epoch, self.loader.state_dict()["position"])
+            self.log.start_epoch(epoch, self.epochs, self.steps_per_epoch, self.loader.state_dict()["position"])
             tick = time.perf_counter()
             for batch in self.loader:
                 values = self._step(batch)
@@ -454,14 +460,33 @@ class Trainer:
             self.log.end_epoch()
             self.epoch_seconds += time.perf_counter() - tick
             self.elapsed = time.perf_counter() - start
-            last_epoch = epoch + 1 == cfg.epochs
+            stop = False
             if cfg.max_minutes is not None:
                 stop = bool(distributed.broadcast_object(self.elapsed > cfg.max_minutes * 60))
-            self._end_epoch(epoch, evaluate=last_epoch or stop or (epoch + 1) % max(1, cfg.eval_every) == 0)
+            last = stop or epoch + 1 >= self.epochs
+            self._end_epoch(epoch, evaluate=last or (epoch + 1) % max(1, cfg.eval_every) == 0)
+            self.elapsed = time.perf_counter() - start
             if stop:
                 self.log.message(f"stopping after epoch {epoch + 1}: --max-minutes {cfg.max_minutes} reached")
                 break
+            if cfg.max_minutes is not None:
+                self._fit_to_budget(epoch + 1, cfg.max_minutes * 60)
+            epoch += 1
         return self._finish()
+
+    def _fit_to_budget(self, epochs_done: int, budget: float) -> None:
+        """Fit the schedule (cosine included) into the time budget at the pace so far (evaluation included),
+        re-judged after every epoch, never beyond `epochs`; rank 0 decides for all. Since it depends on the
+        clock, a resumed run may fit differently from an uninterrupted one."""
+        per_epoch = self.elapsed / max(1, epochs_done)
+        fit = min(self.cfg.epochs, max(epochs_done + 1, int(budget / max(per_epoch, 1e-9))))
+        fit = int(distributed.broadcast_object(fit))
+        if fit != self.epochs:
+            self.log.message(
+                f"--max-minutes {budget / 60:g}: at {per_epoch:.0f} s per epoch, the schedule now ends after "
+                f"{fit} epochs (was {self.epochs})"
+            )
+            self.epochs = fit
 
     def _end_epoch(self, epoch: int, evaluate: bool) -> None:
         row: dict[str, float] = {"epoch": epoch + 1, "step": self.global_step}

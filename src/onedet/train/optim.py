@@ -9,6 +9,7 @@ warm-up in COCO iterations end warm-up late on small sets); it is evaluated per 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -69,11 +70,19 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, warmup_epochs: fl
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int, warmup_epochs: float
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps_per_epoch: int,
+    epochs: int | Callable[[], int],
+    warmup_epochs: float,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR with `lr_factor`; its state (the step count) is plain ints, safe to checkpoint."""
+    """A per-step LambdaLR with `lr_factor`; its state (the step count) is plain ints, safe to checkpoint.
+
+    `epochs` may be a callable, read at every step, so that a time budget can shorten the schedule mid-run.
+    """
 
     def factor(step: int) -> float:
-        return lr_factor(step, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=warmup_epochs)
+        total = epochs() if callable(epochs) else epochs
+        return lr_factor(step, steps_per_epoch=steps_per_epoch, epochs=total, warmup_epochs=warmup_epochs)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

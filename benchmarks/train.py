@@ -1,0 +1,159 @@
+"""Training benchmarks on the CPU.
+
+1. `throughput`: training images per second of the `base` preset at 640 px for each fine-tuning mode
+   (frozen backbone in fp32 and with bf16 autocast, LoRA, full, and cached features), a few real trainer steps
+   each (loader, augmentation, forward, loss, backward, AdamW, EMA) after one warm-up step, with ratios to the
+   frozen fp32 baseline measured in the same process. Weights are random (`pretrained=None`: nothing can be
+   downloaded here); the speed does not depend on them. The cache's one-off cost is reported separately.
+2. `finetune`: a real fine-tune of the `small` preset on ../shared/data/bccd for a fixed wall-clock budget, from
+   random weights (`--finetune full`: no pretrained weights here), evaluated on `val` every epoch; its
+   loss/mAP curve is copied to benchmarks/train_bccd_small.png.
+
+    python benchmarks/train.py throughput [--steps 3] [--batch-size 2]
+    python benchmarks/train.py finetune [--minutes 15] [--image-size 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from onedet.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _synthetic_store(folder: Path, size: int, num_images: int) -> Path:
+    from onedet.data.prepare import prepare
+    from onedet.data.synthetic import make_synthetic
+
+    make_synthetic(folder / "source", num_images=num_images, image_size=size, seed=0)
+    prepare(folder / "source", folder / "store", image_size=size, progress=False)
+    return folder / "store"
+
+
+def _time_steps(cfg: TrainConfig, steps: int) -> tuple[float, float]:
+    """(median seconds per step, trainer set-up seconds) over `steps` steps after one warm-up step."""
+    from onedet.train.loop import Trainer
+
+    tick = time.perf_counter()
+    trainer = Trainer(cfg)
+    setup = time.perf_counter() - tick
+    try:
+        trainer.forward.train()
+        batches = iter(trainer.loader)
+        trainer._step(next(batches))  # warm-up: allocator, oneDNN kernels
+        times = []
+        for _ in range(steps):
+            batch = next(batches)
+            tick = time.perf_counter()
+            trainer._step(batch)
+            times.append(time.perf_counter() - tick)
+    finally:
+        trainer.close()
+    return statistics.median(times), setup
+
+
+def throughput(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # Enough images for warm-up + timed steps in one epoch.
+        store = _synthetic_store(tmp, args.image_size, num_images=(args.steps + 2) * args.batch_size * 5 // 4 + 2)
+        common = dict(data=store, preset="base", pretrained=None, batch_size=args.batch_size, progress=False, epochs=1)
+        modes = {
+            "frozen fp32": dict(finetune="frozen", amp="off"),
+            "frozen bf16 backbone": dict(finetune="frozen", amp="auto"),
+            "lora r8": dict(finetune="lora", lora_rank=8, amp="auto"),
+            "full": dict(finetune="full", amp="auto"),
+            "cached features": dict(finetune="frozen", amp="auto", cache_features=True),
+        }
+        rows = []
+        for name, options in modes.items():
+            cfg = TrainConfig(out=tmp / name.replace(" ", "_"), **common, **options)
+            seconds, setup = _time_steps(cfg, args.steps)
+            rows.append((name, args.batch_size / seconds, setup))
+            print(f"  {name}: {seconds:.2f} s/step", flush=True)
+    base = rows[0][1]
+    print(f"\nbase preset, {args.image_size} px, batch {args.batch_size}, {args.threads} threads, random weights")
+    print(f"{'mode':<22} {'images/s':>9} {'x frozen fp32':>14} {'set-up s':>9}")
+    for name, ips, setup in rows:
+        print(f"{name:<22} {ips:>9.2f} {ips / base:>14.2f} {setup:>9.1f}")
+    cache_setup = rows[-1][2] - rows[1][2]
+    print(f"(cached features: the set-up includes computing the cache, about {cache_setup:.1f} s more than without)")
+
+
+def finetune(args: argparse.Namespace) -> None:
+    from onedet.data.prepare import prepare
+    from onedet.train import train
+    from onedet.train.logging import read_metrics
+
+    source = SHARED / "bccd"
+    if not source.is_dir():
+        raise SystemExit(f"{source} not found")
+    work = Path(args.work)
+    store = work / f"bccd_{args.image_size}"
+    if not (store / "val" / "meta.json").is_file():
+        prepare(source, store, image_size=args.image_size, progress=False)
+    run = work / "run_small_bccd"
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = TrainConfig(
+        data=store,
+        out=run,
+        preset="small",
+        pretrained=None,
+        finetune="full",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=1e-3,
+        backbone_lr_scale=1.0,
+        warmup_epochs=1,
+        max_minutes=args.minutes,
+        progress=False,
+    )
+    tick = time.perf_counter()
+    result = train(cfg)
+    minutes = (time.perf_counter() - tick) / 60
+    rows = read_metrics(run)
+    print(f"\nsmall preset, full fine-tune from RANDOM weights, bccd at {args.image_size} px, {minutes:.1f} min wall")
+    print(f"{'epoch':>5} {'loss':>8} {'AP':>6} {'AP50':>6} {'img/s':>6}")
+    for r in rows:
+        print(
+            f"{int(r['epoch']):>5} {r['loss']:>8.3f} {r.get('AP', -1):>6.3f} {r.get('AP50', -1):>6.3f} "
+            f"{r['images_per_s']:>6.2f}"
+        )
+    if result.metrics is not None:
+        print(f"best checkpoint: AP {result.metrics['AP']:.3f}, AP50 {result.metrics['AP50']:.3f}")
+    shutil.copy(run / "curves.png", ROOT / "benchmarks" / "train_bccd_small.png")
+    print("curve: benchmarks/train_bccd_small.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("throughput")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=640)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=throughput)
+    p = sub.add_parser("finetune")
+    p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=320)
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "onedet-bench-train"))
+    p.set_defaults(func=finetune)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
