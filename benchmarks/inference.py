@@ -106,7 +106,7 @@ def latency(args: argparse.Namespace) -> None:
         calibration = args.calibration or _calibration_store(args.out, cfg.image_size)
         module, files = _export_all(model, args.out / preset, calibration, classes=[str(i) for i in range(80)])
         batch_np = image[None]
-        batch_t = torch.from_numpy(np.ascontiguousarray(batch_np))
+        batch_t = torch.from_numpy(np.array(batch_np))  # a writable copy
         sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
 
         def eager(module: torch.nn.Module = module, batch_t: torch.Tensor = batch_t) -> tuple:

@@ -130,11 +130,12 @@ def _resolve(
         classes = [str(i) for i in range(num_classes)]
     if category_ids is None:
         category_ids = list(range(len(classes)))
-    return _merged(weights).eval(), config, list(classes), [int(c) for c in category_ids]
+    # A copy: the caller's model (maybe mid-training) keeps its mode, gradients and adapters.
+    return _merged(copy.deepcopy(weights)).eval(), config, list(classes), [int(c) for c in category_ids]
 
 
 def _merged(model: nn.Module) -> nn.Module:
-    """A copy of `model` with its LoRA adapters merged into the linears, or `model` itself when it has none.
+    """`model` with its LoRA adapters merged into the linears (in place), if it has any.
 
     Runs loaded by `load_run` are merged already; this covers a Detector fresh from LoRA training.
     """
@@ -142,7 +143,7 @@ def _merged(model: nn.Module) -> nn.Module:
         return model
     from onedet.lora import merge_lora
 
-    return merge_lora(copy.deepcopy(model))
+    return merge_lora(model)
 
 
 def build_end_to_end(
@@ -161,7 +162,6 @@ def build_end_to_end(
     if size is None:
         raise OnedetError("export: the image size is unknown; pass image_size=")
     k = max_detections or getattr(config, "topk", None) or DEFAULT_MAX_DETECTIONS
-    model.requires_grad_(False)
     if half:
         model = copy.deepcopy(model).half()  # the caller's model stays fp32
     module = EndToEnd(model, int(size), category_ids, max_detections=int(k), half=half).eval()
