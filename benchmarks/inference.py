@@ -3,6 +3,7 @@ and int8 static, per preset; optionally COCO AP of each on a real store split wi
 
     .venv/bin/python benchmarks/inference.py [--presets small base] [--repeats 7] [--threads 2]
         [--image IMG] [--calibration STORE/split] [--weights RUN --data STORE/val] [--out benchmarks/out/inference]
+        [--reuse]
 
 Latency: batch 1, one image (a real 640x480 BCCD photo when ../shared/data is present, else a synthetic one)
 letterboxed to the preset's size (640 for base and small) inside the measured call, decoded to boxes in original
@@ -74,10 +75,15 @@ def _calibration_store(out: Path, size: int) -> Path:
     return store / "val"
 
 
-def _export_all(weights: object, folder: Path, calibration: Path, **kw: object) -> tuple[object, dict[str, Path]]:
-    """The eager EndToEnd module and the fp32 / int8-dynamic / int8-static files."""
+def _export_all(
+    weights: object, folder: Path, calibration: Path, reuse: bool = False, **kw: object
+) -> tuple[object, dict[str, Path]]:
+    """The eager EndToEnd module and the fp32 / int8-dynamic / int8-static files (`reuse`: files already there)."""
     folder.mkdir(parents=True, exist_ok=True)
     module, classes, category_ids = build_end_to_end(weights, **kw)
+    names = {"onnxruntime fp32": "model", "onnxruntime int8 dynamic": "int8d", "onnxruntime int8 static": "int8s"}
+    if reuse and all((folder / f"{n}.onnx").is_file() for n in names.values()):
+        return module, {name: folder / f"{n}.onnx" for name, n in names.items()}
     meta = _metadata(classes, category_ids, module.image_size, "fp32")
     t = time.perf_counter()
     files = {"onnxruntime fp32": export_onnx(module, folder / "model.onnx", meta)}
@@ -104,7 +110,9 @@ def latency(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = build_detector(cfg).eval()
         calibration = args.calibration or _calibration_store(args.out, cfg.image_size)
-        module, files = _export_all(model, args.out / preset, calibration, classes=[str(i) for i in range(80)])
+        module, files = _export_all(
+            model, args.out / preset, calibration, reuse=args.reuse, classes=[str(i) for i in range(80)]
+        )
         batch_np = image[None]
         batch_t = torch.from_numpy(np.array(batch_np))  # a writable copy
         sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
@@ -188,6 +196,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="a trained run: adds the accuracy table")
     parser.add_argument("--data", type=Path, default=None, help="store split to measure AP on (with --weights)")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="reuse the files of an earlier run (same seed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/inference"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -123,7 +123,10 @@ def draw_detections(image: np.ndarray, detections: Detections) -> Any:
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(max(canvas.size) / 400))
-    font = ImageFont.load_default(size=max(10, round(max(canvas.size) / 60)))
+    try:
+        font = ImageFont.load_default(size=max(10, round(max(canvas.size) / 60)))
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        font = ImageFont.load_default()
     # Draw the weakest first so the strongest boxes end up on top.
     for i in reversed(range(len(detections))):
         x0, y0, x1, y1 = detections.boxes_xyxy[i].tolist()
