@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import chain
 
 import pytest
@@ -19,9 +20,9 @@ class RecordingStore(Store):
 
     reads: list[list[int]]
 
-    def read_batch(self, indices, device=None, pin_memory=False):
+    def read_batch(self, indices, device=None, pin_memory=False, out=None):
         self.reads.append(list(indices))
-        return super().read_batch(indices, device=device, pin_memory=pin_memory)
+        return super().read_batch(indices, device=device, pin_memory=pin_memory, out=out)
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         return super().read_batch(index)
@@ -160,7 +161,7 @@ def test_prefetch_matches_synchronous_and_reraises(store):
             assert torch.equal(x.index, y.index) and torch.equal(x.images, y.images)
 
     class Broken(Store):
-        def read_batch(self, indices, device=None, pin_memory=False):
+        def read_batch(self, indices, device=None, pin_memory=False, out=None):
             raise OSError("disk gone")
 
     broken = Broken(store.path)
@@ -195,3 +196,42 @@ def test_rank_and_world_size_default_to_torch_distributed(store, monkeypatch):
     loader = BatchLoader(store, 3, seed=2)
     assert (loader.rank, loader.world_size) == (1, 3)
     assert _indices(loader) == _indices(BatchLoader(store, 3, seed=2, rank=1, world_size=3))
+
+
+def _check_rows(store, index, images):
+    assert torch.equal(torch.as_tensor(images), store.rows(index)["images"]), index.tolist()
+
+
+def test_recycled_buffers_never_overwrite_a_batch_still_held(store):
+    """uint8 batches come from a pool of recycled buffers: one the consumer (or a view, or a numpy array of it)
+    still holds is never read into; dropped ones are reused."""
+    loader = BatchLoader(store, 2, seed=7, as_float=False, prefetch=1, workers=2)
+    capacity = loader._buffers.capacity
+    # a consumer that drops each batch: its buffers come back (far fewer distinct buffers than batches; the
+    # bound allows for batches allocated afresh when the pool is momentarily all in use)
+    pointers = [b.images.data_ptr() for _ in range(3) for b in loader]
+    assert len(set(pointers)) <= capacity + loader.workers < len(pointers)
+    # a consumer that keeps the last `capacity + 2` batches, some only as a view or a numpy array: every batch
+    # still equals a fresh read of its rows when it is let go, and at the end
+    window: deque = deque()
+    kept = []
+    for step, batch in enumerate(chain(loader, loader, loader)):
+        held = (batch.images, batch.images[1:], batch.images.numpy())[step % 3]
+        rows = batch.index if step % 3 != 1 else batch.index[1:]
+        window.append((rows, held))
+        if step % 5 == 0:
+            kept.append((batch.index, batch.images))  # kept to the end
+        if len(window) > capacity + 2:
+            _check_rows(store, *window.popleft())
+        del batch, held
+    for rows, held in [*window, *kept]:
+        _check_rows(store, rows, held)
+    assert len(loader._buffers) <= capacity
+
+
+def test_float_batches_free_their_uint8_buffer_at_once(store):
+    loader = BatchLoader(store, 3, seed=8, workers=2, prefetch=2)
+    batches = list(loader)  # the float batches are new tensors: each worker needs one uint8 buffer at a time
+    assert len(loader._buffers) <= loader.workers
+    for batch in batches:
+        torch.testing.assert_close(batch.images, store.rows(batch.index)["images"].float() / 255)

@@ -40,6 +40,7 @@ def store_root(tmp_path_factory):
         report.add("background_images", images[0].path)
         splits.append(SourceDataset(name, "voc", CLASSES, [0, 1, 2], images, report))
     prepare(splits, tmp / "store", image_size=48, workers=1, progress=False)
+    prepare(splits, tmp / "compact", image_size=48, workers=1, progress=False, layout="compact")
     return tmp / "store"
 
 
@@ -73,6 +74,36 @@ def test_read_batch_matches_tensordict_in_the_given_order(store_root):
     # padding rows are invalid and zero
     assert not batch["valid"][0, 4:].any() and batch["valid"][0].sum() == 4
     assert (batch["boxes_xyxy"][1, 1:] == 0).all()
+
+
+@pytest.mark.parametrize("layout", ["store", "compact"])
+def test_read_batch_into_buffers_equals_a_fresh_read(store_root, layout):
+    store = Store(store_root.parent / layout / "train")
+    idx = np.array([5, 0, 3])
+    fresh = store.read_batch(idx)
+    out = {
+        "images": torch.full((3, 3, 48, 48), 7, dtype=torch.uint8),
+        "boxes_xyxy": torch.full((3, 4, 4), -1.0),
+        "valid": torch.ones(3, 4, dtype=torch.bool),
+    }
+    before = {k: v.data_ptr() for k, v in out.items()}
+    into = store.read_batch(idx, out=out)
+    for key in fresh:
+        assert torch.equal(into[key], fresh[key]), key
+    for key, buf in out.items():  # read into the given memory, and that memory is what comes back
+        assert into[key] is buf and buf.data_ptr() == before[key], key
+    # a buffer that is reused for other rows holds exactly those rows
+    again = store.read_batch(np.array([1, 2, 4]), out=out)
+    assert torch.equal(again["images"], store.read_batch(np.array([1, 2, 4]))["images"])
+    # a smaller last batch reads into the first rows of a larger buffer
+    first = store.read_batch([2], out={"images": out["images"][:1]})
+    assert torch.equal(first["images"][0], store.read_image(2)) and torch.equal(out["images"][0], store.read_image(2))
+    with pytest.raises(ValueError, match="shape"):
+        store.read_batch(idx, out={"images": torch.empty(2, 3, 48, 48, dtype=torch.uint8)})
+    with pytest.raises(ValueError, match="uint8"):
+        store.read_batch(idx, out={"images": torch.empty(3, 3, 48, 48)})
+    with pytest.raises(ValueError, match="no batch key"):
+        store.read_batch(idx, out={"index": torch.empty(3, dtype=torch.int64)})
 
 
 def test_store_refuses_what_is_not_a_complete_store(store_root, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +107,7 @@ class Store:
         indices: np.ndarray | torch.Tensor | Sequence[int],
         device: torch.device | str | None = None,
         pin_memory: bool = False,
+        out: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Read the images and targets at `indices` (in that order) in one go.
 
@@ -114,6 +115,11 @@ class Store:
         [B, M], `valid` bool [B, M], `crowd_boxes_xyxy` [B, Mc, 4], `crowd_valid` [B, Mc], `orig_size` int64
         [B, 2] (h, w), `scale` float32 [B], `image_id` int64 [B], `index` int64 [B]. Tensors are on the CPU
         (pinned if asked and CUDA exists), except compact images, which are decoded on `device` when given.
+
+        `out`: buffers to read into, by key (any of the above but `index`), each contiguous with the batch's
+        shape and dtype; the returned tensors for those keys are these buffers. Reading into a reused buffer
+        is what makes a raw read run at memory-copy speed: a fresh 16 x 640 px batch (19.7 MB) is a fresh
+        mmap from the allocator whose ~2,000 page faults cost more than the copy (BENCHMARKS.md).
         """
         if isinstance(indices, torch.Tensor):
             index = indices.detach().to("cpu", torch.int64).reshape(-1)
@@ -121,40 +127,66 @@ class Store:
             index = torch.as_tensor(np.asarray(indices), dtype=torch.int64).reshape(-1)
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(f"store indices out of range 0..{len(self) - 1}")
+        out = dict(out or {})
+        self._check_out(out, len(index))
         pin = pin_memory and torch.cuda.is_available()
-        batch = {k: self._select(k, index, pin) for k in _PER_IMAGE_KEYS}
+        batch = {k: self._select(k, index, pin, out.get(k)) for k in _PER_IMAGE_KEYS}
         if self.layout == "raw":
-            batch["images"] = self._select("images", index, pin)
+            batch["images"] = self._select("images", index, pin, out.get("images"))
         else:
-            images = self._decode(index, device)
-            batch["images"] = images.pin_memory() if pin and not images.is_cuda else images
+            images = self._decode(index, device, out.get("images"))
+            batch["images"] = images.pin_memory() if pin and not images.is_cuda and "images" not in out else images
         batch["index"] = index
         return batch
 
-    def _select(self, key: str, index: torch.Tensor, pin: bool) -> torch.Tensor:
+    def _check_out(self, out: dict[str, torch.Tensor], n: int) -> None:
+        s = self.image_size
+        for key, buf in out.items():
+            if key == "images":
+                shape, dtype = (n, 3, s, s), torch.uint8
+            elif key in _PER_IMAGE_KEYS:
+                src = self._tensors[key]
+                shape, dtype = (n, *src.shape[1:]), src.dtype
+            else:
+                raise ValueError(f"read_batch: no batch key {key!r} to read into")
+            if tuple(buf.shape) != shape or buf.dtype != dtype or not buf.is_contiguous():
+                raise ValueError(
+                    f"read_batch: out[{key!r}] must be a contiguous {dtype} tensor of shape {shape}, "
+                    f"got {buf.dtype} {tuple(buf.shape)}"
+                )
+
+    def _select(self, key: str, index: torch.Tensor, pin: bool, out: torch.Tensor | None = None) -> torch.Tensor:
         src = self._tensors[key]
-        if not pin:
+        if out is None and not pin:
             return torch.index_select(src, 0, index)
-        out = torch.empty((len(index), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
+        if out is None:
+            out = torch.empty((len(index), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
         return torch.index_select(src, 0, index, out=out)
 
-    def _decode(self, index: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    def _decode(
+        self, index: torch.Tensor, device: torch.device | str | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode the JPEGs of the compact layout: one batched call (on the GPU when `device` is CUDA)."""
         from torchvision.io import decode_jpeg
 
         s = self.image_size
         if len(index) == 0:
-            return torch.empty((0, 3, s, s), dtype=torch.uint8, device=device)
+            return out if out is not None else torch.empty((0, 3, s, s), dtype=torch.uint8, device=device)
         offsets, encoded = self._tensors["offsets"], self._tensors["encoded"]
         starts, ends = offsets[index].tolist(), offsets[index + 1].tolist()
         datas = [encoded[a:b] for a, b in zip(starts, ends)]
         images = decode_jpeg(datas, device=device or "cpu")
         if images[0].is_cuda:
-            return torch.stack(images)
+            stacked = torch.stack(images)
+            return stacked if out is None else out.copy_(stacked)
         # decode_jpeg returns [3, S, S] views of HWC memory. On this CPU, torch.stack of 16 such images took
         # ~250 ms (torch 2.14, uint8) against ~10 ms for np.stack of the HWC arrays and ~25 ms for the transpose.
         hwc = np.stack([im.permute(1, 2, 0).numpy() for im in images])  # (B, S, S, 3)
-        return torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))
+        if out is not None and out.device.type == "cpu":
+            np.copyto(out.numpy(), hwc.transpose(0, 3, 1, 2))
+            return out
+        chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))
+        return chw if out is None else out.copy_(chw)
 
     def read_image(self, i: int) -> torch.Tensor:
         """One letterboxed image, uint8 [3, S, S]."""
