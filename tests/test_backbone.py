@@ -215,3 +215,17 @@ def test_torchscript_archive_is_read(tmp_path):
     state = read_state_dict(tmp_path / "ViT-B-16.pt")
     assert set(state) == {"proj.weight", "proj.bias"}
     torch.testing.assert_close(state["proj.weight"], module.proj.weight)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    backbone = _tiny(window_size=4, global_blocks=(1,), taps=(1, 3))
+    backbone.set_frozen(False)
+    x = torch.randn(1, 3, 128, 128)
+    grads = []
+    for enable in (False, True):
+        backbone.set_grad_checkpointing(enable)
+        backbone.zero_grad()
+        sum(m.square().mean() for m in backbone(x)).backward()
+        grads.append(backbone.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

@@ -30,6 +30,7 @@ from timm.layers import LayerNorm, resample_abs_pos_embed
 from timm.layers.helpers import is_exporting
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from onedet.errors import OnedetError
 
@@ -135,11 +136,14 @@ class ViTBackbone(VisionTransformer):
         tokens = x.shape[1]
 
         maps = []
+        # timm's `set_grad_checkpointing()`: recompute each block in the backward pass (LoRA / full fine-tuning)
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
+            run = partial(checkpoint, block, use_reentrant=False) if checkpointing else block
             if i in self.global_blocks and num_windows > 1:
-                x = block(x.reshape(batch, num_windows * tokens, dim)).reshape(batch * num_windows, tokens, dim)
+                x = run(x.reshape(batch, num_windows * tokens, dim)).reshape(batch * num_windows, tokens, dim)
             else:
-                x = block(x)
+                x = run(x)
             if i in self.taps:
                 m = x[:, 1:].reshape(batch, num_h, num_w, ws, ws, dim).permute(0, 5, 1, 3, 2, 4)
                 maps.append(m.reshape(batch, dim, grid_h, grid_w))  # (B, C, gh, gw)
@@ -152,13 +156,11 @@ class ViTBackbone(VisionTransformer):
 
 
 def _torch_load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # OpenAI's original CLIP files (e.g. ViT-B-16.pt) are TorchScript archives (a zip with code/), not pickles
-        if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
-            return torch.jit.load(str(path), map_location="cpu").state_dict()
-        raise
+    # OpenAI's original CLIP files (e.g. ViT-B-16.pt) are TorchScript archives (a zip with code/), not pickles;
+    # TorchScript runs no pickled Python, and torch.load would dispatch to it anyway, with a warning.
+    if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
