@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import timm
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from onedet.config import PRESETS, from_preset
 from onedet.model.detector import Detector
@@ -36,6 +37,13 @@ def _time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dic
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _gflops(fn: Callable[[], object]) -> float:
+    """FLOPs counted by torch (matmuls and convs), independent of the machine's load."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=640)
@@ -46,7 +54,11 @@ def main() -> None:
     torch.manual_seed(0)
     image = torch.rand(1, 3, args.size, args.size)
 
-    models = {name: Detector(from_preset(name, pretrained=None), init_backbone=False).eval() for name in PRESETS}
+    # configured for the benchmark size, so no preset resizes its position embedding on the fly
+    models = {
+        name: Detector(from_preset(name, pretrained=None, image_size=args.size), init_backbone=False).eval()
+        for name in PRESETS
+    }
     base = models["base"]
     normalised = (image - base.pixel_mean) / base.pixel_std
     stock = timm.create_model(
@@ -66,8 +78,8 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     print(f"size {args.size}, batch 1, {args.threads} threads, median of {args.repeats}, load average {load:.1f}")
-    print(f"| {'model':<30} | {'params':>12} | {'ms':>8} | {'ratio':>6} |")
-    print(f"| {'-' * 30} | {'-' * 12}:| {'-' * 8}:| {'-' * 6}:|")
+    print(f"| {'model':<30} | {'params':>12} | {'GFLOPs':>7} | {'ms':>8} | {'ratio':>6} |")
+    print(f"| {'-' * 30} | {'-' * 12}:| {'-' * 7}:| {'-' * 8}:| {'-' * 6}:|")
     params = {f"{name} detector": sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     params["base detector, bf16 autocast"] = params["base detector"]
     params["base backbone (windowed)"] = sum(p.numel() for p in base.backbone.parameters())
@@ -78,7 +90,10 @@ def main() -> None:
     }
     for name, median in medians.items():
         ref = baseline.get(name, "base detector")
-        print(f"| {name:<30} | {params[name]:>12,} | {median * 1e3:>8.0f} | {median / medians[ref]:>6.2f} |")
+        flops = "" if "bf16" in name else f"{_gflops(fns[name]):.1f}"
+        print(
+            f"| {name:<30} | {params[name]:>12,} | {flops:>7} | {median * 1e3:>8.0f} | {median / medians[ref]:>6.2f} |"
+        )
     print(
         "ratio: against 'base detector', except the windowed backbone (against timm's global ViT-B/16) "
         "and bf16 (against fp32)"
