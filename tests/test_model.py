@@ -31,15 +31,28 @@ def test_preset_parameter_counts():
     assert table["tiny"]["params"] == sum(p.numel() for p in real.parameters())
 
 
-def test_base_backbone_has_clip_b16_size():
-    """The base backbone is exactly timm's CLIP ViT-B/16 minus its final norm and projection head."""
+@pytest.mark.parametrize(
+    ("preset", "timm_name", "timm_kwargs"),
+    [
+        ("base", "vit_base_patch16_clip_quickgelu_224.openai", {}),
+        ("small", "vit_small_patch16_224.augreg_in21k", {}),
+        ("tiny", "vit_tiny_patch16_224", {"depth": 6}),
+    ],
+)
+def test_backbone_has_the_timm_layout_of_its_hub_name(preset, timm_name, timm_kwargs):
+    """Each preset's backbone is the timm model its hub name builds, minus the final norm and classifier."""
     timm = pytest.importorskip("timm")
+    cfg = from_preset(preset, pretrained=None)
+    assert cfg.backbone == timm_name
     with torch.device("meta"):
-        ref = timm.create_model("vit_base_patch16_clip_quickgelu_224.openai", num_classes=0, img_size=640)
-        model = Detector(from_preset("base", pretrained=None), init_backbone=False)
+        ref = timm.create_model(timm_name, num_classes=0, img_size=cfg.image_size, **timm_kwargs)
+        model = Detector(cfg, init_backbone=False)
     ours = {k: v.shape for k, v in model.backbone.state_dict().items()}
     theirs = {k: v.shape for k, v in ref.state_dict().items() if not k.startswith("norm.")}
     assert ours == theirs
+    x = torch.linspace(-4, 4, 101)  # the same activation (QuickGELU for OpenAI CLIP), whatever its class
+    torch.testing.assert_close(ref.blocks[0].mlp.act.to("cpu")(x), model.backbone.blocks[0].mlp.act.to("cpu")(x))
+    assert ref.blocks[0].norm1.eps == model.backbone.blocks[0].norm1.eps
 
 
 def test_cli_presets_json(capsys):
