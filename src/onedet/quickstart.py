@@ -95,10 +95,10 @@ def quickstart(
                 _say(f"exported {path}")
 
     minutes = (time.perf_counter() - start) / 60
-    verdict = "reached" if metrics["AP50"] >= 0.9 else "did NOT reach"
+    verdict = "reached" if metrics["AP50"] >= 0.9 else "NOT reached"
     print(
         f"\nquickstart done in {minutes:.1f} min: validation AP50 = {metrics['AP50']:.3f} "
-        f"(AP = {metrics['AP']:.3f}); the goal of AP50 >= 0.9 was {verdict}.\n"
+        f"(AP = {metrics['AP']:.3f}); the goal AP50 >= 0.9 was {verdict}.\n"
         f"run folder: {run} (weights/best, metrics.csv, curves.png, pr.png, predictions.png)"
     )
     return metrics

@@ -54,7 +54,9 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"
     """Mixed precision: `auto` is bf16 on CUDA, and on CPUs with native bf16 for the frozen backbone only."""
     cache_features: bool = False
-    """With a frozen backbone, compute its features once per image (and flipped image) and train on them."""
+    """With a frozen backbone, compute its features once per image (and flipped image) and train the neck and
+    head on them: much faster epochs on a CPU, but of the augmentations only the horizontal flip remains (no
+    scale jitter, crops or colour jitter)."""
     augment: bool = True
     """Batch augmentation (flip, scale jitter, colour) on the device."""
     resume: bool = False

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import patches
 
-_COLORS = plt.get_cmap("tab20").colors
+_COLORS = plt.get_cmap("tab10").colors
 
 
 def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
@@ -125,64 +125,3 @@ def plot_predictions(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
-
-
-def precision_recall_curves(
-    pred_boxes: Sequence[np.ndarray],
-    pred_scores: Sequence[np.ndarray],
-    pred_labels: Sequence[np.ndarray],
-    true_boxes: Sequence[np.ndarray],
-    true_labels: Sequence[np.ndarray],
-    num_classes: int,
-    iou_threshold: float = 0.5,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per-class (recall, precision) arrays at one IoU threshold, with greedy matching by descending score.
-
-    Written by hand (a few lines) because the COCO evaluators keep their per-class curves behind a
-    101-point interpolation and an evaluator object; this is for the plot only, the metrics come from
-    `onedet.evaluate`.
-    """
-    per_class: dict[int, list[tuple[float, bool]]] = {c: [] for c in range(num_classes)}
-    num_true = np.zeros(num_classes, dtype=np.int64)
-    for boxes, scores, labels, gt_boxes, gt_labels in zip(
-        pred_boxes, pred_scores, pred_labels, true_boxes, true_labels
-    ):
-        gt_boxes, gt_labels = np.asarray(gt_boxes).reshape(-1, 4), np.asarray(gt_labels).ravel()
-        for c in range(num_classes):
-            num_true[c] += int((gt_labels == c).sum())
-        taken = np.zeros(len(gt_boxes), dtype=bool)
-        for j in np.argsort(-np.asarray(scores)):
-            label = int(labels[j])
-            if label >= num_classes:
-                continue
-            candidates = np.flatnonzero((gt_labels == label) & ~taken)
-            hit = False
-            if len(candidates):
-                ious = _iou(np.asarray(boxes[j]), gt_boxes[candidates])
-                best = int(np.argmax(ious))
-                if ious[best] >= iou_threshold:
-                    taken[candidates[best]] = True
-                    hit = True
-            per_class[label].append((float(scores[j]), hit))
-    curves = {}
-    for c, entries in per_class.items():
-        entries.sort(key=lambda e: -e[0])
-        hits = np.array([h for _, h in entries], dtype=np.float64)
-        tp = np.cumsum(hits)
-        recall = tp / max(1, num_true[c])
-        precision = tp / np.arange(1, len(hits) + 1) if len(hits) else np.zeros(0)
-        # The usual monotone envelope, so the curve reads like the AP it stands for.
-        precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-        curves[c] = (np.concatenate([[0.0], recall]), np.concatenate([[1.0], precision]))
-    return curves
-
-
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], others[:, 0])
-    y0 = np.maximum(box[1], others[:, 1])
-    x1 = np.minimum(box[2], others[:, 2])
-    y1 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
