@@ -160,9 +160,9 @@ class BatchLoader:
         self.epoch = 0
         self.position = 0  # batches of the current epoch already handed out
         self._pin = self.device.type == "cuda"
-        # in flight at once: `prefetch` queued and one being made per worker, plus the batch the consumer holds
-        # and its previous one (a `for` loop variable still holds it while the next batch is awaited)
-        self._buffers = _ImageBuffers(self.workers * (self.prefetch + 1) + 2, batch_size)
+        # in flight at once: per worker `prefetch` queued, one being made and the last one handed over (its frame
+        # still refers to it), plus the batch the consumer holds and its previous one; one more for slack
+        self._buffers = _ImageBuffers(self.workers * (self.prefetch + 2) + 3, batch_size)
         size = getattr(store, "image_size", None)  # else learnt from the first batch
         self._buffers.image_shape = (3, size, size) if isinstance(size, int) else None
 

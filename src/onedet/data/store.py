@@ -1,11 +1,14 @@
 """`Store`: one prepared split (docs/design.md), its metadata, and fast batch reads; `summarize` for `onedet info`.
 
-Batch reads are one `torch.index_select` per key over a plain-tensor view of each memory-mapped file. Why not
-`td[idx]`: indexing tensordict's `MemoryMappedTensor` with an index tensor was measured here at ~1.4k images/s
-(640 px, batches of 16) against ~8.8k for `index_select` on a plain `torch.Tensor` view of the same memory
-(numpy memmap fancy indexing: ~7.5k; `index_select` on the `MemoryMappedTensor` itself pays
+Batch reads never index tensordict's `MemoryMappedTensor`: indexing it with an index tensor was measured here at
+~1.4k images/s (640 px, batches of 16) against ~8.8k for `index_select` on a plain `torch.Tensor` view of the
+same memory (numpy memmap fancy indexing: ~7.5k; `index_select` on the `MemoryMappedTensor` itself pays
 `__torch_function__` dispatch: ~4.9k). So the store keeps the tensordict for its file layout and metadata, and
-reads through plain views.
+reads through plain views: the small per-image tensors with `torch.index_select`, the images with `np.take`
+(`mode="clip"`: indices are checked first, and the default mode buffers `out`), which is one memcpy per image
+in the calling thread. Why not `index_select` for the images too: it splits the copy over torch's OpenMP team,
+and on a busy CPU the team waits at barriers for a descheduled thread: 80-350 images/s against 2.4-2.9k for
+`np.take`, measured in the same process (load average 11 on 2 cores).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class Store:
             raise OnedetError(f"{self.path}: damaged store, missing tensors {missing}")
         # Plain torch.Tensor views of the memmaps (see the module docstring for why).
         self._tensors = {k: self.td[k].as_subclass(torch.Tensor) for k in (*_PER_IMAGE_KEYS, *image_keys)}
+        self._images_np = self._tensors["images"].numpy() if self.layout == "raw" else None
         if any(len(self._tensors[k]) != n for k in _PER_IMAGE_KEYS) or len(self.files) != n:
             raise OnedetError(f"{self.path}: damaged store, tensor lengths differ from num_images={n}")
 
@@ -132,7 +136,7 @@ class Store:
         pin = pin_memory and torch.cuda.is_available()
         batch = {k: self._select(k, index, pin, out.get(k)) for k in _PER_IMAGE_KEYS}
         if self.layout == "raw":
-            batch["images"] = self._select("images", index, pin, out.get("images"))
+            batch["images"] = self._take_images(index, pin, out.get("images"))
         else:
             images = self._decode(index, device, out.get("images"))
             batch["images"] = images.pin_memory() if pin and not images.is_cuda and "images" not in out else images
@@ -162,6 +166,14 @@ class Store:
         if out is None:
             out = torch.empty((len(index), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
         return torch.index_select(src, 0, index, out=out)
+
+    def _take_images(self, index: torch.Tensor, pin: bool, out: torch.Tensor | None) -> torch.Tensor:
+        """Raw images at `index`, one memcpy each in this thread (module docstring: no OpenMP team)."""
+        if out is None:
+            src = self._tensors["images"]
+            out = torch.empty((len(index), *src.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        np.take(self._images_np, index.numpy(), axis=0, out=out.numpy(), mode="clip")
+        return out
 
     def _decode(
         self, index: torch.Tensor, device: torch.device | str | None, out: torch.Tensor | None = None
