@@ -176,7 +176,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "global_blocks": (2, 5),
         "taps": (3, 5),
         "pretrained": None,
-        "freeze_backbone": False,  # random weights: a frozen random backbone would learn nothing
         "neck_channels": 96,
         "head_convs": 1,
     },
