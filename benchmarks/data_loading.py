@@ -1,15 +1,22 @@
 """Data loading: images per second of the store against the usual pipeline and a memory copy, on the real datasets.
 
 (1) uint8 batches, no augmentation: `BatchLoader(as_float=False)` on the raw layout and on the compact layout
-    (JPEG decoded at load time), the usual pipeline (a torch DataLoader with 2 workers: PIL decode + letterbox
-    per sample), and a plain memory copy of the same number of bytes out of the same memmap (the physical
-    ceiling); for reference, `Store.read_batch` called in the main thread (torch's 2-thread OpenMP team).
+    (JPEG decoded at load time); the usual pipeline, as torchvision users write it: a torch DataLoader with 2
+    worker processes, PIL decode + letterbox (PIL resize, paste on grey) + `pil_to_tensor` per sample,
+    `default_collate` for the images (boxes padded to the batch's largest count, as the store's are); and the
+    memory-copy ceiling: the same number of bytes (16 contiguous images of the same memmap) copied into
+    preallocated buffers, as the loader now does, both by numpy in one thread and by `workers` threads with the
+    loader's own thread set-up (the ceiling is the faster of the two). For reference, `Store.read_batch`
+    called in the main thread (fresh allocation, torch's 2-thread OpenMP team).
 (2) training-ready batches (augmented float images in [0, 1]; normalisation is the model's): `BatchLoader` with
     `BatchAugment` against the usual pipeline with per-sample albumentations (the same kinds of augmentation:
     flip, scale + shift, brightness/contrast/saturation/hue jitter, boxes filtered), 2 workers.
 
-Stores are prepared once (train split, 640 px) into benchmarks/out/data_loading/ and reused. All rates are
-steady state: the first batch (worker start-up, page cache) is not counted.
+The machine this runs on is shared and its load drifts, so the pipelines are measured in `--rounds` alternating
+rounds; each round starts a pipeline afresh, drops its start-up and prefetched batches, times it, and stops it
+(so none refills its queues in the background while another is timed). A rate is all of a pipeline's images
+over all its timed seconds. Stores are prepared once (train split, 640 px) into
+benchmarks/out/data_loading/ and reused; the page cache is warm.
 
     .venv/bin/python benchmarks/data_loading.py
 """
@@ -19,17 +26,19 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torchvision.transforms.functional import pil_to_tensor
 
 from onedet.data.augment import BatchAugment
 from onedet.data.formats import read_dataset
-from onedet.data.loader import BatchLoader
+from onedet.data.loader import BatchLoader, _prefetched
 from onedet.data.prepare import prepare
 from onedet.data.records import SourceImage
 from onedet.data.store import Store
@@ -40,7 +49,8 @@ DATASETS = {"bccd": "bccd", "aquarium": "aquarium/aquarium_pretrain", "coco128":
 
 
 class UsualDataset(Dataset):
-    """The usual per-sample pipeline: PIL decode, letterbox (PIL resize + paste on grey), optional albumentations."""
+    """The usual per-sample pipeline: PIL decode, letterbox (PIL resize + paste on grey), `pil_to_tensor`, or
+    albumentations then a float tensor."""
 
     def __init__(self, images: list[SourceImage], size: int, augment: A.Compose | None = None) -> None:
         self.images, self.size, self.augment = images, size, augment
@@ -55,19 +65,19 @@ class UsualDataset(Dataset):
         new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         canvas = Image.new("RGB", (self.size, self.size), (114, 114, 114))
         canvas.paste(img.resize(new, Image.BILINEAR), (0, 0))
-        pixels = np.asarray(canvas)
         boxes, labels = item.boxes_xyxy * scale, item.labels
         if self.augment is None:
-            return torch.from_numpy(pixels.copy()).permute(2, 0, 1), torch.from_numpy(boxes), torch.from_numpy(labels)
-        out = self.augment(image=pixels, bboxes=boxes, labels=labels)
-        image = torch.from_numpy(out["image"]).permute(2, 0, 1).float().div_(255)
+            return pil_to_tensor(canvas), torch.from_numpy(boxes), torch.from_numpy(labels)
+        out = self.augment(image=np.asarray(canvas), bboxes=boxes, labels=labels)
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float().div_(255)
         boxes = torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
         return image, boxes, torch.as_tensor(np.asarray(out["labels"], np.int64))
 
 
 def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack images, pad boxes to the batch's largest count with a validity mask."""
-    images = torch.stack([s[0] for s in samples])
+    """`default_collate` for the images (in a worker it stacks straight into shared memory); boxes padded to the
+    batch's largest count with a validity mask (default_collate cannot stack ragged boxes)."""
+    images = default_collate([s[0] for s in samples])
     m = max(1, max(len(s[1]) for s in samples))
     boxes = torch.zeros(len(samples), m, 4)
     labels = torch.zeros(len(samples), m, dtype=torch.int64)
@@ -91,16 +101,32 @@ def usual_augment() -> A.Compose:
     )
 
 
-def rate(batches: Iterable, num_images: int, count: Callable[[object], int]) -> float:
-    """Images per second over at least `num_images` images, after one warm-up batch."""
-    it = iter(batches)
-    next(it)
-    seen, start = 0, time.perf_counter()
-    for batch in it:
-        seen += count(batch)
-        if seen >= num_images:
-            break
-    return seen / (time.perf_counter() - start)
+class Meter:
+    """A pipeline measured in rounds. Each round starts it afresh, drops its first `1 + skip` batches (start-up,
+    and what was prefetched meanwhile), times at least `num_images`, and stops it (threads joined, worker
+    processes shut down), so that no pipeline refills its queues in the background while another is timed."""
+
+    def __init__(self, make: Callable[[], Iterable], count: Callable[[object], int], skip: int) -> None:
+        self.make, self.count, self.skip = make, count, skip
+        self.images, self.seconds = 0, 0.0
+
+    def measure(self, num_images: int) -> None:
+        it = iter(self.make())
+        for _ in range(1 + self.skip):
+            next(it)
+        seen, start = 0, time.perf_counter()
+        while seen < num_images:
+            seen += self.count(next(it))
+        self.images, self.seconds = self.images + seen, self.seconds + time.perf_counter() - start
+        if hasattr(it, "close"):  # a generator: closing it stops the loader's threads
+            it.close()
+        elif hasattr(it, "_shutdown_workers"):  # a DataLoader iterator: stop its worker processes now
+            it._shutdown_workers()
+        del it
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
 
 
 def store_batches(store: Store, batch_size: int, seed: int = 0):
@@ -113,8 +139,8 @@ def store_batches(store: Store, batch_size: int, seed: int = 0):
 
 
 def memcpy_batches(store: Store, batch_size: int, seed: int = 0):
-    """Endless copies of `batch_size` contiguous images of the same memmap into one buffer: the ceiling.
-    numpy's copy is one plain memcpy (no thread team)."""
+    """Endless copies of `batch_size` contiguous images of the same memmap into one preallocated buffer: the
+    ceiling in one thread. numpy's copy is one plain memcpy (no thread team)."""
     mmt = store.td["images"]
     src = np.memmap(mmt.filename, dtype=np.uint8, mode="r", shape=tuple(mmt.shape))
     dst = np.empty((batch_size, *src.shape[1:]), dtype=np.uint8)
@@ -125,9 +151,26 @@ def memcpy_batches(store: Store, batch_size: int, seed: int = 0):
         yield dst
 
 
-def loader_batches(store: Store, batch_size: int, augment: BatchAugment | None, as_float: bool = True):
+def memcpy_threaded(store: Store, batch_size: int, workers: int, prefetch: int = 2):
+    """The ceiling with the loader's parallelism: `workers` threads (the loader's own `_prefetched`, one intra-op
+    thread each), each copying contiguous images into its own preallocated buffer (torch `copy_`, GIL released)."""
+
+    def copies(seed: int):
+        src = store._tensors["images"]  # the store's plain-tensor view of the memmap
+        dst = torch.empty((batch_size, *src.shape[1:]), dtype=torch.uint8)
+        rng = np.random.default_rng(seed)
+        while True:
+            start = int(rng.integers(0, len(src) - batch_size + 1))
+            yield dst.copy_(src[start : start + batch_size])
+
+    return _prefetched([copies(k) for k in range(workers)], prefetch)
+
+
+def loader_batches(
+    store: Store, batch_size: int, workers: int, augment: BatchAugment | None = None, as_float: bool = True
+):
     """Endless `BatchLoader` batches (epochs advance by themselves)."""
-    loader = BatchLoader(store, batch_size, seed=0, drop_last=True, augment=augment, as_float=as_float)
+    loader = BatchLoader(store, batch_size, seed=0, drop_last=True, augment=augment, as_float=as_float, workers=workers)
     while True:
         yield from loader
 
@@ -170,32 +213,58 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--images", type=int, default=320, help="images per measurement (usual pipeline)")
+    parser.add_argument("--images", type=int, default=320, help="images per measurement of the slow pipelines")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds per pipeline")
     args = parser.parse_args()
-    bs, size, n = args.batch_size, args.image_size, args.images
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs}, {size} px, {n}+ images/row")
+    bs, size, w, rounds = args.batch_size, args.image_size, args.workers, args.rounds
+    per_round = max(bs, args.images // rounds)  # slow pipelines; fast ones take 20x as many images per round
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs}, {size} px, {w} workers, "
+        f"{rounds} rounds of {per_round} images (slow pipelines) / {20 * per_round} (fast ones)"
+    )
 
+    loaded = lambda b: len(b.index)  # noqa: E731
+    usual = lambda b: len(b[0])  # noqa: E731
+    skip_loader, skip_usual = w * 2 + 1, w * 2 + 1  # prefetch 2 per worker (both pipelines), plus one in hand
     rows1, rows2 = [], []
     for name in args.datasets:
         raw, compact, images = open_stores(name, size)
         warm(raw), warm(compact)
-        numel = len  # a uint8 batch's first dimension is its number of images
-        count = lambda b: len(b.index)  # noqa: E731
-        r_raw = rate(loader_batches(raw, bs, None, as_float=False), 20 * n, count)
-        r_compact = rate(loader_batches(compact, bs, None, as_float=False), n, count)
-        r_usual = rate(usual_batches(images, size, bs, args.workers, None), n, lambda b: len(b[0]))
-        r_copy = rate(memcpy_batches(raw, bs), 20 * n, numel)
-        r_main = rate(store_batches(raw, bs), 4 * n, numel)
+        fast = {
+            "raw": Meter(partial(loader_batches, raw, bs, w, as_float=False), loaded, skip_loader),
+            "memcpy 1": Meter(partial(memcpy_batches, raw, bs), len, 0),
+            f"memcpy {w}": Meter(partial(memcpy_threaded, raw, bs, w), len, w * 2 + 1),
+        }
+        slow = {
+            "compact": Meter(partial(loader_batches, compact, bs, w, as_float=False), loaded, skip_loader),
+            "usual": Meter(partial(usual_batches, images, size, bs, w, None), usual, skip_usual),
+            "main thread": Meter(partial(store_batches, raw, bs), len, 0),
+        }
+        for _ in range(rounds):
+            for meter in fast.values():
+                meter.measure(20 * per_round)
+            for meter in slow.values():
+                meter.measure(per_round)
+        r_raw, r_copy1, r_copyw = (m.rate for m in fast.values())
+        r_compact, r_usual, r_main = (m.rate for m in slow.values())
+        ceiling = max(r_copy1, r_copyw)
         rows1.append(
             [name, str(len(raw))]
-            + [f"{r:,.0f}" for r in (r_raw, r_compact, r_usual, r_copy, r_main)]
-            + [f"{r_raw / r_usual:.1f}x", f"{r_raw / r_copy:.2f}", f"{r_compact / r_usual:.1f}x"]
+            + [f"{r:,.0f}" for r in (r_raw, r_compact, r_usual, r_copy1, r_copyw, r_main)]
+            + [f"{r_raw / r_usual:.1f}x", f"{r_raw / ceiling:.2f}", f"{r_compact / r_usual:.1f}x"]
         )
         print(rows1[-1], flush=True)
 
-        r_store_aug = rate(loader_batches(raw, bs, BatchAugment()), n, count)
-        r_store_float = rate(loader_batches(raw, bs, None), 4 * n, count)
-        r_usual_aug = rate(usual_batches(images, size, bs, args.workers, usual_augment()), n, lambda b: len(b[0]))
+        meters = {
+            "store+aug": Meter(partial(loader_batches, raw, bs, w, BatchAugment()), loaded, skip_loader),
+            "usual+aug": Meter(partial(usual_batches, images, size, bs, w, usual_augment()), usual, skip_usual),
+            "store float": Meter(partial(loader_batches, raw, bs, w), loaded, skip_loader),
+        }
+        for _ in range(rounds):
+            meters["store+aug"].measure(per_round)
+            meters["usual+aug"].measure(per_round)
+            meters["store float"].measure(4 * per_round)
+        r_store_aug, r_usual_aug, r_store_float = (m.rate for m in meters.values())
         rows2.append(
             [name]
             + [f"{r:,.0f}" for r in (r_store_aug, r_usual_aug, r_store_float)]
@@ -210,11 +279,12 @@ def main() -> None:
             "images",
             "store raw",
             "store compact",
-            "usual (DataLoader, 2 workers, PIL)",
-            "memcpy ceiling",
+            f"usual (DataLoader, {w} workers, PIL)",
+            "memcpy, 1 thread",
+            f"memcpy, {w} threads",
             "read_batch, main thread",
             "raw / usual",
-            "raw / memcpy",
+            "raw / memcpy ceiling",
             "compact / usual",
         ],
         rows1,
@@ -224,7 +294,7 @@ def main() -> None:
         [
             "dataset",
             "store + BatchAugment",
-            "usual + albumentations (2 workers)",
+            f"usual + albumentations ({w} workers)",
             "store, float, no augmentation",
             "store+aug / usual+aug",
         ],
