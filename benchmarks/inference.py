@@ -1,7 +1,7 @@
 """Inference benchmark: uint8 image in, boxes out, on the CPU: PyTorch eager against onnxruntime fp32, int8 dynamic
 and int8 static, per preset; optionally COCO AP of each on a real store split with a trained run.
 
-    .venv/bin/python benchmarks/inference.py [--presets small base] [--repeats 7] [--threads 2]
+    .venv/bin/python benchmarks/inference.py [--presets small base] [--repeats 7] [--threads 2 [1]]
         [--image IMG] [--calibration STORE/split] [--weights RUN --data STORE/val] [--out benchmarks/out/inference]
         [--reuse]
 
@@ -99,10 +99,7 @@ def _export_all(
 
 def latency(args: argparse.Namespace) -> None:
     image, image_name = _image(args.image)
-    print(
-        f"input: {image_name} {image.shape[1]}x{image.shape[0]}, batch 1, {args.threads} threads, "
-        f"{args.repeats} repeats (medians)"
-    )
+    print(f"input: {image_name} {image.shape[1]}x{image.shape[0]}, batch 1, {args.repeats} repeats (medians)")
     rows = []
     for preset in args.presets:
         cfg = from_preset(preset, pretrained=None)
@@ -115,27 +112,31 @@ def latency(args: argparse.Namespace) -> None:
         )
         batch_np = image[None]
         batch_t = torch.from_numpy(np.array(batch_np))  # a writable copy
-        sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
 
         def eager(module: torch.nn.Module = module, batch_t: torch.Tensor = batch_t) -> tuple:
             with torch.inference_mode():
                 return module(batch_t)
 
-        fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
-        fns.update({name: (lambda s=s, b=batch_np: s.run_batch(b)) for name, s in sessions.items()})
-        medians = _time_round_robin(fns, args.repeats)
-        ref_scores = eager()[1][0].numpy()
-        for name, median in medians.items():
-            size_mb = files[name].stat().st_size / 2**20 if name in files else None
-            scores = sessions[name].run_batch(batch_np)[1][0] if name in sessions else ref_scores
-            diff = float(np.abs(np.sort(scores) - np.sort(ref_scores)).max())
-            rows.append((preset, name, size_mb, median, medians["PyTorch eager fp32"] / median, diff))
+        for threads in args.threads:  # the same model and files for every thread count
+            torch.set_num_threads(threads)
+            sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
+            fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
+            fns.update({name: (lambda s=s, b=batch_np: s.run_batch(b)) for name, s in sessions.items()})
+            medians = _time_round_robin(fns, args.repeats)
+            ref_scores = eager()[1][0].numpy()
+            for name, median in medians.items():
+                size_mb = files[name].stat().st_size / 2**20 if name in files else None
+                scores = sessions[name].run_batch(batch_np)[1][0] if name in sessions else ref_scores
+                diff = float(np.abs(np.sort(scores) - np.sort(ref_scores)).max())
+                ratio = medians["PyTorch eager fp32"] / median
+                rows.append((preset, threads, name, size_mb, median, ratio, diff))
+                print(f"  {threads} threads {name}: {median * 1000:.0f} ms", flush=True)
     print()
-    print("| preset | variant | file MB | median ms | speed-up vs eager | max score diff vs eager |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for preset, name, size_mb, median, ratio, diff in rows:
+    print("| preset | threads | variant | file MB | median ms | speed-up vs eager | max score diff vs eager |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for preset, threads, name, size_mb, median, ratio, diff in rows:
         mb = f"{size_mb:.0f}" if size_mb is not None else "-"
-        print(f"| {preset} | {name} | {mb} | {median * 1000:.0f} | {ratio:.2f}x | {diff:.1e} |")
+        print(f"| {preset} | {threads} | {name} | {mb} | {median * 1000:.0f} | {ratio:.2f}x | {diff:.1e} |")
 
 
 def _evaluate_onnx(detector: OnnxDetector, store: object) -> dict:
@@ -178,7 +179,7 @@ def accuracy(args: argparse.Namespace) -> None:
     print(f"accuracy: {args.weights} on {args.data} ({len(store)} images); static int8 calibrated on {calibration}")
     _, files = _export_all(run, args.out / "trained", calibration)
     rows = [("PyTorch eager fp32", evaluate_model(run.model, store, batch_size=4))]
-    rows += [(name, _evaluate_onnx(OnnxDetector(path, threads=args.threads), store)) for name, path in files.items()]
+    rows += [(name, _evaluate_onnx(OnnxDetector(path, threads=args.threads[0]), store)) for name, path in files.items()]
     print("| variant | file MB | AP | AP50 |")
     print("| --- | ---: | ---: | ---: |")
     for name, m in rows:
@@ -190,7 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["small", "base"])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="one or more thread counts")
     parser.add_argument("--image", type=Path, default=None)
     parser.add_argument("--calibration", type=Path, default=None, help="store split for static int8")
     parser.add_argument("--weights", type=Path, default=None, help="a trained run: adds the accuracy table")
@@ -199,7 +200,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse the files of an earlier run (same seed)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/inference"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     if not args.skip_latency:
         latency(args)
     if args.weights is not None:
