@@ -104,6 +104,8 @@ def test_read_batch_into_buffers_equals_a_fresh_read(store_root, layout):
         store.read_batch(idx, out={"images": torch.empty(3, 3, 48, 48)})
     with pytest.raises(ValueError, match="no batch key"):
         store.read_batch(idx, out={"index": torch.empty(3, dtype=torch.int64)})
+    with pytest.raises(ValueError, match="on the CPU"):
+        store.read_batch(idx, out={"valid": torch.empty(3, 4, dtype=torch.bool, device="meta")})
 
 
 def test_store_refuses_what_is_not_a_complete_store(store_root, tmp_path):

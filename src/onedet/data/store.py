@@ -158,6 +158,8 @@ class Store:
                     f"read_batch: out[{key!r}] must be a contiguous {dtype} tensor of shape {shape}, "
                     f"got {buf.dtype} {tuple(buf.shape)}"
                 )
+            if buf.device.type != "cpu" and not (key == "images" and self.layout == "compact"):
+                raise ValueError(f"read_batch: out[{key!r}] must be on the CPU (only compact images decode elsewhere)")
 
     def _select(self, key: str, index: torch.Tensor, pin: bool, out: torch.Tensor | None = None) -> torch.Tensor:
         src = self._tensors[key]
