@@ -204,7 +204,11 @@ def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None =
     def pct(v: float) -> str:
         return "    -" if v < 0 else f"{100 * v:5.1f}"
 
-    lines = ["  ".join(f"{name:>5}" for name in _STAT_NAMES), "  ".join(pct(metrics[n]) for n in _STAT_NAMES)]
+    lines = [
+        "COCO box AP in % (IoU 0.50:0.95 unless named; s/m/l: small/medium/large; '-': nothing to measure)",
+        "  ".join(f"{name:>5}" for name in _STAT_NAMES),
+        "  ".join(pct(metrics[n]) for n in _STAT_NAMES),
+    ]
     per_class = metrics.get("per_class", {})
     if per_class:
         ids = metrics.get("category_ids", category_ids)
