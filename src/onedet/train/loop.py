@@ -81,7 +81,12 @@ class AmpForward(nn.Module):
         if self.num_taps:
             maps = split_taps(x, self.num_taps)
         else:
-            with amp.autocast(self.device, self.plan.backbone):
+            # A frozen backbone records nothing for autograd (its features are constants to the neck).
+            trains = any(p.requires_grad for p in self.detector.backbone.parameters())
+            with (
+                amp.autocast(self.device, self.plan.backbone),
+                torch.set_grad_enabled(trains and torch.is_grad_enabled()),
+            ):
                 maps = backbone_features(self.detector, x)
             if self.plan.backbone is not None and self.plan.rest is None:
                 maps = [m.float() for m in maps]
@@ -174,7 +179,7 @@ class Trainer:
             self.model_config = self._model_config()
         self.detector = self._build_detector()
         self.detector.to(self.device)
-        self.plan = amp.plan(cfg.amp, self.device, backbone_frozen=cfg.finetune != "lora" and cfg.finetune != "full")
+        self.plan = amp.plan(cfg.amp, self.device, backbone_frozen=cfg.finetune == "frozen")
         self.criterion = DetectionLoss(self.model_config)
         self.loss_weights = dict(self.model_config.loss_weights)
 
@@ -215,7 +220,7 @@ class Trainer:
     # --- set-up ---------------------------------------------------------------------------------------------------
 
     def _model_config(self) -> Any:
-        from onedet.config import PRESETS, ModelConfig
+        from onedet.config import ModelConfig
 
         cfg = self.cfg
         overrides = dict(cfg.model)
@@ -227,8 +232,6 @@ class Trainer:
         multiple = probe.input_multiple
         overrides["image_size"] = math.ceil(size / multiple) * multiple  # the detector pads inputs to it
         overrides["num_classes"] = len(self.classes)
-        if cfg.preset not in PRESETS:
-            raise OnedetError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
         return ModelConfig.from_preset(cfg.preset, **overrides)
 
     def _build_detector(self) -> nn.Module:
