@@ -113,3 +113,18 @@ def test_weighted_total():
     assert weighted_total(terms, {"focal": 2.0, "l1": 5.0, "aux_l1": 1.0}) == 2 + 10 + 3
     with pytest.raises(KeyError, match="focal"):
         weighted_total(terms, {"l1": 1.0})
+
+
+def test_same_terms_under_an_initialised_process_group(tmp_path):
+    import torch.distributed as dist
+
+    out = _output()
+    boxes, labels, valid = _targets()
+    alone = DetectionLoss()(out, boxes, labels, valid, image_size=(64, 64))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:  # the box counts go through all_reduce: with one process they must not change
+        grouped = DetectionLoss()(out, boxes, labels, valid, image_size=(64, 64))
+    finally:
+        dist.destroy_process_group()
+    for name in alone:
+        torch.testing.assert_close(grouped[name], alone[name])
