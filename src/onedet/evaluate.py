@@ -1,8 +1,10 @@
 """COCO box metrics through faster-coco-eval, on detections mapped back to original image pixels.
 
 Ground truth and detections are handed to faster-coco-eval as in-memory COCO objects (no JSON files).
-Crowd regions become `iscrowd=1` annotations, which COCO's matching treats as ignore regions: a detection
-on a crowd is neither a true nor a false positive.
+Crowd regions become `iscrowd=1` annotations of their own class, which COCO's matching treats as ignore
+regions for that class: a detection of that class on a crowd is neither a true nor a false positive, while a
+detection of another class there is judged as anywhere else. A crowd region of unknown class (label -1, e.g.
+from a store written before the store kept crowd labels) becomes one such annotation per class.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def build_coco_dicts(
     """The COCO ground-truth dataset dict and the detection result list (`loadRes` form) of per-image arrays.
 
     gt[i]: `boxes_xyxy [M, 4]` (original pixels), `labels [M]` (contiguous), optional `crowd_boxes_xyxy [Mc, 4]`
-    and `crowd_labels [Mc]`. The store keeps no label for a crowd region, so without `crowd_labels` a crowd
-    region is an ignore region for every class (COCO ignores it only for its own class).
+    and `crowd_labels [Mc]` (contiguous; -1 for unknown). COCO ignores a crowd region only for its own class;
+    a region of unknown class (-1, or no `crowd_labels` at all) is an ignore region for every class.
     detections[i]: `boxes_xyxy [K, 4]`, `scores [K]`, `labels [K]`.
     """
     if len(detections) != len(gt):
@@ -62,13 +64,12 @@ def build_coco_dicts(
         for box, label in zip(np.asarray(g["boxes_xyxy"]).reshape(-1, 4), np.asarray(g["labels"]).reshape(-1)):
             add(image_id, box, int(category_ids[int(label)]), 0)
         crowd = np.asarray(g.get("crowd_boxes_xyxy", np.zeros((0, 4)))).reshape(-1, 4)
-        crowd_labels = g.get("crowd_labels")
-        for j, box in enumerate(crowd):
-            if crowd_labels is None:
-                for c in category_ids:
-                    add(image_id, box, int(c), 1)
-            else:
-                add(image_id, box, int(category_ids[int(np.asarray(crowd_labels)[j])]), 1)
+        crowd_labels = np.asarray(g.get("crowd_labels", np.full(len(crowd), -1))).reshape(-1)
+        if len(crowd_labels) != len(crowd):
+            raise ValueError(f"image {image_id}: {len(crowd)} crowd boxes but {len(crowd_labels)} crowd labels")
+        for box, label in zip(crowd, crowd_labels):
+            for c in category_ids if label < 0 else [category_ids[int(label)]]:
+                add(image_id, box, int(c), 1)
     dataset = {"images": images, "annotations": annotations, "categories": categories}
 
     results: list[dict[str, Any]] = []
@@ -173,6 +174,10 @@ def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = 
                         "boxes_xyxy": batch["boxes_xyxy"][i].numpy()[valid] / scale[i],
                         "labels": batch["labels"][i].numpy()[valid],
                         "crowd_boxes_xyxy": batch["crowd_boxes_xyxy"][i].numpy()[crowd_valid] / scale[i],
+                        # absent from a duck-typed store: unknown, an ignore region for every class
+                        "crowd_labels": batch["crowd_labels"][i].numpy()[crowd_valid]
+                        if "crowd_labels" in batch
+                        else np.full(int(crowd_valid.sum()), -1),
                     }
                 )
                 detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})

@@ -102,10 +102,21 @@ def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_D
         yield from pool.imap(_decode, tasks, chunksize=chunksize)
 
 
+def _crowd_labels(image: SourceImage, count: int) -> np.ndarray:
+    """The record's crowd labels, -1 (unknown: an ignore region for every class) when it gives none."""
+    labels = np.asarray(image.crowd_labels, np.int64).reshape(-1)
+    if len(labels) == 0:
+        return np.full(count, -1, np.int64)
+    if len(labels) != count:
+        raise OnedetError(f"{image.path}: {count} crowd boxes but {len(labels)} crowd labels")
+    return labels
+
+
 def _fix_boxes(
     image: SourceImage, size_hw: tuple[int, int], report: Report
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes and crowd boxes in displayed pixels, clipped to the decoded image; fixes counted once.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes, labels, crowd boxes and crowd labels in displayed pixels, clipped to the decoded image; fixes
+    counted once.
 
     Readers already clipped boxes to the size they knew; only records left unsized, in fractions (YOLO) or
     whose declared size differs from the decoded one go through `clean_boxes` again.
@@ -115,6 +126,7 @@ def _fix_boxes(
     boxes = np.asarray(image.boxes_xyxy, np.float64).reshape(-1, 4)
     crowd = np.asarray(image.crowd_boxes_xyxy, np.float64).reshape(-1, 4)
     labels = np.asarray(image.labels, np.int64).reshape(-1)
+    crowd_labels = _crowd_labels(image, len(crowd))
     h, w = size_hw
     if image.normalized:
         boxes, crowd = boxes * [w, h, w, h], crowd * [w, h, w, h]
@@ -123,8 +135,8 @@ def _fix_boxes(
         report.add("size_mismatch", image.path)  # the annotation's declared size is not the image's
     if image.normalized or declared != (h, w):
         boxes, labels = clean_boxes(boxes, labels, (h, w), report, image.path)
-        crowd, _ = clean_boxes(crowd, np.zeros(len(crowd)), (h, w), report, image.path, kind_prefix="crowd_")
-    return boxes.astype(np.float32), labels, crowd.astype(np.float32)
+        crowd, crowd_labels = clean_boxes(crowd, crowd_labels, (h, w), report, image.path, kind_prefix="crowd_")
+    return boxes.astype(np.float32), labels, crowd.astype(np.float32), crowd_labels
 
 
 def _memmap(folder: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
@@ -246,7 +258,7 @@ def _write_into(
     encoded_file = open(td_dir / "encoded.memmap", "wb") if layout == "compact" else None  # noqa: SIM115
     offsets = [0]
     kept: list[int] = []
-    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]] = []
+    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     paths = [str(im.path) for im in dataset.images]
     bar = tqdm(total=num_source, desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
     results = _decode_all(paths, workers, init_args)
@@ -322,16 +334,18 @@ def _write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: in
     valid = _memmap(td_dir, "valid", np.bool_, (n, m))
     crowd = _memmap(td_dir, "crowd_boxes_xyxy", np.float32, (n, mc, 4))
     crowd_valid = _memmap(td_dir, "crowd_valid", np.bool_, (n, mc))
+    crowd_labels = _memmap(td_dir, "crowd_labels", np.int64, (n, mc))  # -1: unknown class, ignored for all
     orig_size = _memmap(td_dir, "orig_size", np.int64, (n, 2))
     scale = _memmap(td_dir, "scale", np.float32, (n,))
     image_id = _memmap(td_dir, "image_id", np.int64, (n,))
-    for i, ((h, w), b, lab, c) in enumerate(rows):
+    for i, ((h, w), b, lab, c, c_lab) in enumerate(rows):
         s = size / max(h, w)  # the letterbox scale (letterbox_params); store pixels = original pixels * s
         boxes[i, : len(b)] = b * s
         labels[i, : len(b)] = lab
         valid[i, : len(b)] = True
         crowd[i, : len(c)] = c * s
         crowd_valid[i, : len(c)] = True
+        crowd_labels[i, : len(c)] = c_lab
         orig_size[i] = (h, w)
         scale[i] = s
         image_id[i] = images[i].image_id if images[i].image_id >= 0 else i
@@ -341,6 +355,7 @@ def _write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: in
         "valid": valid,
         "crowd_boxes_xyxy": crowd,
         "crowd_valid": crowd_valid,
+        "crowd_labels": crowd_labels,
         "orig_size": orig_size,
         "scale": scale,
         "image_id": image_id,

@@ -25,13 +25,18 @@ class SourceImage:
     labels: np.ndarray
     """int64 [M], contiguous labels 0..C-1."""
     crowd_boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    """float32 [Mc, 4]: COCO iscrowd regions, kept apart from training boxes (ignore regions in evaluation)."""
+    """float32 [Mc, 4]: COCO iscrowd regions (VOC difficult objects), kept apart from training boxes: ignore
+    regions in evaluation, for the class in `crowd_labels`."""
     image_id: int = -1
     """The dataset's own image id (COCO), or -1 to use the store index."""
     size_hw: tuple[int, int] | None = None
     """(height, width) the annotations claim, if they say; checked against the decoded image."""
     normalized: bool = False
     """True when boxes are fractions of the image size (YOLO), to be scaled once the image is decoded."""
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """int64 [Mc]: the contiguous label of each crowd region, for which class COCO ignores it. Empty while
+    `crowd_boxes_xyxy` is not (a record built without them) means unknown: prepare stores -1, an ignore region
+    for every class. Last, so that records built positionally before it existed keep their meaning."""
 
 
 @dataclass

@@ -35,10 +35,14 @@ _PER_IMAGE_KEYS = (
     "valid",
     "crowd_boxes_xyxy",
     "crowd_valid",
+    "crowd_labels",
     "orig_size",
     "scale",
     "image_id",
 )
+_UNKNOWN_CROWD_LABEL = -1
+"""`crowd_labels` of a crowd region whose class is unknown: an ignore region for every class. Stores written
+before `crowd_labels` existed (same version 1) read as all unknown, which is how they were evaluated."""
 
 
 def _is_split(path: Path) -> bool:
@@ -87,11 +91,15 @@ class Store:
         n = int(self.meta["num_images"])
         image_keys = ("images",) if self.layout == "raw" else ("encoded", "offsets")
         keys = set(self.td.keys())
-        missing = [k for k in (*_PER_IMAGE_KEYS, *image_keys) if k not in keys]
+        missing = [k for k in (*_PER_IMAGE_KEYS, *image_keys) if k not in keys and k != "crowd_labels"]
         if missing:
             raise OnedetError(f"{self.path}: damaged store, missing tensors {missing}")
         # Plain torch.Tensor views of the memmaps (see the module docstring for why).
-        self._tensors = {k: self.td[k].as_subclass(torch.Tensor) for k in (*_PER_IMAGE_KEYS, *image_keys)}
+        self._tensors = {k: self.td[k].as_subclass(torch.Tensor) for k in (*_PER_IMAGE_KEYS, *image_keys) if k in keys}
+        if "crowd_labels" not in keys:  # an older store: in memory, [N, Mc] int64 is small
+            self._tensors["crowd_labels"] = torch.full(
+                self._tensors["crowd_valid"].shape, _UNKNOWN_CROWD_LABEL, dtype=torch.int64
+            )
         self._images_np = self._tensors["images"].numpy() if self.layout == "raw" else None
         if any(len(self._tensors[k]) != n for k in _PER_IMAGE_KEYS) or len(self.files) != n:
             raise OnedetError(f"{self.path}: damaged store, tensor lengths differ from num_images={n}")
@@ -116,8 +124,9 @@ class Store:
         """Read the images and targets at `indices` (in that order) in one go.
 
         Returns `images` uint8 [B, 3, S, S], `boxes_xyxy` float32 [B, M, 4] (store pixels), `labels` int64
-        [B, M], `valid` bool [B, M], `crowd_boxes_xyxy` [B, Mc, 4], `crowd_valid` [B, Mc], `orig_size` int64
-        [B, 2] (h, w), `scale` float32 [B], `image_id` int64 [B], `index` int64 [B]. Tensors are on the CPU
+        [B, M], `valid` bool [B, M], `crowd_boxes_xyxy` [B, Mc, 4], `crowd_valid` [B, Mc], `crowd_labels` int64
+        [B, Mc] (-1: class unknown, ignored for every class), `orig_size` int64 [B, 2] (h, w), `scale` float32
+        [B], `image_id` int64 [B], `index` int64 [B]. Tensors are on the CPU
         (pinned if asked and CUDA exists), except compact images, which are decoded on `device` when given.
 
         `out`: buffers to read into, by key (any of the above but `index`), each contiguous with the batch's

@@ -3,8 +3,11 @@
 Split names come from the file name (`instances_train2017.json` -> "train") or, for Roboflow's
 `train/_annotations.coco.json`, from the folder. Category ids (non-contiguous, 1..90 in COCO) map to
 contiguous labels in sorted id order; every category declared in `categories` is kept, used or not, so
-`category_ids[label]` gives back the dataset's own ids. `iscrowd=1` boxes become `crowd_boxes_xyxy`
-(ignore regions for evaluation), never training boxes. COCO's bbox is `[x, y, w, h]` in continuous pixels.
+`category_ids[label]` gives back the dataset's own ids. `iscrowd=1` boxes become `crowd_boxes_xyxy` with
+their label in `crowd_labels` (ignore regions for evaluation, for their own class only, as COCOeval does),
+never training boxes. A crowd box of an undeclared category is dropped and counted
+("crowd_unknown_category"): COCOeval evaluates only declared categories, so it would ignore nothing. COCO's
+bbox is `[x, y, w, h]` in continuous pixels.
 """
 
 from __future__ import annotations
@@ -145,11 +148,15 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
             continue
         is_crowd = bool(ann.get("iscrowd", 0))
         label = label_of.get(ann.get("category_id"), -1)
-        if label < 0 and not is_crowd:
-            raise OnedetError(
-                f"{json_path}: annotation id {ann.get('id')} has category_id {ann.get('category_id')!r}, "
-                f"not among the declared categories {category_ids}"
-            )
+        if label < 0:
+            if not is_crowd:
+                raise OnedetError(
+                    f"{json_path}: annotation id {ann.get('id')} has category_id {ann.get('category_id')!r}, "
+                    f"not among the declared categories {category_ids}"
+                )
+            if present[row]:
+                report.add("crowd_unknown_category", paths[row])
+            continue
         owner.append(row)
         xywh.append(bbox)
         labels.append(label)
@@ -196,7 +203,9 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
         sel, crowd_sel = train_idx[train_at[row] : train_at[row + 1]], crowd_idx[crowd_at[row] : crowd_at[row + 1]]
         size_hw = (int(sizes[row, 0]), int(sizes[row, 1]))
         cb = clipped32[crowd_sel] if len(crowd_sel) else empty_boxes()
-        images.append(SourceImage(paths[row], clipped32[sel], labels_a[sel], cb, im["id"], size_hw))
+        image = SourceImage(paths[row], clipped32[sel], labels_a[sel], cb, im["id"], size_hw)
+        image.crowd_labels = labels_a[crowd_sel]
+        images.append(image)
     return SourceDataset(split_name(json_path), "coco", classes, category_ids, images, report)
 
 

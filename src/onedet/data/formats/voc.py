@@ -7,7 +7,8 @@ VOC coordinates are 1-based inclusive integer pixel indices: a box over pixel co
 `xmin=1, xmax=10`. In onedet's continuous coordinates (column 0 spans 0..1) that is `x0 = xmin - 1,
 x1 = xmax` (likewise for y). A box with `xmax <= xmin` or `ymax <= ymin` has no extent as drawn (a click
 rather than a drag) and is dropped as a zero-area box, even though the 1-based reading would make it one
-pixel wide. `difficult=1` objects become ignore regions (`crowd_boxes_xyxy`), as in VOC's own evaluation.
+pixel wide. `difficult=1` objects become ignore regions (`crowd_boxes_xyxy`, their class in `crowd_labels`),
+as in VOC's own evaluation, where a difficult object is ignored only for its own class.
 Class names are the sorted set of names found in the annotations of all splits.
 """
 
@@ -151,7 +152,10 @@ def read_voc(source: Path) -> list[SourceDataset]:
                 report.add("difficult_as_ignore", item.xml, int(item.difficult.sum()))
             hard = item.difficult
             boxes, kept = clean_boxes(item.boxes[~hard], labels[~hard], size_hw, report, item.xml)
-            crowd, _ = clean_boxes(item.boxes[hard], labels[hard], size_hw, report, item.xml, kind_prefix="crowd_")
-            images.append(SourceImage(image, boxes, kept, crowd if len(crowd) else empty_boxes(), size_hw=size_hw))
+            crowd, crowd_labels = clean_boxes(
+                item.boxes[hard], labels[hard], size_hw, report, item.xml, kind_prefix="crowd_"
+            )
+            crowd = crowd if len(crowd) else empty_boxes()
+            images.append(SourceImage(image, boxes, kept, crowd, size_hw=size_hw, crowd_labels=crowd_labels))
         datasets.append(SourceDataset(split, "voc", classes, list(range(len(classes))), images, report))
     return datasets
