@@ -84,9 +84,30 @@ def test_coco_exact_boxes_ids_and_crowd(tmp_path: Path) -> None:
     np.testing.assert_allclose(b.boxes_xyxy, [[0, 0, 40, 30]])
     assert b.labels.tolist() == [2]
     np.testing.assert_allclose(b.crowd_boxes_xyxy, [[3, 4, 8, 10]])  # not among the training boxes
+    assert b.crowd_labels.tolist() == [0] and b.crowd_labels.dtype == np.int64  # category 1 -> label 0
+    assert a.crowd_labels.shape == (0,) and c.crowd_labels.shape == (0,)
     assert c.boxes_xyxy.shape == (0, 4) and not a.normalized
     assert _counts(train) == {"background_images": 1, "clipped_boxes": 1, "zero_area_boxes": 1}
     assert _counts(splits["val"]) == {"background_images": 1}
+
+
+def test_coco_crowd_labels_follow_their_boxes(tmp_path: Path) -> None:
+    """Crowd labels stay aligned with crowd boxes through clipping and dropping; an undeclared category's crowd
+    is dropped and counted (COCOeval evaluates declared categories only, so it would ignore nothing)."""
+    images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}]
+    anns = [
+        {"image_id": 1, "category_id": 7, "bbox": [50.0, 1.0, 5.0, 5.0], "iscrowd": 1},  # outside: dropped
+        {"image_id": 1, "category_id": 3, "bbox": [1.0, 1.0, 5.0, 5.0], "iscrowd": 1},
+        {"image_id": 1, "category_id": 99, "bbox": [2.0, 2.0, 5.0, 5.0], "iscrowd": 1},  # undeclared category
+        {"image_id": 1, "category_id": 3, "bbox": [0.0, 0.0, 10.0, 10.0]},
+        {"image_id": 1, "category_id": 7, "bbox": [30.0, 20.0, 20.0, 20.0], "iscrowd": 1},  # clipped
+    ]
+    _coco(tmp_path, "train", images, anns, cat_ids=(3, 7))
+    (im,) = read_dataset(tmp_path)[0].images
+    np.testing.assert_allclose(im.crowd_boxes_xyxy, [[1, 1, 6, 6], [30, 20, 40, 30]])
+    assert im.crowd_labels.tolist() == [0, 1]  # categories [3, 7] -> labels [0, 1], in file order
+    assert _counts(read_dataset(tmp_path)[0]) == {
+        "crowd_clipped_boxes": 1, "crowd_unknown_category": 1, "crowd_zero_area_boxes": 1}  # fmt: skip
 
 
 def test_coco_bad_inputs(tmp_path: Path) -> None:
@@ -265,6 +286,7 @@ def test_voc_splits_coordinates_and_fixes(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.boxes_xyxy, [[0, 0, 10, 20], [29, 4, 40, 12]])
     assert a.labels.tolist() == [2, 1] and a.size_hw == (30, 40)
     np.testing.assert_allclose(a.crowd_boxes_xyxy, [[1, 1, 5, 5]])  # difficult: an ignore region
+    assert a.crowd_labels.tolist() == [2] and c.crowd_labels.shape == (0,)  # of its own class (dog)
     assert len(c.boxes_xyxy) == 0
     assert _counts(train) == {"background_images": 1, "clipped_boxes": 1, "difficult_as_ignore": 1,
                               "zero_area_boxes": 1}  # fmt: skip
@@ -344,5 +366,13 @@ def test_real_coco128(shared_data: Path) -> None:
     train = splits["train"]
     assert len(train.classes) == 80 and max(train.category_ids) == 90 and len(train.images) == 128
     assert sum(len(im.crowd_boxes_xyxy) for im in train.images) > 0
+    # Crowd labels are the JSON's crowd categories, image by image, in file order.
+    data = json.loads((shared_data / "coco128_coco" / "annotations" / "instances_train2017.json").read_text())
+    expected: dict[int, list[int]] = {}
+    for ann in data["annotations"]:
+        if ann.get("iscrowd"):
+            expected.setdefault(ann["image_id"], []).append(ann["category_id"])
+    got = {im.image_id: [train.category_ids[k] for k in im.crowd_labels] for im in train.images if len(im.crowd_labels)}
+    assert got == expected and all(len(im.crowd_labels) == len(im.crowd_boxes_xyxy) for im in train.images)
     assert _counts(train)["background_images"] == 2
     assert {im.image_id for im in train.images} >= {9, 25}

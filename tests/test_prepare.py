@@ -220,6 +220,27 @@ def test_normalized_boxes_scaled_and_clipped_once(tmp_path):
     assert store.meta["report"]["clipped_boxes"]["count"] == 1
 
 
+def test_crowd_labels_stay_with_their_boxes_and_default_to_unknown(tmp_path):
+    """Re-clipping (normalized record) drops a crowd box together with its label; a record without crowd labels
+    stores -1 (unknown: ignored for every class); padding is label 0 with crowd_valid False."""
+    ds = _source_dataset(tmp_path / "img", 3)
+    crowd = np.array([[1.5, 0.1, 2.0, 0.2], [0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 1.5, 0.9]])  # 1st wholly outside
+    ds.images[0] = SourceImage(ds.images[0].path, np.zeros((0, 4)), np.zeros(0), crowd, normalized=True,
+                               crowd_labels=np.array([2, 1, 0]))  # fmt: skip
+    ds.images[1].crowd_boxes_xyxy = np.array([[1.0, 1.0, 9.0, 9.0]], np.float32)  # no crowd_labels given
+    prepare([ds], tmp_path / "store", image_size=SIZE, workers=1, progress=False)
+    b = Store(tmp_path / "store" / "train").read_batch([0, 1, 2])
+    assert b["crowd_labels"].dtype == torch.int64 and b["crowd_labels"].shape == (3, 2)
+    assert b["crowd_valid"].tolist() == [[True, True], [True, False], [False, False]]
+    assert b["crowd_labels"].tolist() == [[1, 0], [-1, 0], [0, 0]]
+    h, w = load_image(ds.images[0].path)[0].shape[:2]
+    expected = np.array([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 1.0, 0.9]]) * [w, h, w, h]  # the 3rd clipped at x = w
+    np.testing.assert_allclose((b["crowd_boxes_xyxy"][0] / b["scale"][0]).numpy(), expected, atol=1e-3)
+    ds.images[1].crowd_labels = np.array([0, 1])  # two labels for one box
+    with pytest.raises(OnedetError, match=r"img1\.png: 1 crowd boxes but 2 crowd labels"):
+        prepare([ds], tmp_path / "store2", image_size=SIZE, workers=1, progress=False)
+
+
 # --- bad images and atomic writes -----------------------------------------------------------------------------
 
 
@@ -375,3 +396,4 @@ def test_real_dataset_round_trip(shared_data, tmp_path, name):
             assert int(batch["crowd_valid"][i].sum()) == nc
             crowd = (batch["crowd_boxes_xyxy"][i, :nc].double() / batch["scale"][i].double()).numpy()
             np.testing.assert_allclose(crowd, image.crowd_boxes_xyxy.reshape(-1, 4), atol=0.5)
+            assert batch["crowd_labels"][i, :nc].tolist() == list(image.crowd_labels)  # their own class

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,7 +36,12 @@ def store_root(tmp_path_factory):
             k = i % 5
             boxes = np.array([[1 + j, 2, 10 + 2 * j, 20] for j in range(k)], np.float32).reshape(-1, 4)
             crowd = np.array([[0, 0, 5, 5]], np.float32) if i == 1 else np.zeros((0, 4), np.float32)
-            images.append(SourceImage(path, boxes, np.arange(k) % 3, crowd, image_id=-1, size_hw=(h, w)))
+            crowd_labels = np.array([2] * len(crowd), np.int64)
+            images.append(
+                SourceImage(
+                    path, boxes, np.arange(k) % 3, crowd, image_id=-1, size_hw=(h, w), crowd_labels=crowd_labels
+                )
+            )
         report = Report()
         report.add("background_images", images[0].path)
         splits.append(SourceDataset(name, "voc", CLASSES, [0, 1, 2], images, report))
@@ -57,6 +63,7 @@ def test_metadata_and_shapes(store_root):
     assert td["boxes_xyxy"].shape == (6, 4, 4) and td["crowd_boxes_xyxy"].shape == (6, 1, 4)
     assert td["image_id"].tolist() == list(range(6))  # no dataset ids: the index
     assert td["crowd_valid"][:, 0].tolist() == [False, True, False, False, False, False]
+    assert td["crowd_labels"].dtype == torch.int64 and td["crowd_labels"][:, 0].tolist() == [0, 2, 0, 0, 0, 0]
 
 
 def test_read_batch_matches_tensordict_in_the_given_order(store_root):
@@ -64,7 +71,8 @@ def test_read_batch_matches_tensordict_in_the_given_order(store_root):
     td = TensorDict.load_memmap(store_root / "train" / "td")
     idx = np.array([4, 1, 5, 1])
     batch = store.read_batch(idx)
-    for key in ("images", "boxes_xyxy", "labels", "valid", "crowd_boxes_xyxy", "crowd_valid", "orig_size", "scale"):
+    keys = ("images", "boxes_xyxy", "labels", "valid", "crowd_boxes_xyxy", "crowd_valid", "crowd_labels", "orig_size")
+    for key in (*keys, "scale"):
         assert torch.equal(batch[key], td[key][torch.from_numpy(idx)]), key
     assert batch["index"].tolist() == [4, 1, 5, 1]
     assert torch.equal(store.read_batch(torch.tensor([2]))["images"][0], store.read_image(2))
@@ -85,6 +93,7 @@ def test_read_batch_into_buffers_equals_a_fresh_read(store_root, layout):
         "images": torch.full((3, 3, 48, 48), 7, dtype=torch.uint8),
         "boxes_xyxy": torch.full((3, 4, 4), -1.0),
         "valid": torch.ones(3, 4, dtype=torch.bool),
+        "crowd_labels": torch.full((3, 1), 9, dtype=torch.int64),
     }
     before = {k: v.data_ptr() for k, v in out.items()}
     into = store.read_batch(idx, out=out)
@@ -120,6 +129,25 @@ def test_store_refuses_what_is_not_a_complete_store(store_root, tmp_path):
     (tmp_path / "half" / "meta.json").write_text(json.dumps({"version": 1, "complete": False}))
     with pytest.raises(OnedetError, match="incomplete"):
         Store(tmp_path / "half")
+
+
+def test_store_without_crowd_labels_reads_them_as_unknown(store_root, tmp_path):
+    """A version-1 store written before `crowd_labels` existed still opens: its crowd regions read as -1 (class
+    unknown), which evaluation ignores for every class, as it did when the store was written."""
+    old = tmp_path / "train"
+    shutil.copytree(store_root / "train", old)
+    td_meta = json.loads((old / "td" / "meta.json").read_text())
+    del td_meta["crowd_labels"]
+    (old / "td" / "meta.json").write_text(json.dumps(td_meta))
+    (old / "td" / "crowd_labels.memmap").unlink()
+    store = Store(old)
+    assert "crowd_labels" not in set(store.td.keys())
+    batch = store.read_batch([1, 0])
+    assert batch["crowd_labels"].tolist() == [[-1], [-1]] and batch["crowd_labels"].dtype == torch.int64
+    assert torch.equal(batch["crowd_boxes_xyxy"], Store(store_root / "train").read_batch([1, 0])["crowd_boxes_xyxy"])
+    out = {"crowd_labels": torch.zeros(2, 1, dtype=torch.int64)}
+    assert store.read_batch([1, 0], out=out)["crowd_labels"] is out["crowd_labels"]
+    assert out["crowd_labels"].tolist() == [[-1], [-1]]
 
 
 def test_summarize_and_format(store_root):
