@@ -182,3 +182,120 @@ def test_evaluate_model_maps_store_boxes_back_to_original_pixels(monkeypatch):
     assert (seen["detections"][1]["boxes_xyxy"][:, 2] <= 20).all()
     assert seen["args"][2] == [1000, 1001, 1002] and seen["args"][3] == [(128, 128), (32, 20), (64, 64)]
     assert metrics["AP"] == pytest.approx(1.0)  # every box found exactly, in original pixels
+
+
+def test_unknown_crowd_label_ignores_every_class_and_a_known_one_its_own():
+    crowd = np.array([[100.0, 100.0, 300.0, 300.0]] * 2)
+    gt = [{"boxes_xyxy": np.array([[0.0, 0.0, 50.0, 50.0]]), "labels": np.array([0]),
+           "crowd_boxes_xyxy": crowd, "crowd_labels": np.array([1, 2])}]  # fmt: skip
+    det = [{"boxes_xyxy": np.array([[120.0, 120.0, 200.0, 200.0], [0.0, 0.0, 50.0, 50.0]]),
+            "scores": np.array([0.9, 0.5]), "labels": np.array([0, 0])}]  # fmt: skip
+    # The cat on crowds of dogs and birds is a false positive ranked first: AP50 0.5 (COCO's 101-point: ~0.5).
+    assert coco_metrics(gt, det, CLASSES)["AP50"] == pytest.approx(0.5, abs=0.01)
+    gt[0]["crowd_labels"] = np.array([1, -1])  # the second crowd's class unknown: ignored for cats too
+    assert coco_metrics(gt, det, CLASSES)["AP50"] == pytest.approx(1.0)
+
+
+class _FixedModel(torch.nn.Module):
+    """Answers store image i with the detections it was given (store pixels): one location per detection, its
+    logit set so that the decoded score is the given one; every other (location, class) far below."""
+
+    def __init__(self, boxes_xyxy, labels, scores, num_classes):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.boxes, self.labels, self.num_classes = boxes_xyxy, labels, num_classes
+        self.logits = torch.logit(torch.as_tensor(scores, dtype=torch.float32))
+        self.seen = 0
+
+    def forward(self, images):
+        b, s = len(images), slice(self.seen, self.seen + len(images))
+        logits = torch.full((b, self.boxes.shape[1], self.num_classes), -30.0)
+        logits.scatter_(2, self.labels[s, :, None], self.logits[s, :, None])
+        self.seen += b
+        return _Out(logits, self.boxes[s])
+
+
+def test_crowd_ignored_for_its_own_class_only_through_the_store_equals_pycocotools(tmp_path):
+    """COCO JSON -> prepare -> Store -> evaluate_model against pycocotools on the JSON itself: a detection of the
+    crowd's own class inside it is ignored, one of another class there is a false positive."""
+    import json
+
+    from PIL import Image
+
+    from onedet.data.formats.coco import read_coco_file
+    from onedet.data.prepare import prepare
+    from onedet.data.store import Store
+    from onedet.evaluate import evaluate_model
+
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cat, dog = 3, 17  # dataset ids; labels 0, 1
+    images = [{"id": 11, "file_name": "a.png", "width": 200, "height": 160},
+              {"id": 12, "file_name": "b.png", "width": 120, "height": 100}]  # fmt: skip
+    anns = [  # xywh
+        {"image_id": 11, "category_id": cat, "bbox": [10, 10, 40, 40], "iscrowd": 0},
+        {"image_id": 11, "category_id": dog, "bbox": [100, 60, 80, 80], "iscrowd": 1},
+        {"image_id": 12, "category_id": dog, "bbox": [20, 20, 50, 40], "iscrowd": 0},
+        {"image_id": 12, "category_id": cat, "bbox": [60, 50, 50, 40], "iscrowd": 1},
+    ]
+    for i, a in enumerate(anns):
+        a.update(id=i + 1, area=a["bbox"][2] * a["bbox"][3])
+    categories = [{"id": cat, "name": "cat"}, {"id": dog, "name": "dog"}]
+    (tmp_path / "data" / "annotations").mkdir(parents=True)
+    (tmp_path / "data" / "val2017").mkdir()
+    json_path = tmp_path / "data" / "annotations" / "instances_val2017.json"
+    json_path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    for im in images:
+        Image.new("RGB", (im["width"], im["height"]), (90, 120, 150)).save(
+            tmp_path / "data" / "val2017" / im["file_name"]
+        )
+    # (image id, xyxy original pixels, category, score): three per image
+    wanted = [
+        (11, [10, 10, 50, 50], cat, 0.5),  # true positive
+        (11, [110, 70, 150, 110], cat, 0.9),  # a cat inside the crowd of dogs: a false positive
+        (11, [120, 80, 160, 120], dog, 0.8),  # a dog inside the crowd of dogs: ignored
+        (12, [20, 20, 70, 60], dog, 0.7),  # true positive
+        (12, [65, 55, 100, 85], cat, 0.95),  # a cat inside the crowd of cats: ignored
+        (12, [70, 60, 105, 88], dog, 0.85),  # a dog inside the crowd of cats: a false positive
+    ]
+
+    # The reader of one file (a lone split given as a folder would lose an image to a held-out val).
+    prepare([read_coco_file(json_path)], tmp_path / "store", image_size=64, workers=1, progress=False)
+    store = Store(tmp_path / "store" / "val")
+    batch = store.read_batch(np.arange(len(store)))
+    assert batch["image_id"].tolist() == [11, 12] and batch["crowd_labels"][:, 0].tolist() == [1, 0]
+    label_of = {cat: 0, dog: 1}
+    scale = batch["scale"].double()
+    boxes = torch.tensor([[w[1] for w in wanted if w[0] == i] for i in (11, 12)], dtype=torch.float64)
+    boxes = (boxes * scale[:, None, None]).float()
+    labels = torch.tensor([[label_of[w[2]] for w in wanted if w[0] == i] for i in (11, 12)])
+    scores = torch.tensor([[w[3] for w in wanted if w[0] == i] for i in (11, 12)])
+
+    def ours(s):
+        return evaluate_model(_FixedModel(boxes, labels, scores, 2), s, batch_size=1, k=3)
+
+    metrics = ours(store)
+    coco_gt = COCO(str(json_path))
+    results = [{"image_id": i, "category_id": c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": p}
+               for i, b, c, p in wanted]  # fmt: skip
+    ref = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
+    ref.evaluate()
+    ref.accumulate()
+    ref.summarize()
+    for i, name in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"]):
+        assert metrics[name] == pytest.approx(ref.stats[i], abs=1e-6), name
+    for k, name in enumerate(["cat", "dog"]):
+        p = ref.eval["precision"][:, :, k, 0, -1]
+        assert metrics["per_class"][name] == pytest.approx(p[p > -1].mean(), abs=1e-6), name
+    # One false positive ranked above each class's true positive: not 1, as it would be if every crowd region
+    # were ignored for every class.
+    assert metrics["per_class"] == pytest.approx({"cat": 0.5, "dog": 0.5}, abs=0.01)
+
+    # A store written before crowd labels existed: its crowd regions are ignored for every class, as then.
+    td_meta = json.loads((store.path / "td" / "meta.json").read_text())
+    del td_meta["crowd_labels"]
+    (store.path / "td" / "meta.json").write_text(json.dumps(td_meta))
+    (store.path / "td" / "crowd_labels.memmap").unlink()
+    assert ours(Store(store.path))["per_class"] == pytest.approx({"cat": 1.0, "dog": 1.0})
