@@ -261,3 +261,17 @@ def test_copies_start_with_empty_pools():
             torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool)
         )
         assert out[0].shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_tiled_colour_map_matches_the_batched_one(dtype):
+    """The CPU's tiled map (with a last, partial tile) against the one batched op the GPU runs."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 256, (3, 3, 1000), generator=gen).to(dtype)
+    matrix, offset = torch.randn(3, 3, 3, generator=gen) / 200, torch.rand(3, 3, 1, generator=gen) / 4
+    batched = augment_module._map_colour(x, matrix, offset, torch.empty(3, 3, 1000), None)
+    tiled = augment_module._map_colour(x, matrix, offset, torch.empty(3, 3, 1000), 384)
+    torch.testing.assert_close(tiled, batched, atol=1e-6, rtol=0)
+    reference = (matrix.double() @ x.double() + offset.double()).clamp(0, 1).float()
+    torch.testing.assert_close(batched, reference, atol=1e-5, rtol=0)
+    assert (batched == 0).sum() > 0 and (batched == 1).sum() > 0  # both clamps were exercised

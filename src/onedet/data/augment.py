@@ -115,6 +115,23 @@ def _snap(start: float, length: float, size: int, out_size: int) -> tuple[int, i
     return i0, i1, o0, o1
 
 
+def _map_colour(x: Tensor, matrix: Tensor, offset: Tensor, out: Tensor, tile: int | None) -> Tensor:
+    """out = clamp(matrix @ x + offset, 0, 1) per image: x [B, 3, N] (any dtype), matrix [B, 3, 3], offset
+    [B, 3, 1], out float [B, 3, N]. With `tile`, tile by tile (convert, map and clamp while each tile is in
+    cache: one write of the output), else as one batched op."""
+    if tile is None:
+        return torch.baddbmm(offset, matrix, x.float(), out=out).clamp_(0, 1)
+    b, c, n = x.shape
+    scratch = torch.empty(c, min(tile, n), device=x.device)
+    for i in range(b):
+        for start in range(0, n, tile):
+            stop = min(start + tile, n)
+            src = scratch[:, : stop - start]
+            src.copy_(x[i, :, start:stop])
+            torch.addmm(offset[i], matrix[i], src, out=out[i, :, start:stop]).clamp_(0, 1)
+    return out
+
+
 class BatchAugment(nn.Module):
     """Augment a batch: images uint8 or float [B, 3, H, W], boxes_xyxy [B, M, 4] in pixels, valid bool [B, M].
 
@@ -211,20 +228,10 @@ class BatchAugment(nn.Module):
         chroma[:, 1, 1], chroma[:, 1, 2], chroma[:, 2, 1], chroma[:, 2, 2] = cos, -sin, sin, cos
         matrix = ((_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ) * (contr * bright * unit).view(b, 1, 1)).to(sample)
         offset = (((1 - contr) * bright).to(sample) * mean).view(b, 1, 1).expand(b, c, 1)
-        x = images.reshape(b, c, h * w)
         out = self._empty(self._outputs, images, (b, c, h * w), torch.float32)
-        if images.device.type != "cpu":  # one batched op; the GPU has no cache to tile for
-            torch.baddbmm(offset, matrix, x.float(), out=out)
-            return out.view(b, c, h, w).clamp_(0, 1)
-        # CPU: convert, map and clamp tile by tile while each tile is in cache; one write of the output
-        tile = torch.empty(c, min(_TILE, h * w))
-        for i in range(b):
-            for start in range(0, h * w, _TILE):
-                stop = min(start + _TILE, h * w)
-                src = tile[:, : stop - start]
-                src.copy_(x[i, :, start:stop])
-                torch.addmm(offset[i], matrix[i], src, out=out[i, :, start:stop]).clamp_(0, 1)
-        return out.view(b, c, h, w)
+        # the GPU has no cache to tile for: one batched op there
+        tile = _TILE if images.device.type == "cpu" else None
+        return _map_colour(images.reshape(b, c, h * w), matrix, offset, out, tile).view(b, c, h, w)
 
     def transform_geometry(
         self,
