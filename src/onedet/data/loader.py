@@ -224,7 +224,8 @@ class BatchLoader:
         t = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
         images, boxes, valid = t["images"], t["boxes_xyxy"].float(), t["valid"].bool()
         if self.augment is not None and self.augment.training:
-            # the augmentation takes the uint8 images: its resampling doubles as the float conversion
+            # the augmentation takes the uint8 images: it resamples them as uint8 and its colour map is the float
+            # conversion (into recycled float buffers on the CPU, augment.py)
             generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch, step, self.rank))
             images, boxes, valid = self.augment(images, boxes, valid, generator=generator)
         elif self.as_float:
