@@ -514,9 +514,10 @@ class Trainer:
         self.save(best=improved or (self.val_store is None and self.is_main))
         if self.is_main:
             self.log.epoch(row)
-            from onedet.train.plots import plot_curves
+            if evaluate:  # matplotlib takes a second or two: not worth it on every short epoch
+                from onedet.train.plots import plot_curves
 
-            plot_curves(self.log.rows, self.out / "curves.png", title=str(self.out.name))
+                plot_curves(self.log.rows, self.out / "curves.png", title=str(self.out.name))
 
     def _finish(self) -> TrainResult:
         metrics = None
