@@ -177,14 +177,14 @@ def accuracy(args: argparse.Namespace) -> None:
     store = Store(args.data)
     calibration = args.calibration or Path(args.data).parent / "train"
     print(f"accuracy: {args.weights} on {args.data} ({len(store)} images); static int8 calibrated on {calibration}")
-    _, files = _export_all(run, args.out / "trained", calibration)
+    _, files = _export_all(run, args.out / "trained", calibration, reuse=args.reuse)
     rows = [("PyTorch eager fp32", evaluate_model(run.model, store, batch_size=4))]
     rows += [(name, _evaluate_onnx(OnnxDetector(path, threads=args.threads[0]), store)) for name, path in files.items()]
     print("| variant | file MB | AP | AP50 |")
     print("| --- | ---: | ---: | ---: |")
     for name, m in rows:
         mb = f"{files[name].stat().st_size / 2**20:.0f}" if name in files else "-"
-        print(f"| {name} | {mb} | {m['AP']:.3f} | {m['AP50']:.3f} |")
+        print(f"| {name} | {mb} | {m['AP']:.4f} | {m['AP50']:.4f} |")
 
 
 def main() -> None:
