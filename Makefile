@@ -21,10 +21,10 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format src tests benchmarks && $(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info runs quickstart
