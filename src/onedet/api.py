@@ -1,0 +1,144 @@
+"""`OneDet`: the object-style facade (`model.train(...)`, `model.predict(image)`, `model.export(...)`).
+
+Every method calls the function the command line calls (`onedet.train.train`, `onedet.predict.predict`,
+`onedet.evaluate.evaluate_model`, `onedet.export.export`), so there is one code path. Importing this module is
+torch-free (torch is imported by the methods), so `onedet.OneDet` costs nothing until it is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onedet.errors import OnedetError
+
+if TYPE_CHECKING:
+    from onedet.runtime import Detections
+    from onedet.train.checkpoint import LoadedRun
+
+__all__ = ["OneDet"]
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class OneDet:
+    """A detector: a new one from a preset (`OneDet("small")`), or a trained one (`OneDet.from_run("runs/x")`).
+
+    `train` fills a new detector with its trained (best) weights; `predict`, `evaluate` and `export` need trained
+    weights, since only they come with class names.
+    """
+
+    def __init__(self, preset: str = "base", **model_overrides: Any) -> None:
+        from onedet.config import ModelConfig
+
+        ModelConfig.from_preset(preset, **model_overrides)  # a bad preset or override fails here, not after a run
+        self.preset: str | None = preset
+        """The preset a new detector trains from (None for one loaded with `from_run`)."""
+        self.model_overrides = model_overrides
+        self.run_dir: Path | None = None
+        """The run folder the weights come from (None until trained or loaded)."""
+        self._run: LoadedRun | None = None
+        self._predictor: Any = None
+
+    @classmethod
+    def from_run(cls, path: str | Path, which: str = "best", device: str = "auto") -> OneDet:
+        """The trained detector of a run folder (`which`: best, falling back to last) or a checkpoint folder."""
+        self = cls.__new__(cls)
+        self.preset, self.model_overrides, self._predictor = None, {}, None
+        self._load(Path(path), which, device)
+        return self
+
+    def _load(self, path: Path, which: str = "best", device: str = "auto") -> None:
+        from onedet.train.checkpoint import load_run
+
+        self._run = load_run(path, which, device=_device(device))
+        self.run_dir = path
+        self._predictor = None
+
+    @property
+    def run(self) -> LoadedRun:
+        """The loaded weights (`model`, `config`, `classes`, `category_ids`); an error before training."""
+        if self._run is None:
+            raise OnedetError(
+                f"this OneDet({self.preset!r}) has no trained weights: call .train(...) or use OneDet.from_run(...)"
+            )
+        return self._run
+
+    @property
+    def model(self) -> Any:
+        """The trained `onedet.model.detector.Detector` (eval mode)."""
+        return self.run.model
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.run.classes)
+
+    def train(self, data: str | Path, out: str | Path = "runs/onedet", epochs: int = 50, **config: Any) -> Any:
+        """Train on the store `data` into the run folder `out`; returns `TrainResult(run, metrics)`.
+
+        `config` takes any other `TrainConfig` field (`batch_size`, `finetune`, `lr`, `pretrained`, ...). A new
+        detector trains from its preset's backbone weights; a detector from `from_run` can only continue its
+        run (`resume=True`, `out` its run folder), as the trainer does not start from a run's weights. After
+        training, this object holds the run's best weights.
+        """
+        from onedet.train import TrainConfig
+        from onedet.train import train as run_training
+
+        if "preset" in config:
+            raise TypeError("the preset is OneDet's: OneDet(preset, ...).train(...)")
+        if self.preset is None and not config.get("resume"):
+            raise OnedetError(
+                f"{self.run_dir}: a detector loaded from a run can only continue it: "
+                f".train(data, out=<its run folder>, resume=True)"
+            )
+        model = {**self.model_overrides, **config.pop("model", {})}
+        cfg = TrainConfig(
+            data=Path(data), out=Path(out), epochs=epochs, preset=self.preset or "base", model=model, **config
+        )
+        result = run_training(cfg)
+        self._load(Path(result.run), device=cfg.device)
+        return result
+
+    def predict(self, images: Any, threshold: float = 0.3) -> Detections | list[Detections]:
+        """One image (uint8 [H, W, 3] RGB array, Pillow image or path) -> `Detections`; a list -> a list."""
+        from onedet.predict import load_predictor, predict
+
+        if self._predictor is None:
+            self._predictor = load_predictor(self.run)
+        return predict(self._predictor, images, threshold=threshold)
+
+    def evaluate(self, data: Any, batch_size: int = 8) -> dict:
+        """COCO metrics on a store split (a path such as `store/val`, or a `Store`)."""
+        from onedet.data.store import Store
+        from onedet.evaluate import evaluate_model
+
+        store = data if isinstance(data, Store) else Store(data)
+        if list(store.classes) != self.classes:
+            raise OnedetError(
+                f"{store.path}: the store's classes {store.classes} differ from the model's {self.classes}"
+            )
+        return evaluate_model(self.model, store, batch_size=batch_size)
+
+    def export(
+        self,
+        out: str | Path = "model.onnx",
+        int8: bool = False,
+        half: bool = False,
+        calibration: str | Path | None = None,
+        **options: Any,
+    ) -> list[Path]:
+        """One ONNX file from pixels to boxes (and its int8/fp16 variants); see `onedet.export.export`."""
+        from onedet.export import export
+
+        return export(self.run, out, int8=int8, half=half, calibration=calibration, **options)
+
+    def __repr__(self) -> str:
+        if self._run is None:
+            return f"OneDet({self.preset!r}, untrained)"
+        return f"OneDet({self.run_dir}, {len(self.run.classes)} classes)"
