@@ -28,7 +28,7 @@ def quickstart(
     out: Path | str = Path("quickstart"),
     *,
     num_images: int = NUM_IMAGES,
-    epochs: int = 60,
+    epochs: int = 100,
     max_minutes: float | None = 6.5,
     export_onnx: bool = True,
     progress: bool = True,

@@ -443,6 +443,7 @@ class Trainer:
         start = time.perf_counter() - self.elapsed
         epoch = self.loader.epoch
         while epoch < self.epochs:
+            epoch_start = time.perf_counter()
             self.loader.set_epoch(epoch)
             self.forward.train()
             self.log.start_epoch(epoch, self.epochs, self.steps_per_epoch, self.loader.state_dict()["position"])
@@ -473,20 +474,20 @@ class Trainer:
                 self.log.message(f"stopping after epoch {epoch + 1}: --max-minutes {cfg.max_minutes} reached")
                 break
             if cfg.max_minutes is not None:
-                self._fit_to_budget(epoch + 1, cfg.max_minutes * 60)
+                self._fit_to_budget(epoch + 1, cfg.max_minutes * 60, time.perf_counter() - epoch_start)
             epoch += 1
         return self._finish()
 
-    def _fit_to_budget(self, epochs_done: int, budget: float) -> None:
-        """Fit the schedule (cosine included) into the time budget at the pace so far (evaluation included),
-        re-judged after every epoch, never beyond `epochs`; rank 0 decides for all. Since it depends on the
-        clock, a resumed run may fit differently from an uninterrupted one."""
-        per_epoch = self.elapsed / max(1, epochs_done)
-        fit = min(self.cfg.epochs, max(epochs_done + 1, int(budget / max(per_epoch, 1e-9))))
+    def _fit_to_budget(self, epochs_done: int, budget: float, last_epoch: float) -> None:
+        """Fit the schedule (cosine included) into the time budget at the pace of the last epoch (evaluation
+        included), re-judged after every epoch, never beyond `epochs`; rank 0 decides for all. Since it depends
+        on the clock, a resumed run may fit differently from an uninterrupted one."""
+        left = max(0.0, budget - self.elapsed)
+        fit = min(self.cfg.epochs, epochs_done + max(1, int(left / max(last_epoch, 1e-9))))
         fit = int(distributed.broadcast_object(fit))
         if fit != self.epochs:
             self.log.message(
-                f"--max-minutes {budget / 60:g}: at {per_epoch:.0f} s per epoch, the schedule now ends after "
+                f"--max-minutes {budget / 60:g}: at {last_epoch:.0f} s per epoch, the schedule now ends after "
                 f"{fit} epochs (was {self.epochs})"
             )
             self.epochs = fit
