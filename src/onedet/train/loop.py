@@ -94,19 +94,6 @@ class AmpForward(nn.Module):
             return head_forward(self.detector, maps)
 
 
-def _loss_weights(names: list[str], weights: dict[str, float]) -> dict[str, float]:
-    # The config names terms `focal`, the loss may call them `loss_focal`: accept either spelling.
-    out = {}
-    for name in names:
-        for key in (name, name.removeprefix("loss_"), f"loss_{name}"):
-            if key in weights:
-                out[name] = float(weights[key])
-                break
-        else:
-            raise OnedetError(f"no loss weight for term {name!r} in the model config's loss_weights {weights}")
-    return out
-
-
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -394,8 +381,7 @@ class Trainer:
 
         output = self.step_model(batch.images)
         terms = self.criterion(output, batch.boxes_xyxy, batch.labels, batch.valid)
-        weights = _loss_weights(list(terms), self.loss_weights)
-        total = weighted_total(terms, weights)
+        total = weighted_total(terms, self.loss_weights)
         finite = distributed.all_reduce_mean(torch.isfinite(total.detach()).float().reshape(1))
         if float(finite) < 1:
             self._stop_non_finite("loss", {k: float(v.detach()) for k, v in terms.items()})
