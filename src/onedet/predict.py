@@ -19,12 +19,12 @@ import numpy as np
 
 from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
-from onedet.runtime import Detections, OnnxDetector, as_image_list, group_by_size, make_detections
+from onedet.runtime import BatchDetector, Detections, OnnxDetector
 
 log = logging.getLogger(__name__)
 
 
-class TorchDetector:
+class TorchDetector(BatchDetector):
     """A run folder (or checkpoint folder) as a callable with `OnnxDetector`'s interface, run in PyTorch."""
 
     def __init__(self, run: str | Path | Any, device: str | None = None) -> None:
@@ -47,15 +47,6 @@ class TorchDetector:
                 torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(self.device)
             )
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
-
-    def __call__(self, images: Any, threshold: float = 0.3) -> list[Detections]:
-        arrays = as_image_list(images)
-        results: list[Detections | None] = [None] * len(arrays)
-        for idx in group_by_size(arrays):
-            boxes, scores, labels = self.run_batch(np.stack([arrays[i] for i in idx]))
-            for j, i in enumerate(idx):
-                results[i] = make_detections(boxes[j], scores[j], labels[j], self.names_by_id, threshold)
-        return [r for r in results if r is not None]
 
 
 def load_predictor(model: str | Path | Any) -> OnnxDetector | TorchDetector:

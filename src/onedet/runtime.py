@@ -142,7 +142,33 @@ def group_by_size(images: Sequence[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-class OnnxDetector:
+class BatchDetector:
+    """What the onnxruntime and the PyTorch predictors share: images of any sizes in, one `Detections` each out.
+
+    Subclasses provide `names_by_id` and `run_batch` (a `[B, H, W, 3]` uint8 batch of one size -> boxes, scores,
+    labels as numpy arrays); images of the same size are batched together.
+    """
+
+    names_by_id: dict[int, str]
+
+    def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, images: Any, threshold: float = 0.3) -> list[Detections]:
+        """Detect objects in one image, a list of images (any sizes) or a [B, H, W, 3] batch (uint8 RGB).
+
+        Returns one `Detections` per image, in input order, keeping detections with score >= threshold.
+        """
+        arrays = as_image_list(images)
+        results: list[Detections | None] = [None] * len(arrays)
+        for idx in group_by_size(arrays):
+            boxes, scores, labels = self.run_batch(np.stack([arrays[i] for i in idx]))
+            for j, i in enumerate(idx):
+                results[i] = make_detections(boxes[j], scores[j], labels[j], self.names_by_id, threshold)
+        return [r for r in results if r is not None]
+
+
+class OnnxDetector(BatchDetector):
     """An exported onedet model: `OnnxDetector("model.onnx")(image) -> [Detections]`.
 
     `providers` are onnxruntime execution providers (default: CPU); `threads` caps the intra-op threads.
@@ -184,19 +210,6 @@ class OnnxDetector:
         """The raw graph outputs for a uint8 [B, H, W, 3] batch: boxes [B, K, 4], scores [B, K], labels [B, K]."""
         boxes, scores, labels = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         return boxes, scores, labels
-
-    def __call__(self, images: Any, threshold: float = 0.3) -> list[Detections]:
-        """Detect objects in one image, a list of images (any sizes) or a [B, H, W, 3] batch (uint8 RGB).
-
-        Returns one `Detections` per image, in input order, keeping detections with score >= threshold.
-        """
-        arrays = as_image_list(images)
-        results: list[Detections | None] = [None] * len(arrays)
-        for idx in group_by_size(arrays):
-            boxes, scores, labels = self.run_batch(np.stack([arrays[i] for i in idx]))
-            for j, i in enumerate(idx):
-                results[i] = make_detections(boxes[j], scores[j], labels[j], self.names_by_id, threshold)
-        return [r for r in results if r is not None]
 
     def __repr__(self) -> str:
         return f"OnnxDetector({str(self.path)!r}, classes={len(self.classes)}, precision={self.precision})"
