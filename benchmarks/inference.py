@@ -19,13 +19,13 @@ file (the store's letterboxed images fed through the graph, boxes mapped back wi
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 
 from onedet.config import from_preset
 from onedet.export import (
@@ -39,18 +39,6 @@ from onedet.model.detector import build_detector
 from onedet.runtime import OnnxDetector
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _image(path: Path | None) -> tuple[np.ndarray, str]:
@@ -122,7 +110,7 @@ def latency(args: argparse.Namespace) -> None:
             sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
             fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
             fns.update({name: (lambda s=s, b=batch_np: s.run_batch(b)) for name, s in sessions.items()})
-            medians = _time_round_robin(fns, args.repeats)
+            medians = time_round_robin(fns, args.repeats)
             ref_scores = eager()[1][0].numpy()
             for name, median in medians.items():
                 size_mb = files[name].stat().st_size / 2**20 if name in files else None

@@ -12,29 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import timm
 import torch
+from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
 from onedet.config import PRESETS, from_preset
 from onedet.model.detector import Detector
-
-
-def _time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.no_grad():
-        for fn in fns.values():  # warm-up
-            fn()
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _gflops(fn: Callable[[], object]) -> float:
@@ -74,7 +60,8 @@ def main() -> None:
     fns["base detector, bf16 autocast"] = base_bf16
     fns["base backbone (windowed)"] = lambda: base.backbone(normalised)
     fns["timm ViT-B/16 (global)"] = lambda: stock.forward_features(normalised)
-    medians = _time_round_robin(fns, args.repeats)
+    with torch.no_grad():
+        medians = time_round_robin(fns, args.repeats)
 
     load = os.getloadavg()[0]
     print(f"size {args.size}, batch 1, {args.threads} threads, median of {args.repeats}, load average {load:.1f}")

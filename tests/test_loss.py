@@ -1,21 +1,11 @@
 """DetectionLoss: finite terms (empty images, bf16), gradients reaching the matched locations, weights outside."""
 
-from typing import NamedTuple
-
 import pytest
 import torch
 
 from onedet.loss import DetectionLoss, infer_image_size, weighted_total
+from onedet.model.detector import DetectorOutput as Output
 from onedet.model.head import make_points
-
-
-class Output(NamedTuple):  # the fields of DetectorOutput the loss reads
-    logits: torch.Tensor
-    boxes_xyxy: torch.Tensor
-    points: torch.Tensor
-    strides: torch.Tensor
-    aux_logits: torch.Tensor | None
-    aux_boxes_xyxy: torch.Tensor | None
 
 
 def _output(b=2, c=3, aux=True, seed=0, requires_grad=True):
