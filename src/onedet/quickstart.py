@@ -65,6 +65,9 @@ def quickstart(
             batch_size=16,
             lr=2e-3,
             backbone_lr_scale=1.0,  # random weights: the backbone learns as fast as the rest
+            # 8-pixel patches: a 16x16 grid at 128 px instead of 8x8. From random weights this learned much faster
+            # per minute on 2 cores (val AP50 0.80 vs 0.57-0.66 in the same budget; BENCHMARKS.md, Training).
+            model={"patch_size": 8},
             warmup_epochs=1.0,
             eval_every=5,
             max_minutes=max_minutes,
