@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import run_helpers
 import torch
-from safetensors.torch import save_file
+from run_helpers import gradient_image
 
 from onedet import __version__
 from onedet.cli import main
@@ -30,40 +31,7 @@ CATEGORY_IDS = [3, 7, 11]  # not 0..C-1, so a missing id lookup in the graph wou
 
 
 def make_run(folder: Path, seed: int = 0) -> Path:
-    """A run folder as training writes it (docs/design.md), with a tiny random detector.
-
-    A fresh head predicts the focal prior (~0.01) everywhere, so hundreds of scores tie within 1e-6 and their
-    order is arbitrary; a wider random classifier spreads the scores so that comparing detections means something.
-    """
-    torch.manual_seed(seed)
-    # The tiny preset cut to 2 blocks (one windowed, one global) at 128 px: every part of the model, exported fast.
-    cfg = ModelConfig.from_preset(
-        "tiny", num_classes=len(CLASSES), depth=2, global_blocks=(1,), taps=(0, 1), image_size=128, pretrained=None
-    )
-    model = build_detector(cfg)
-    with torch.no_grad():
-        model.head.cls_pred.weight.normal_(0.0, 0.03)
-        model.head.cls_pred.bias.fill_(-2.0)
-    ckpt = folder / "weights" / "best"
-    ckpt.mkdir(parents=True)
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
-    info = {"model": cfg.to_dict(), "classes": CLASSES, "category_ids": CATEGORY_IDS, "onedet_version": __version__}
-    (ckpt / "model.json").write_text(json.dumps(info))
-    return folder
-
-
-def test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth gradient with a few flat rectangles: structure at every scale, unlike pure noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([255 * xx / max(w, 1), 255 * yy / max(h, 1), np.full_like(xx, 128)], axis=-1)
-    for _ in range(4):
-        y0, x0 = rng.integers(0, h), rng.integers(0, w)
-        img[y0 : y0 + max(1, h // 4), x0 : x0 + max(1, w // 4)] = rng.integers(0, 256, 3)
-    return img.astype(np.uint8)
-
-
-test_image.__test__ = False  # a helper, not a test
+    return run_helpers.make_run(folder, CLASSES, CATEGORY_IDS, seed=seed)
 
 
 def assert_same_detections(ref: tuple, got: tuple, score_tol: float = 1e-4, box_tol: float = 1.0) -> None:
@@ -145,7 +113,7 @@ SIZES = [(1, 2000), (2000, 1), (3000, 4000), (37, 91), (480, 640), (256, 256)]
 def test_onnxruntime_matches_pytorch(detectors: tuple, size: tuple[int, int]) -> None:
     torch_det, onnx_det = detectors
     n = 1 if size[0] * size[1] > 1e6 else 2  # a batch of 2 checks the batch axis (not for 12 Mpx: time)
-    batch = np.stack([test_image(*size, seed=s) for s in range(1, n + 1)])
+    batch = np.stack([gradient_image(*size, seed=s) for s in range(1, n + 1)])
     ref = torch_det.run_batch(batch)
     got = onnx_det.run_batch(batch)
     h, w = size
@@ -219,7 +187,7 @@ def test_int8_dynamic_and_fp16_run_and_detect(exported: dict) -> None:
     module, _, _ = build_end_to_end(load_run(exported["run"]), half=True)
     half = export_onnx(module, root / "model.fp16.onnx", {**meta, PRECISION_KEY: "fp16"})
 
-    image = test_image(300, 500, seed=3)
+    image = gradient_image(300, 500, seed=3)
     ref = OnnxDetector(fp32).run_batch(image[None])
     assert fp32.stat().st_size > 3 * dynamic.stat().st_size / 2  # int8 weights: a smaller file
     assert fp32.stat().st_size > 3 * half.stat().st_size / 2
@@ -261,7 +229,7 @@ def test_lora_is_merged_before_export() -> None:
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)
-    images = torch.from_numpy(test_image(100, 150)[None])
+    images = torch.from_numpy(gradient_image(100, 150)[None])
     module, _, _ = build_end_to_end(model, classes=["a", "b"])
     assert not has_lora(module.model) and has_lora(model)
     with torch.no_grad():

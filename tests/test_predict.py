@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import run_helpers
 from PIL import Image
+from run_helpers import gradient_image
 
-from onedet import __version__
 from onedet.cli import main
 from onedet.errors import OnedetError
 from onedet.runtime import Detections
@@ -21,38 +22,11 @@ KEYS = {"file", "bbox", "score", "category_id", "category"}
 
 
 def make_run(folder: Path) -> Path:
-    """A run folder as training writes it (docs/design.md): weights/best/{model.safetensors, model.json}."""
-    import torch
-    from safetensors.torch import save_file
-
-    from onedet.config import ModelConfig
-    from onedet.model.detector import build_detector
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(
-        "tiny", num_classes=3, depth=2, global_blocks=(1,), taps=(0, 1), image_size=128, pretrained=None
-    )
-    model = build_detector(cfg)
-    with torch.no_grad():  # spread the scores (a fresh head predicts ~0.01 everywhere)
-        model.head.cls_pred.weight.normal_(0.0, 0.05)
-        model.head.cls_pred.bias.fill_(-1.0)
-    ckpt = folder / "weights" / "best"
-    ckpt.mkdir(parents=True)
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
-    info = {"model": cfg.to_dict(), "classes": CLASSES, "category_ids": CATEGORY_IDS, "onedet_version": __version__}
-    (ckpt / "model.json").write_text(json.dumps(info))
-    return folder
+    return run_helpers.make_run(folder, CLASSES, CATEGORY_IDS, cls_std=0.05, cls_bias=-1.0)
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:
-    """A photo-like test image: a smooth gradient with a few flat rectangles."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([255 * xx / w, 255 * yy / h, np.full_like(xx, 128)], axis=-1)
-    for _ in range(3):
-        y0, x0 = rng.integers(0, h), rng.integers(0, w)
-        img[y0 : y0 + h // 4, x0 : x0 + w // 4] = rng.integers(0, 256, 3)
-    return img.astype(np.uint8)
+    return gradient_image(h, w, seed, num_rects=3)
 
 
 @pytest.fixture(scope="module")
