@@ -5,12 +5,13 @@
    each (loader, augmentation, forward, loss, backward, AdamW, EMA) after one warm-up step, with ratios to the
    frozen fp32 baseline measured in the same process. Weights are random (`pretrained=None`: nothing can be
    downloaded here); the speed does not depend on them. The cache's one-off cost is reported separately.
-2. `finetune`: a real fine-tune of the `small` preset on ../shared/data/bccd for a fixed wall-clock budget, from
-   random weights (`--finetune full`: no pretrained weights here), evaluated on `val` every epoch; its
-   loss/mAP curve is copied to benchmarks/train_bccd_small.png.
+2. `finetune`: a real fine-tune of the `small` preset on ../shared/data/bccd (or aquarium) for a fixed wall-clock
+   budget, from random weights (`--finetune full`: no pretrained weights here), evaluated on the validation split
+   every epoch; its loss/mAP curve is copied to benchmarks/train_<dataset>_small.png and the run folder is kept
+   under `--work` (the int8-vs-fp32 comparison of benchmarks/inference.py reads it).
 
     python benchmarks/train.py throughput [--steps 3] [--batch-size 2]
-    python benchmarks/train.py finetune [--minutes 15] [--image-size 320]
+    python benchmarks/train.py finetune [--dataset bccd|aquarium] [--minutes 15] [--image-size 320] [--threads 2]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from onedet.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {"bccd": "bccd", "aquarium": "aquarium/aquarium_pretrain"}
 
 
 def _synthetic_store(folder: Path, size: int, num_images: int) -> Path:
@@ -101,14 +103,15 @@ def finetune(args: argparse.Namespace) -> None:
     from onedet.train import train
     from onedet.train.logging import read_metrics
 
-    source = SHARED / "bccd"
+    torch.set_num_threads(args.threads)
+    source = SHARED / DATASETS[args.dataset]
     if not source.is_dir():
         raise SystemExit(f"{source} not found")
     work = Path(args.work)
-    store = work / f"bccd_{args.image_size}"
+    store = work / f"{args.dataset}_{args.image_size}"
     if not (store / "val" / "meta.json").is_file():
         prepare(source, store, image_size=args.image_size, progress=False)
-    run = work / "run_small_bccd"
+    run = work / f"run_small_{args.dataset}"
     shutil.rmtree(run, ignore_errors=True)
     cfg = TrainConfig(
         data=store,
@@ -128,7 +131,10 @@ def finetune(args: argparse.Namespace) -> None:
     result = train(cfg)
     minutes = (time.perf_counter() - tick) / 60
     rows = read_metrics(run)
-    print(f"\nsmall preset, full fine-tune from RANDOM weights, bccd at {args.image_size} px, {minutes:.1f} min wall")
+    print(
+        f"\nsmall preset, full fine-tune from RANDOM weights, {args.dataset} at {args.image_size} px, "
+        f"{args.threads} threads, {minutes:.1f} min wall"
+    )
     print(f"{'epoch':>5} {'loss':>8} {'AP':>6} {'AP50':>6} {'img/s':>6}")
     for r in rows:
         print(
@@ -137,8 +143,9 @@ def finetune(args: argparse.Namespace) -> None:
         )
     if result.metrics is not None:
         print(f"best checkpoint: AP {result.metrics['AP']:.3f}, AP50 {result.metrics['AP50']:.3f}")
-    shutil.copy(run / "curves.png", ROOT / "benchmarks" / "train_bccd_small.png")
-    print("curve: benchmarks/train_bccd_small.png")
+    plot = ROOT / "benchmarks" / f"train_{args.dataset}_small.png"
+    shutil.copy(run / "curves.png", plot)
+    print(f"curve: {plot.relative_to(ROOT)}; run folder: {run}")
 
 
 def main() -> None:
@@ -151,6 +158,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=throughput)
     p = sub.add_parser("finetune")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="bccd")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8)

@@ -79,8 +79,9 @@ def test_graph_is_valid_has_metadata_and_no_grid_sample(exported: dict) -> None:
         onnx.checker.check_model(str(path), full_check=True)
         proto = onnx.load(str(path))
         ops = {n.op_type for n in proto.graph.node}
-        assert "GridSample" not in ops
-        assert {"Resize", "TopK", "Pad"} <= ops  # letterbox and decoding are in the graph
+        # No GridSample, and no Resize (TensorRT 10 lacks its antialias mode): the letterbox is MatMuls.
+        assert not ops & {"GridSample", "Resize"}
+        assert {"MatMul", "TopK", "Pad"} <= ops  # letterbox and decoding are in the graph
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["onedet_model"] == "1"
         assert meta["onedet_version"] == __version__
@@ -140,6 +141,47 @@ def test_in_graph_letterbox_is_the_store_letterbox() -> None:
     for h, w in [(1, 2000), (37, 91), (300, 400), (256, 256), (100, 60)]:
         images = torch.from_numpy(rng.integers(0, 256, (2, 3, h, w), dtype=np.uint8))
         assert torch.equal(letterbox_float(images, 256).round().to(torch.uint8), letterbox_torch(images, 256))
+
+
+@pytest.mark.parametrize("size", [(1, 2000), (2000, 1), (37, 91), (300, 400), (480, 640), (1000, 700), (50, 40)])
+def test_separable_resize_is_torchs_antialiased_bilinear(size: tuple[int, int]) -> None:
+    """The export's plain-MatMul resize equals `F.interpolate(antialias=True)`, shrinking and enlarging, and so does
+    the store's `resize_antialias` (which works around torch's kernel on 1-pixel-wide input)."""
+    from onedet.data.letterbox import resize_antialias, resize_separable
+
+    h, w = size
+    images = torch.from_numpy(np.random.default_rng(h * w).integers(0, 256, (2, 3, h, w), dtype=np.uint8)).float()
+    for new_h, new_w in [(max(h * 256 // max(h, w), 1), max(w * 256 // max(h, w), 1)), (2 * h, 3 * w), (h, w)]:
+        # The reference: torch's kernel on channels-last input (the contiguous NCHW kernel is wrong at width 1).
+        expected = torch.nn.functional.interpolate(
+            images.contiguous(memory_format=torch.channels_last),
+            size=(new_h, new_w),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        torch.testing.assert_close(resize_separable(images, new_h, new_w), expected, atol=1e-3, rtol=0)
+        torch.testing.assert_close(resize_antialias(images, new_h, new_w), expected, atol=1e-3, rtol=0)
+
+
+def test_quantizers_keep_the_letterbox_in_float(exported: dict) -> None:
+    """int8 files: the MatMuls that compute the model's input read float pixels, not dequantized int8."""
+    from onedet.export import preprocessing_nodes, quantize_int8_dynamic
+
+    fp32 = exported["fp32"]
+    meta = OnnxDetector(fp32).metadata
+    dynamic = quantize_int8_dynamic(fp32, exported["root"] / "keep-float.int8-dynamic.onnx", meta)
+    for path in (dynamic, exported["int8_static"]):
+        proto = onnx.load(str(path))
+        producer = {out: n for n in proto.graph.node for out in n.output}
+        pre = set(preprocessing_nodes(proto))
+        matmuls = [n for n in proto.graph.node if n.name in pre and n.op_type.startswith("MatMul")]
+        assert len(matmuls) == 2 and all(n.op_type == "MatMul" for n in matmuls), path.name
+        for node in matmuls:
+            inputs = [producer[i].op_type for i in node.input if i in producer]
+            assert "DequantizeLinear" not in inputs and "DynamicQuantizeLinear" not in inputs, path.name
+        # ... while the model's own MatMuls are quantized.
+        assert {n.op_type for n in proto.graph.node} & {"MatMulInteger", "DynamicQuantizeMatMul", "DequantizeLinear"}
 
 
 def test_onnxruntime_matches_pytorch_on_real_images(detectors: tuple, shared_data: Path) -> None:

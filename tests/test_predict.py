@@ -72,9 +72,10 @@ def test_predict_cli_onnx_and_run_folder_agree(setup: dict, capsys: pytest.Captu
             size = Image.open(r["file"]).size
             assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= size[0] + 0.01 and y + h <= size[1] + 0.01
         # One annotated image per source, same size as the source; the two a.png do not overwrite each other.
-        written = sorted(p.name for p in out.glob("*.jpg"))
-        assert written == ["a.jpg", "a_1.jpg", "b.jpg"]
-        assert Image.open(out / "b.jpg").size == (90, 300)
+        written = sorted(p.name for p in out.glob("*.png"))
+        assert written == ["a.png", "a_1.png", "b.png"]
+        assert Image.open(out / "b.png").size == (90, 300)
+        assert Image.open(out / "b.png").format == "PNG"
         by_model[name] = rows
     # PyTorch and onnxruntime give the same detections (scores well apart from the threshold).
     for file in {r["file"] for r in by_model["onnx"]}:

@@ -16,6 +16,6 @@ def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert 0 <= metrics["AP50"] <= 1 and set(metrics["per_class"]) == {"circle", "square", "triangle", "cross"}
     assert (out / "run" / "weights" / "best" / "model.safetensors").is_file()
     assert (out / "run" / "curves.png").is_file()
-    assert len(list((out / "predictions").glob("*.jpg"))) == 4, "one annotated image per validation image"
+    assert len(list((out / "predictions").glob("*.png"))) == 4, "one annotated PNG per validation image"
     printed = capsys.readouterr().out
     assert "validation AP50 =" in printed and "AP50 >= 0.9" in printed

@@ -26,10 +26,11 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+from timm.layers.helpers import is_exporting
 from torch import Tensor, nn
 
 from onedet import __version__
-from onedet.data.letterbox import PAD_VALUE
+from onedet.data.letterbox import PAD_VALUE, resize_antialias, resize_separable
 from onedet.errors import OnedetError
 from onedet.postprocess import decode_topk, to_original
 from onedet.runtime import (
@@ -47,27 +48,33 @@ from onedet.runtime import (
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
-"""Resize with `antialias` (the letterbox's shrinking) needs opset 18."""
+"""The newest opset onnxruntime and TensorRT 10 both support well (the graph itself needs no opset-18 operator)."""
 DEFAULT_MAX_DETECTIONS = 100
 # Ops whose int8 versions pay off on CPU; pre-processing (Resize on pixels) and the top-k stay in float.
 _INT8_DYNAMIC_OPS = ["MatMul", "Gemm"]
 _INT8_STATIC_OPS = ["MatMul", "Gemm", "Conv"]
-_FORBIDDEN_OPS = {"GridSample"}  # known to give wrong results or fail under TensorRT
+# Known to give wrong results or fail under TensorRT 10 (Resize: its antialias mode is not implemented, and the
+# letterbox uses `resize_separable` instead; the model itself has no resize).
+_FORBIDDEN_OPS = {"GridSample", "Resize"}
 
 
 def letterbox_float(images: Tensor, size: int) -> Tensor:
     """`onedet.data.letterbox.letterbox_torch` without its final rounding to uint8: uint8 `[B, 3, H, W]` -> float
-    `[B, 3, S, S]` in 0..255, whose `round()` is exactly the store's pixels (tests/test_export.py checks it).
+    `[B, 3, S, S]` in 0..255, whose `round()` is the store's pixels (tests/test_export.py checks it).
 
-    Why not round: torch's and onnxruntime's antialiased resize kernels differ by ~1e-3 grey levels, and rounding
-    turns that into whole levels at a few pixels, enough to move scores by 1e-4; unrounded they agree to 1e-5.
+    Eager PyTorch resizes with `resize_antialias` (the store's own call); while exporting, with `resize_separable`
+    (plain MatMul, TensorRT-safe). Why not round: the two kernels differ by ~1e-4 grey levels, and rounding would
+    turn that into whole levels at a few pixels, enough to move scores by 1e-4; unrounded they agree to 1e-5.
     Same scale, size (integer round-half-up), kernel, top-left placement and pad value as the store.
     """
     h, w = images.shape[-2], images.shape[-1]
     longest = torch.sym_max(h, w)
     new_h = torch.sym_max((2 * h * size + longest) // (2 * longest), 1)
     new_w = torch.sym_max((2 * w * size + longest) // (2 * longest), 1)
-    resized = F.interpolate(images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    if is_exporting():
+        resized = resize_separable(images.float(), new_h, new_w)
+    else:
+        resized = resize_antialias(images.float(), new_h, new_w)
     return F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE))
 
 
@@ -248,11 +255,38 @@ def _rewrite_metadata(path: Path, metadata: dict[str, str]) -> None:
     check_graph(path)
 
 
+def preprocessing_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that compute the model's input: every ancestor of the first Conv (the patch embedding).
+
+    The quantizers must leave these in float: the letterbox's MatMuls work on pixel values, and int8 there would
+    cost whole grey levels (and nothing in speed).
+    """
+    nodes = list(proto.graph.node)
+    first_conv = next((n for n in nodes if n.op_type == "Conv"), None)
+    if first_conv is None:
+        return []
+    producer = {out: n for n in nodes for out in n.output}
+    seen: dict[str, onnx.NodeProto] = {}
+    stack = list(first_conv.input)
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and node.name not in seen:
+            seen[node.name] = node
+            stack.extend(node.input)
+    return sorted(seen)
+
+
 def quantize_int8_dynamic(fp32: Path, out: Path, metadata: dict[str, str]) -> Path:
     """int8 weights, activations quantized on the fly (onnxruntime `quantize_dynamic`); no calibration data."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(fp32, out, op_types_to_quantize=_INT8_DYNAMIC_OPS, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        fp32,
+        out,
+        op_types_to_quantize=_INT8_DYNAMIC_OPS,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=preprocessing_nodes(onnx.load(str(fp32), load_external_data=False)),
+    )
     _rewrite_metadata(out, {**metadata, PRECISION_KEY: "int8-dynamic"})
     return out
 
@@ -303,6 +337,7 @@ def quantize_int8_static(
         Reader(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=_INT8_STATIC_OPS,
+        nodes_to_exclude=preprocessing_nodes(onnx.load(str(fp32), load_external_data=False)),
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

@@ -132,10 +132,11 @@ def draw_detections(image: np.ndarray, detections: Detections) -> Any:
 
 
 def _output_name(path: Path, used: set[str]) -> str:
-    """`<stem>.jpg`, made unique when two sources share a file name."""
-    name, n = f"{path.stem}.jpg", 1
+    """`<stem>.png`, made unique when two sources share a file name. PNG: lossless, so thin box outlines and
+    small labels stay crisp (JPEG smears them)."""
+    name, n = f"{path.stem}.png", 1
     while name in used:
-        name, n = f"{path.stem}_{n}.jpg", n + 1
+        name, n = f"{path.stem}_{n}.png", n + 1
     used.add(name)
     return name
 
@@ -143,7 +144,7 @@ def _output_name(path: Path, used: set[str]) -> str:
 def predict_files(
     model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = 0.3
 ) -> list[dict[str, Any]]:
-    """Detect objects in every image of `sources`; write annotated JPEGs and `detections.json` into `out`.
+    """Detect objects in every image of `sources`; write annotated PNGs and `detections.json` into `out`.
 
     Returns the detections as COCO-results dicts: `file` (the image path), `bbox` [x, y, w, h] in original
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name). Images that cannot be
@@ -164,7 +165,7 @@ def predict_files(
             continue
         (detections,) = detector([image], threshold=threshold)
         rows.extend(detections.to_coco(str(path)))
-        draw_detections(image, detections).save(out / _output_name(path, used), quality=90)
+        draw_detections(image, detections).save(out / _output_name(path, used))
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
         if len(skipped) == len(files):

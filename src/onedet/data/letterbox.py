@@ -4,13 +4,13 @@
 interpolation (antialiased, so shrinking averages instead of aliasing) and placed at the top-left of an
 `S x S` canvas of grey 114. Store coordinates map back with `orig = store / scale` (no offset).
 
-Prepare, the loader, predict and the ONNX graph all call `letterbox_torch`, so pixels in a store are the pixels
-predict feeds the model, bit for bit (the same kernel on the same uint8 input). The resized size is computed in
-integer arithmetic (round half up) so Python, traced torch and ONNX agree on it exactly.
+Prepare, the loader and predict call `letterbox_torch`, so pixels in a store are the pixels predict feeds the
+model, bit for bit (the same kernel on the same uint8 input). The ONNX graph computes the same kernel as two
+MatMuls (`resize_separable`: TensorRT has no antialiased Resize), equal up to float rounding. The resized size is
+computed in integer arithmetic (round half up) so Python, traced torch and ONNX agree on it exactly.
 
 Measured (uint8 images, sizes 160..1024): against Pillow's `resize(BILINEAR)` (also antialiased) at most 1 grey
-level apart (rounding); the same graph exported with the dynamo exporter (opset 18, dynamic H and W) and run by
-onnxruntime at most 1 level apart on about 0.01% of the pixels.
+level apart (rounding).
 """
 
 from __future__ import annotations
@@ -18,8 +18,49 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 PAD_VALUE = 114
+
+
+def antialias_weights(in_size: int, out_size: int) -> Tensor:
+    """`[out_size, in_size]` row-stochastic matrix of torch's antialiased bilinear resize along one axis.
+
+    The triangle filter of `F.interpolate(mode="bilinear", antialias=True, align_corners=False)`: output `i` has
+    centre `c = (i + 0.5) * in / out` and weights `max(0, 1 - |j + 0.5 - c| / max(in / out, 1))`, normalised to sum
+    to 1 (which also reproduces its clamping at the borders). Only Range, arithmetic and ReduceSum: no Resize.
+    """
+    scale = torch.full((), in_size / out_size, dtype=torch.float32)
+    centers = (torch.arange(out_size, dtype=torch.float32) + 0.5) * scale
+    positions = torch.arange(in_size, dtype=torch.float32) + 0.5
+    weights = (1 - (positions[None, :] - centers[:, None]).abs() * scale.clamp(min=1.0).reciprocal()).clamp(min=0)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def resize_separable(images: Tensor, new_h: int, new_w: int) -> Tensor:
+    """Antialiased bilinear resize of float `[B, C, H, W]` as two matrix products, equal to `F.interpolate(...,
+    antialias=True)` up to float rounding (~1e-4 grey levels).
+
+    Why by hand: ONNX has an antialiased Resize only from opset 18 (`antialias=1`), and TensorRT 10 does not
+    implement it (NVIDIA/TensorRT issue 3560); MatMul runs everywhere. The matrices are dense (`new x old` per
+    axis), which costs more than a banded kernel on very large images (12 MP: ~0.3 s more on one CPU thread) but
+    is a rounding error next to the model at camera resolutions (BENCHMARKS.md, Inference). Rows first: for
+    landscape images that is the cheaper order. Also `resize_antialias`'s fallback where torch's kernel is wrong.
+    """
+    h, w = images.shape[-2], images.shape[-1]
+    return antialias_weights(h, new_h) @ images @ antialias_weights(w, new_w).T
+
+
+def resize_antialias(images: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+    """Antialiased bilinear resize of float `[B, C, H, W]`: `F.interpolate`, except where it is wrong.
+
+    torch 2.14's float antialiased kernel is wrong on contiguous NCHW input one pixel wide (zeros, or values far
+    from the true ones; tests/test_export.py shows it): 1-pixel-wide images go through `resize_separable`, which is
+    exact and, at that width, cheap.
+    """
+    if images.shape[-1] == 1:
+        return resize_separable(images, new_h, new_w)
+    return F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
 
 
 def letterbox_params(h: int, w: int, size: int) -> tuple[float, int, int]:
@@ -44,8 +85,7 @@ def letterbox_torch(images: torch.Tensor, size: int) -> torch.Tensor:
     longest = torch.sym_max(h, w)
     new_h = torch.sym_max((2 * h * size + longest) // (2 * longest), 1)
     new_w = torch.sym_max((2 * w * size + longest) // (2 * longest), 1)
-    resized = F.interpolate(x.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-    resized = resized.round_().clamp_(0, 255)
+    resized = resize_antialias(x.float(), new_h, new_w).round_().clamp_(0, 255)
     out = F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE)).to(torch.uint8)
     return out[0] if squeeze else out
 

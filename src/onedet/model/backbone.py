@@ -30,6 +30,7 @@ from timm.layers import LayerNorm, resample_abs_pos_embed
 from timm.layers.helpers import is_exporting
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils.checkpoint import checkpoint
 
 from onedet.errors import OnedetError
@@ -108,8 +109,14 @@ class ViTBackbone(VisionTransformer):
         return tuple(self.patch_embed.grid_size)
 
     def _grid_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """Position embedding `(1, 1 + grid_h * grid_w, C)` for a grid, resized only when the grid differs."""
-        if is_exporting() or (grid_h, grid_w) != self.grid_size:
+        """Position embedding `(1, 1 + grid_h * grid_w, C)` for a grid, resized only when the grid differs.
+
+        While exporting with a symbolic grid (a bare Detector with dynamic H and W) the resize is always in the
+        graph; with a static grid (the end-to-end export feeds the letterboxed S x S input) it is left out, so that
+        graph has no Resize (TensorRT-safe) and no per-call interpolation.
+        """
+        static = is_concrete_int(grid_h) and is_concrete_int(grid_w)
+        if (is_exporting() and not static) or (grid_h, grid_w) != self.grid_size:
             return resample_abs_pos_embed(
                 self.pos_embed, new_size=(grid_h, grid_w), old_size=self.grid_size, num_prefix_tokens=1
             )
