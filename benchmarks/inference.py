@@ -165,14 +165,37 @@ def accuracy(args: argparse.Namespace) -> None:
     store = Store(args.data)
     calibration = args.calibration or Path(args.data).parent / "train"
     print(f"accuracy: {args.weights} on {args.data} ({len(store)} images); static int8 calibrated on {calibration}")
-    _, files = _export_all(run, args.out / "trained", calibration, reuse=args.reuse)
+    module, files = _export_all(run, args.out / "trained", calibration, reuse=args.reuse)
+    threads = args.threads[0]
     rows = [("PyTorch eager fp32", evaluate_model(run.model, store, batch_size=4))]
-    rows += [(name, _evaluate_onnx(OnnxDetector(path, threads=args.threads[0]), store)) for name, path in files.items()]
-    print("| variant | file MB | AP | AP50 |")
-    print("| --- | ---: | ---: | ---: |")
+    sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
+    rows += [(name, _evaluate_onnx(detector, store)) for name, detector in sessions.items()]
+
+    # Latency of the same files on one real photo (batch 1, whole pipeline), round-robin with eager.
+    image, image_name = _image(args.image)
+    batch_np = image[None]
+    batch_t = torch.from_numpy(np.array(batch_np))
+
+    def eager() -> tuple:
+        with torch.inference_mode():
+            return module(batch_t)
+
+    torch.set_num_threads(threads)
+    fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
+    fns.update({name: (lambda s=s: s.run_batch(batch_np)) for name, s in sessions.items()})
+    medians = time_round_robin(fns, args.repeats)
+    print(f"latency on {image_name} ({image.shape[1]}x{image.shape[0]}), {threads} threads, {args.repeats} repeats")
+    print("| variant | file MB | median ms | speed-up vs eager | AP | AP50 | AP vs fp32 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    reference = rows[0][1]["AP"]
     for name, m in rows:
         mb = f"{files[name].stat().st_size / 2**20:.0f}" if name in files else "-"
-        print(f"| {name} | {mb} | {m['AP']:.4f} | {m['AP50']:.4f} |")
+        speed = medians["PyTorch eager fp32"] / medians[name]
+        relative = m["AP"] / reference if reference > 0 else float("nan")
+        print(
+            f"| {name} | {mb} | {medians[name] * 1000:.0f} | {speed:.2f}x | {m['AP']:.4f} | {m['AP50']:.4f} "
+            f"| {relative:.3f} |"
+        )
 
 
 def main() -> None:

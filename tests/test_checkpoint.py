@@ -150,3 +150,23 @@ def test_load_run_refuses_weights_of_another_model(tmp_path: Path) -> None:
     write_checkpoint(tmp_path / "ckpt", weights={"w": torch.ones(1)}, info=_info(cfg))
     with pytest.raises(OnedetError, match="do not match"):
         load_run(tmp_path / "ckpt")
+
+
+def test_load_run_needs_every_weight_but_the_training_only_aux_branch(tmp_path: Path) -> None:
+    from onedet.model.detector import Detector
+
+    cfg = _tiny_config()
+    torch.manual_seed(0)
+    model = Detector(cfg).eval()
+    weights = model.state_dict()
+    without_aux = {k: v for k, v in weights.items() if not k.startswith("head.aux_")}
+    assert len(without_aux) < len(weights)  # the tiny preset has the aux branch
+    write_checkpoint(tmp_path / "no_aux", weights=without_aux, info=_info(cfg))
+    images = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(load_run(tmp_path / "no_aux").model(images).logits, model(images).logits)
+    # Any other missing weight is an error.
+    del without_aux["head.cls_pred.weight"]
+    write_checkpoint(tmp_path / "no_cls", weights=without_aux, info=_info(cfg))
+    with pytest.raises(OnedetError, match=r"head\.cls_pred\.weight"):
+        load_run(tmp_path / "no_cls")

@@ -212,6 +212,10 @@ def read_train_state(folder: Path, map_location: str | torch.device = "cpu") -> 
         raise OnedetError(f"{path}: cannot load the training state: {err}") from err
 
 
+AUX_PREFIX = "head.aux_"
+"""State-dict prefix of the training-only auxiliary branch (`DetectionHead.aux_*`)."""
+
+
 def load_run(path: Path | str, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """A trained detector from a run folder (`which` checkpoint: best, falling back to last) or a checkpoint folder.
 
@@ -227,6 +231,9 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     model = build_detector(config)
     weights = read_weights(folder)
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
+    # without part of it (written before it had its own towers), is complete for prediction and export.
+    missing = [k for k in missing if not k.startswith(AUX_PREFIX)]
     if missing or unexpected:
         raise OnedetError(
             f"{folder / WEIGHTS}: weights do not match the model in {MODEL_JSON} "

@@ -1,0 +1,92 @@
+"""The in-graph letterbox: ONNX Resize (antialias, opset 18) against the TensorRT-safe two-MatMul resize.
+
+The exported graph letterboxes with `onedet.data.letterbox.resize_separable` (two matrix products with in-graph
+weight matrices) because TensorRT 10 does not implement Resize's antialias mode. This measures what that costs
+in onnxruntime on the CPU: both letterboxes are exported on their own (uint8 `[1, H, W, 3]` in, float
+`[1, 3, S, S]` out, dynamic H and W) and timed on several image sizes, round-robin, in the same process, with
+their largest difference in grey levels.
+
+    python benchmarks/letterbox.py [--size 640] [--threads 2] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+from torch import Tensor, nn
+
+from onedet.data.letterbox import PAD_VALUE, resize_separable
+
+SIZES = [(480, 640), (720, 1280), (1080, 1920), (3000, 4000), (1, 2000)]
+
+
+class Letterbox(nn.Module):
+    """uint8 `[B, H, W, 3]` -> float `[B, 3, S, S]`, resized by ONNX Resize (`matmul=False`) or two MatMuls."""
+
+    def __init__(self, size: int, matmul: bool) -> None:
+        super().__init__()
+        self.size, self.matmul = size, matmul
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        h, w = x.shape[-2], x.shape[-1]
+        longest = torch.sym_max(h, w)
+        new_h = torch.sym_max((2 * h * self.size + longest) // (2 * longest), 1)
+        new_w = torch.sym_max((2 * w * self.size + longest) // (2 * longest), 1)
+        if self.matmul:
+            resized = resize_separable(x, new_h, new_w)
+        else:
+            resized = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        return F.pad(resized, (0, self.size - new_w, 0, self.size - new_h), value=float(PAD_VALUE))
+
+
+def _export(module: nn.Module, path: Path) -> Path:
+    example = torch.randint(0, 256, (1, 48, 64, 3), dtype=torch.uint8)
+    dims = {"images": {1: torch.export.Dim("h", min=1, max=65535), 2: torch.export.Dim("w", min=1, max=65535)}}
+    program = torch.onnx.export(
+        module, (example,), dynamo=True, input_names=["images"], dynamic_shapes=dims, opset_version=18, verbose=False
+    )
+    program.save(str(path))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {
+            name: ort.InferenceSession(str(_export(Letterbox(args.size, matmul), Path(tmp) / f"{name}.onnx")), options)
+            for name, matmul in (("Resize", False), ("MatMul", True))
+        }
+        print(f"\nletterbox to {args.size} px in onnxruntime, {args.threads} threads, median of {args.repeats}")
+        print("| image (h x w) | Resize antialias ms | two MatMuls ms | ratio | max diff (grey levels) |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        rng = np.random.default_rng(0)
+        for h, w in SIZES:
+            image = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+            outputs = {name: s.run(None, {"images": image})[0] for name, s in sessions.items()}
+            feed = {"images": image}
+            fns = {name: (lambda s=s, feed=feed: s.run(None, feed)) for name, s in sessions.items()}
+            times = time_round_robin(fns, args.repeats)
+            diff = float(np.abs(outputs["Resize"] - outputs["MatMul"]).max())
+            ratio = times["MatMul"] / times["Resize"]
+            print(
+                f"| {h} x {w} | {times['Resize'] * 1e3:.1f} | {times['MatMul'] * 1e3:.1f} | {ratio:.2f}x | {diff:.1e} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
