@@ -12,13 +12,23 @@
 
     python benchmarks/train.py throughput [--steps 3] [--batch-size 2]
     python benchmarks/train.py finetune [--dataset bccd|aquarium] [--minutes 15] [--image-size 320] [--threads 2]
+    python benchmarks/train.py denormals --run quickstart/run [--steps 6] [--rounds 3]
+
+3. `denormals`: training steps of a *trained* run (default: the quickstart's), continuing from its last weights on
+   its own store, with the CPU flushing denormal floats to zero (onedet's default, `onedet/cpu.py`) and without
+   (`ONEDET_KEEP_DENORMALS=1`). The flag is inherited by threads at creation, so each measurement is a fresh
+   process; the two settings alternate for `--rounds` rounds. A fresh model's steps are timed too, for scale.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -148,6 +158,63 @@ def finetune(args: argparse.Namespace) -> None:
     print(f"curve: {plot.relative_to(ROOT)}; run folder: {run}")
 
 
+def _denormal_steps(args: argparse.Namespace) -> None:
+    """(child process) Print the median seconds per step of a trainer on `args.run`'s store and weights."""
+    from onedet.train.checkpoint import read_weights
+
+    torch.set_num_threads(args.threads)
+    saved = json.loads((Path(args.run) / "train_config.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        keep = {k: saved[k] for k in ("data", "preset", "pretrained", "finetune", "batch_size", "lr", "model")}
+        cfg = TrainConfig(**{**keep, "data": Path(keep["data"])}, out=Path(tmp) / "run", epochs=1, progress=False)
+        from onedet.train.loop import Trainer
+
+        trainer = Trainer(cfg)
+        if args.trained:
+            trainer.detector.load_state_dict(read_weights(Path(args.run) / "weights" / "last"), strict=False)
+        trainer.forward.train()
+        batches = iter(trainer.loader)
+        for _ in range(2):
+            trainer._step(next(batches))
+        walls = []
+        for _ in range(args.steps):
+            batch = next(batches)
+            tick = time.perf_counter()
+            trainer._step(batch)
+            walls.append(time.perf_counter() - tick)
+        batches.close()
+        trainer.close()
+    print(f"STEP {statistics.median(walls):.4f}")
+
+
+def denormals(args: argparse.Namespace) -> None:
+    if args.child:
+        _denormal_steps(args)
+        return
+    run = Path(args.run)
+    if not (run / "weights" / "last").is_dir():
+        raise SystemExit(f"{run}: no trained run (run `make quickstart` first)")
+    variants = {
+        "trained weights, denormals flushed (default)": ({}, True),
+        "trained weights, denormals kept": ({"ONEDET_KEEP_DENORMALS": "1"}, True),
+        "fresh weights, denormals flushed": ({}, False),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (env, trained) in variants.items():
+            cmd = [sys.executable, __file__, "denormals", "--child", "--run", str(run), "--steps", str(args.steps)]
+            cmd += ["--threads", str(args.threads)] + (["--trained"] if trained else [])
+            out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
+            times[name].append(float(out.split("STEP")[-1]))
+            print(f"  {name}: {times[name][-1]:.3f} s/step", flush=True)
+    base = statistics.median(times["trained weights, denormals flushed (default)"])
+    print(f"\ntraining steps on {run} ({args.threads} threads, median of {args.rounds} processes x {args.steps} steps)")
+    print("| variant | s/step | ratio to default |")
+    print("| --- | ---: | ---: |")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(values) / base:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -166,6 +233,14 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=320)
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "onedet-bench-train"))
     p.set_defaults(func=finetune)
+    p = sub.add_parser("denormals")
+    p.add_argument("--run", default=str(ROOT / "quickstart" / "run"))
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--trained", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=denormals)
     args = parser.parse_args()
     args.func(args)
 

@@ -30,6 +30,7 @@ import torch
 from tensordict import MemoryMappedTensor, TensorDict
 from tqdm import tqdm
 
+from onedet.cpu import flush_denormals
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
@@ -394,6 +395,7 @@ def prepare(
     without `skip_bad`, the first unreadable image stops the run, naming the file.
     """
     _check_options(image_size, layout)  # before reading a large dataset's annotations
+    flush_denormals()  # before torch's thread pool starts (onedet/cpu.py); later training inherits it
     if isinstance(source, (str, Path)):
         from onedet.data.formats import read_dataset
 

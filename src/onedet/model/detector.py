@@ -15,6 +15,7 @@ from timm.layers.helpers import is_exporting
 from torch import nn
 
 from onedet.config import PRESETS, ModelConfig
+from onedet.cpu import flush_denormals
 from onedet.model.backbone import ViTBackbone, load_backbone_weights
 from onedet.model.head import DetectionHead
 from onedet.model.neck import SimpleFeaturePyramid
@@ -48,6 +49,7 @@ class Detector(nn.Module):
 
     def __init__(self, cfg: ModelConfig, init_backbone: bool = True) -> None:
         """`init_backbone=False` skips the backbone's random init (weights are loaded right after)."""
+        flush_denormals()  # before any torch thread exists: they inherit the mode (onedet/cpu.py)
         super().__init__()
         self.config = cfg
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
