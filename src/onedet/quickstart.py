@@ -4,7 +4,7 @@ It writes the synthetic dataset, prepares a store, trains the `tiny` preset from
 pretrained weights for it, so everything trains: `--finetune full`), evaluates it, predicts on a few validation
 images (annotated images in `OUT/predictions/`), and exports ONNX. Every step is a public API call, the same
 ones the README shows, so this file doubles as an example. Training has a wall-clock budget (`max_minutes`,
-6.5 by default, for the whole quickstart to stay under 10 minutes on a 2-core CPU): the trainer fits its
+8 by default, for the whole quickstart to stay under 10 minutes on a 2-core CPU): the trainer fits its
 cosine schedule into it at the pace it measures, so a slow machine trains fewer epochs rather than overrun.
 """
 
@@ -29,7 +29,7 @@ def quickstart(
     *,
     num_images: int = NUM_IMAGES,
     epochs: int = 100,
-    max_minutes: float | None = 6.5,
+    max_minutes: float | None = 8.0,
     export_onnx: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
