@@ -170,3 +170,14 @@ def test_load_run_needs_every_weight_but_the_training_only_aux_branch(tmp_path: 
     write_checkpoint(tmp_path / "no_cls", weights=without_aux, info=_info(cfg))
     with pytest.raises(OnedetError, match=r"head\.cls_pred\.weight"):
         load_run(tmp_path / "no_cls")
+
+
+def test_load_run_names_a_tensor_of_another_shape(tmp_path: Path) -> None:
+    from onedet.model.detector import Detector
+
+    cfg = _tiny_config()
+    weights = Detector(cfg).state_dict()
+    weights["head.cls_pred.weight"] = weights["head.cls_pred.weight"][:, :5]  # e.g. an older head
+    write_checkpoint(tmp_path / "old", weights=weights, info=_info(cfg))
+    with pytest.raises(OnedetError, match=r"head\.cls_pred\.weight is \[3, 5, 1, 1\] in the file"):
+        load_run(tmp_path / "old")

@@ -230,6 +230,15 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     config = ModelConfig.from_dict({**info["model"], "pretrained": None})
     model = build_detector(config)
     weights = read_weights(folder)
+    expected = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        raise OnedetError(
+            f"{folder / WEIGHTS}: weights do not fit the model in {MODEL_JSON}: {len(mismatched)} tensor(s) of "
+            f"another shape, e.g. {k} is {list(weights[k].shape)} in the file and {list(expected[k].shape)} in the "
+            "model (a checkpoint from an onedet version with another architecture?)"
+        )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
     # without part of it (written before it had its own towers), is complete for prediction and export.
