@@ -236,6 +236,25 @@ def test_resume_refuses_a_store_with_other_classes(trained: Path, store: Path, t
         train(tiny_config(store, run, resume=True))
 
 
+def test_resume_of_weights_from_another_architecture_is_a_clear_error(
+    trained: Path, store: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from onedet.train import train
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    weights_file = run / "weights" / "last" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights["head.cls_pred.weight"] = weights["head.cls_pred.weight"][:, :5].contiguous()  # e.g. an older head
+    save_file(weights, weights_file)
+    with pytest.raises(OnedetError, match=r"cannot resume.*head\.cls_pred\.weight"):
+        train(tiny_config(store, run, resume=True))
+
+
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -229,7 +229,14 @@ class Trainer:
         cfg = self.cfg
         if self.resume_from is not None:
             detector = Detector(self.model_config)
-            detector.load_state_dict(read_weights(self.resume_from))
+            try:
+                detector.load_state_dict(read_weights(self.resume_from))
+            except RuntimeError as err:  # missing, unexpected or reshaped tensors: another architecture
+                first = str(err).strip().splitlines()[1:2] or [str(err)]
+                raise OnedetError(
+                    f"{self.resume_from}: cannot resume, the weights do not fit this onedet's model "
+                    f"({first[0].strip()})"
+                ) from err
         else:
             detector = build_detector(self.model_config)
         detector.set_backbone_frozen(cfg.finetune != "full")
