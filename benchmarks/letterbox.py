@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +23,25 @@ import torch.nn.functional as F
 from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 from torch import Tensor, nn
 
-from onedet.data.letterbox import PAD_VALUE, resize_separable
+from onedet.data.letterbox import letterbox_float, resize_separable
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920), (3000, 4000), (1, 2000)]
 
 
-class Letterbox(nn.Module):
-    """uint8 `[B, H, W, 3]` -> float `[B, 3, S, S]`, resized by ONNX Resize (`matmul=False`) or two MatMuls."""
+def _interpolate(images: Tensor, new_h: int, new_w: int) -> Tensor:
+    """torch's antialiased bilinear resize as it is, which exports as ONNX Resize (antialias=1)."""
+    return F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
 
-    def __init__(self, size: int, matmul: bool) -> None:
+
+class Letterbox(nn.Module):
+    """uint8 `[B, H, W, 3]` -> float `[B, 3, S, S]`: onedet's `letterbox_float` with the given resize kernel."""
+
+    def __init__(self, size: int, resize: Callable[[Tensor, int, int], Tensor]) -> None:
         super().__init__()
-        self.size, self.matmul = size, matmul
+        self.size, self.resize = size, resize
 
     def forward(self, images: Tensor) -> Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        h, w = x.shape[-2], x.shape[-1]
-        longest = torch.sym_max(h, w)
-        new_h = torch.sym_max((2 * h * self.size + longest) // (2 * longest), 1)
-        new_w = torch.sym_max((2 * w * self.size + longest) // (2 * longest), 1)
-        if self.matmul:
-            resized = resize_separable(x, new_h, new_w)
-        else:
-            resized = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-        return F.pad(resized, (0, self.size - new_w, 0, self.size - new_h), value=float(PAD_VALUE))
+        return letterbox_float(images.permute(0, 3, 1, 2), self.size, self.resize)
 
 
 def _export(module: nn.Module, path: Path) -> Path:
@@ -68,8 +65,8 @@ def main() -> None:
     options.intra_op_num_threads = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {
-            name: ort.InferenceSession(str(_export(Letterbox(args.size, matmul), Path(tmp) / f"{name}.onnx")), options)
-            for name, matmul in (("Resize", False), ("MatMul", True))
+            name: ort.InferenceSession(str(_export(Letterbox(args.size, resize), Path(tmp) / f"{name}.onnx")), options)
+            for name, resize in (("Resize", _interpolate), ("MatMul", resize_separable))
         }
         print(f"\nletterbox to {args.size} px in onnxruntime, {args.threads} threads, median of {args.repeats}")
         print("| image (h x w) | Resize antialias ms | two MatMuls ms | ratio | max diff (grey levels) |")

@@ -1,7 +1,7 @@
 """ONNX export: one file from uint8 pixels of any size to boxes in the original image's pixels.
 
 `EndToEnd` wraps a `Detector` with everything a deployment would otherwise re-implement (and get subtly wrong):
-the store's letterbox (`letterbox_float`: the geometry and kernel of `letterbox_torch`, which prepare uses), the
+the store's letterbox (`letterbox_float`: `letterbox_torch`, which prepare uses, without its rounding), the
 cast to [0, 1] (the model owns normalisation), NMS-free top-k decoding, boxes mapped back to original pixels,
 and the dataset's own class ids. PyTorch predict runs this same module eagerly, so the two paths share code and
 can be compared.
@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from timm.layers.helpers import is_exporting
 from torch import Tensor, nn
 
 from onedet import __version__
-from onedet.data.letterbox import PAD_VALUE, resize_antialias, resize_separable
+from onedet.data.letterbox import letterbox_float, resize_antialias, resize_separable
 from onedet.errors import OnedetError
 from onedet.postprocess import decode_topk, to_original
 from onedet.runtime import (
@@ -58,26 +57,6 @@ _INT8_STATIC_OPS = ["MatMul", "Gemm", "Conv"]
 _FORBIDDEN_OPS = {"GridSample", "Resize"}
 
 
-def letterbox_float(images: Tensor, size: int) -> Tensor:
-    """`onedet.data.letterbox.letterbox_torch` without its final rounding to uint8: uint8 `[B, 3, H, W]` -> float
-    `[B, 3, S, S]` in 0..255, whose `round()` is the store's pixels (tests/test_export.py checks it).
-
-    Eager PyTorch resizes with `resize_antialias` (the store's own call); while exporting, with `resize_separable`
-    (plain MatMul, TensorRT-safe). Why not round: the two kernels differ by ~1e-4 grey levels, and rounding would
-    turn that into whole levels at a few pixels, enough to move scores by 1e-4; unrounded they agree to 1e-5.
-    Same scale, size (integer round-half-up), kernel, top-left placement and pad value as the store.
-    """
-    h, w = images.shape[-2], images.shape[-1]
-    longest = torch.sym_max(h, w)
-    new_h = torch.sym_max((2 * h * size + longest) // (2 * longest), 1)
-    new_w = torch.sym_max((2 * w * size + longest) // (2 * longest), 1)
-    if is_exporting():
-        resized = resize_separable(images.float(), new_h, new_w)
-    else:
-        resized = resize_antialias(images.float(), new_h, new_w)
-    return F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE))
-
-
 class EndToEnd(nn.Module):
     """uint8 `[B, H, W, 3]` RGB images -> `boxes [B, K, 4]` (original pixels, xyxy), `scores [B, K]`, `labels [B, K]`.
 
@@ -103,7 +82,10 @@ class EndToEnd(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, h, w, _ = images.shape
         size = self.image_size
-        x = letterbox_float(images.permute(0, 3, 1, 2), size) / 255.0  # (B, 3, S, S)
+        # The store's letterbox unrounded (rounding would turn the kernels' ~1e-4 grey-level differences into whole
+        # levels at a few pixels); in the exported graph its resize is plain MatMuls (TensorRT-safe).
+        resize = resize_separable if is_exporting() else resize_antialias
+        x = letterbox_float(images.permute(0, 3, 1, 2), size, resize) / 255.0  # (B, 3, S, S)
         if self.fp16:
             x = x.half()
         out = self.model(x)

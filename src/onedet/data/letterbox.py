@@ -15,6 +15,8 @@ level apart (rounding).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -74,19 +76,28 @@ def letterbox_params(h: int, w: int, size: int) -> tuple[float, int, int]:
     return size / longest, max(new_h, 1), max(new_w, 1)
 
 
-def letterbox_torch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Letterbox uint8 `[B, 3, H, W]` or `[3, H, W]` images to uint8 `[B, 3, S, S]` (or `[3, S, S]`).
+def letterbox_float(
+    images: Tensor, size: int, resize: Callable[[Tensor, int, int], Tensor] = resize_antialias
+) -> Tensor:
+    """Letterbox uint8 (or float) `[B, 3, H, W]` to float `[B, 3, S, S]` in 0..255, not rounded.
 
-    Only tensor ops on symbolic sizes: traces and exports with dynamic H and W.
+    Only tensor ops on symbolic sizes: traces and exports with dynamic H and W. `resize(images, new_h, new_w)` is
+    the kernel: `resize_antialias` (the store's) or, in the exported graph, `resize_separable` (plain MatMul).
     """
-    squeeze = images.dim() == 3
-    x = images[None] if squeeze else images
-    h, w = x.shape[-2], x.shape[-1]
+    h, w = images.shape[-2], images.shape[-1]
     longest = torch.sym_max(h, w)
     new_h = torch.sym_max((2 * h * size + longest) // (2 * longest), 1)
     new_w = torch.sym_max((2 * w * size + longest) // (2 * longest), 1)
-    resized = resize_antialias(x.float(), new_h, new_w).round_().clamp_(0, 255)
-    out = F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE)).to(torch.uint8)
+    resized = resize(images.float(), new_h, new_w)
+    return F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE))
+
+
+def letterbox_torch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Letterbox uint8 `[B, 3, H, W]` or `[3, H, W]` images to uint8 `[B, 3, S, S]` (or `[3, S, S]`): the store's
+    pixels, `letterbox_float` rounded (the pad value is a whole grey level already)."""
+    squeeze = images.dim() == 3
+    x = images[None] if squeeze else images
+    out = letterbox_float(x, size).round_().clamp_(0, 255).to(torch.uint8)
     return out[0] if squeeze else out
 
 
