@@ -216,6 +216,31 @@ AUX_PREFIX = "head.aux_"
 """State-dict prefix of the training-only auxiliary branch (`DetectionHead.aux_*`)."""
 
 
+def load_weights(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    source: Path,
+    optional: str | None = None,
+    problem: str = "weights do not match the model",
+) -> None:
+    """Load `weights` into `model`, or raise an OnedetError naming `source` and what does not fit: tensors of
+    another shape, weights the model lacks, or model weights missing from the file (except those whose names
+    start with `optional`). A checkpoint of another architecture, e.g. from another onedet version."""
+    expected = model.state_dict()
+    reshaped = [k for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if reshaped:
+        k = reshaped[0]
+        raise OnedetError(
+            f"{source}: {problem}: {len(reshaped)} tensor(s) of another shape, e.g. {k} is "
+            f"{list(weights[k].shape)} in the file and {list(expected[k].shape)} in the model "
+            "(a checkpoint from an onedet version with another architecture?)"
+        )
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (optional and k.startswith(optional))]
+    if missing or unexpected:
+        raise OnedetError(f"{source}: {problem} (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
 def load_run(path: Path | str, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """A trained detector from a run folder (`which` checkpoint: best, falling back to last) or a checkpoint folder.
 
@@ -229,24 +254,9 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     info = read_info(folder)
     config = ModelConfig.from_dict({**info["model"], "pretrained": None})
     model = build_detector(config)
-    weights = read_weights(folder)
-    expected = model.state_dict()
-    mismatched = [k for k, v in weights.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    if mismatched:
-        k = mismatched[0]
-        raise OnedetError(
-            f"{folder / WEIGHTS}: weights do not fit the model in {MODEL_JSON}: {len(mismatched)} tensor(s) of "
-            f"another shape, e.g. {k} is {list(weights[k].shape)} in the file and {list(expected[k].shape)} in the "
-            "model (a checkpoint from an onedet version with another architecture?)"
-        )
-    missing, unexpected = model.load_state_dict(weights, strict=False)
     # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
     # without part of it (written before it had its own towers), is complete for prediction and export.
-    missing = [k for k in missing if not k.startswith(AUX_PREFIX)]
-    if missing or unexpected:
-        raise OnedetError(
-            f"{folder / WEIGHTS}: weights do not match the model in {MODEL_JSON} "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
+    problem = f"weights do not match the model in {MODEL_JSON}"
+    load_weights(model, read_weights(folder), folder / WEIGHTS, optional=AUX_PREFIX, problem=problem)
     model.to(device).eval()
     return LoadedRun(model, config, list(info["classes"]), [int(c) for c in info["category_ids"]])

@@ -27,7 +27,9 @@ from onedet.cpu import flush_denormals
 from onedet.errors import OnedetError
 from onedet.train import amp, distributed
 from onedet.train.checkpoint import (
+    WEIGHTS,
     checkpoint_dir,
+    load_weights,
     read_info,
     read_train_state,
     read_weights,
@@ -229,14 +231,8 @@ class Trainer:
         cfg = self.cfg
         if self.resume_from is not None:
             detector = Detector(self.model_config)
-            try:
-                detector.load_state_dict(read_weights(self.resume_from))
-            except RuntimeError as err:  # missing, unexpected or reshaped tensors: another architecture
-                first = str(err).strip().splitlines()[1:2] or [str(err)]
-                raise OnedetError(
-                    f"{self.resume_from}: cannot resume, the weights do not fit this onedet's model "
-                    f"({first[0].strip()})"
-                ) from err
+            problem = "cannot resume, the weights do not fit the model"
+            load_weights(detector, read_weights(self.resume_from), self.resume_from / WEIGHTS, problem=problem)
         else:
             detector = build_detector(self.model_config)
         detector.set_backbone_frozen(cfg.finetune != "full")
