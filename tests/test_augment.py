@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from onedet.data import augment as augment_module
+from onedet.data import buffers as buffers_module
 from onedet.data.augment import FILL, BatchAugment
 from onedet.data.synthetic import PLAIN_BACKGROUND, render_synthetic
 
@@ -245,7 +246,7 @@ def test_output_buffers_are_recycled_but_never_overwritten_while_held():
     third = run(2)  # beyond capacity while both are held: a fresh tensor, still correct
     torch.testing.assert_close(view, expected[1:, 0], atol=0, rtol=0)
     torch.testing.assert_close(run(0), expected, atol=0, rtol=0)  # same seed, same batch, from any buffer
-    if augment_module._use_count is not None:
+    if buffers_module.use_count is not None:
         ptr = second.data_ptr()
         del second, third
         assert run(3).data_ptr() == ptr  # released: its memory is used again

@@ -11,10 +11,9 @@ Plain torch ops rather than kornia, for reasons measured here (2-core CPU, 16 x 
   chroma plane (kornia's HSV hue costs ~4x the rest of the jitter). On the CPU the map runs in cache-sized
   tiles: each tile is converted to float, mapped with one `addmm` and clamped while it is in cache, and written
   into the output once: the uint8 -> float conversion, the colour jitter and the scaling are one pass.
-- On the CPU the uint8 canvas and the float output come from recycled buffers (`_BufferPool`): a fresh 78 MB
-  batch is a fresh mapping whose page faults cost more than filling it. An output buffer is reused only once
-  nothing else references its memory (torch's storage use count, as the loader does for its uint8 buffers), so
-  a batch the caller keeps is never overwritten. On a GPU, torch's caching allocator already recycles memory
+- On the CPU the uint8 canvas and the float output come from recycled buffers (`onedet.data.buffers`, the
+  loader's pool too): a fresh 78 MB batch is a fresh mapping whose page faults cost more than filling it, and a
+  batch the caller keeps is never overwritten. On a GPU, torch's caching allocator already recycles memory
   and the whole batch is mapped with one `baddbmm`.
 
 Random parameters are drawn on the CPU from a caller-supplied `torch.Generator`, so a batch's augmentation is a
@@ -25,12 +24,13 @@ device. In `eval()` mode the module only converts to float.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from onedet.data.buffers import BufferPool
 
 FILL = 114 / 255
 """Value of pixels that come from outside the image (the letterbox grey), as a float in [0, 1]."""
@@ -44,51 +44,6 @@ _GRAY = torch.tensor([0.299, 0.587, 0.114])
 _TILE = 65536
 """Pixels per colour tile on the CPU: 3 x 64 Ki floats in and out (768 KB each) stay in L2. Measured, 16 x 640 px,
 one thread: 4 Ki 57 ms, 16 Ki 35 ms, 64 Ki 27 ms, whole images 32 ms, untiled `baddbmm` on a fresh tensor 113 ms."""
-
-# The number of references to a storage (every tensor and view of it). A private torch function, hence the
-# fallback: without it nothing is recycled (always correct, only slower).
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-class _BufferPool:
-    """A bounded, thread-safe pool of CPU buffers, each reused only when nothing outside the pool holds it.
-
-    Hand-written because no library offers this (the loader's uint8 pool is the same idea, for one fixed
-    shape): a buffer is free when its storage's use count is back to what it was when only the pool held it.
-    A free buffer at least as large as asked serves any shape and dtype of that size; one too small is replaced
-    (multi-scale sizes). Beyond `capacity` buffers, tensors are freshly allocated (so a caller that keeps every
-    batch costs what it would without a pool, and stays correct).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._buffers: list[tuple[Tensor, Any, int]] = []  # (flat uint8 buffer, its storage, idle use count)
-
-    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """An uninitialised tensor of `shape` and `dtype` on the CPU, from a free buffer when there is one."""
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if _use_count is None or self.capacity <= 0:
-            return torch.empty(shape, dtype=dtype)
-        with self._lock:
-            small = None
-            for k, (buffer, storage, idle) in enumerate(self._buffers):
-                if _use_count(storage._cdata) == idle:
-                    if len(buffer) >= nbytes:
-                        # the view is what marks the buffer as in use, until every view of it is gone
-                        return buffer[:nbytes].view(dtype).view(shape)
-                    small = k
-            if small is not None:
-                del self._buffers[small]
-            elif len(self._buffers) >= self.capacity:
-                return torch.empty(shape, dtype=dtype)
-            buffer = torch.empty(nbytes, dtype=torch.uint8)
-            storage = buffer.untyped_storage()
-            self._buffers.append((buffer, storage, _use_count(storage._cdata)))
-            return buffer.view(dtype).view(shape)
-
-    def __len__(self) -> int:
-        return len(self._buffers)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
@@ -172,7 +127,7 @@ class BatchAugment(nn.Module):
         # the loader's default (2 workers, prefetch 2) holds up to ~10 output batches at once (loader.py); the
         # canvases live only during a call, one per thread calling at once
         self.buffers = buffers
-        self._outputs, self._canvases = _BufferPool(buffers), _BufferPool(max(0, min(buffers, 4)))
+        self._outputs, self._canvases = BufferPool(buffers), BufferPool(max(0, min(buffers, 4)))
 
     def __getstate__(self) -> dict[str, Any]:
         # pools hold a lock and scratch memory: a copy (deepcopy, pickling for worker processes) starts empty
@@ -182,9 +137,9 @@ class BatchAugment(nn.Module):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._outputs, self._canvases = _BufferPool(self.buffers), _BufferPool(max(0, min(self.buffers, 4)))
+        self._outputs, self._canvases = BufferPool(self.buffers), BufferPool(max(0, min(self.buffers, 4)))
 
-    def _empty(self, pool: _BufferPool, like: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    def _empty(self, pool: BufferPool, like: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """An uninitialised tensor on `like`'s device: recycled on the CPU, from the caching allocator elsewhere."""
         if like.device.type == "cpu":
             return pool.take(shape, dtype)

@@ -7,11 +7,10 @@ stall on a busy CPU) keep `prefetch` batches ready each, pinned when the target 
 compute. The uint8 -> float conversion and the augmentation run as batch ops: on the GPU after a non-blocking
 copy when there is one, otherwise in the worker threads, which then process whole batches in parallel.
 
-On the CPU, uint8 image batches are read into recycled buffers (`_ImageBuffers`): a fresh 16 x 640 px batch
-is a fresh 19.7 MB mapping whose thousands of page faults cost more than the copy itself (BENCHMARKS.md). A
-buffer is reused only once nothing outside the pool references its memory any more (torch's storage use count:
-every tensor or view of it, and every numpy array made from one, holds a reference), so a batch the consumer
-keeps is never overwritten; with `as_float=True` the uint8 buffer is free again as soon as the float batch
+On the CPU, uint8 image batches are read into recycled buffers (`onedet.data.buffers.BufferPool`): a fresh
+16 x 640 px batch is a fresh 19.7 MB mapping whose thousands of page faults cost more than the copy itself
+(BENCHMARKS.md). A buffer is reused only once nothing outside the pool references its memory any more, so a batch
+the consumer keeps is never overwritten; with `as_float=True` the uint8 buffer is free again as soon as the float batch
 exists. Pinned batches for a GPU are not pooled here: torch's caching host allocator already recycles pinned
 blocks, and only after the non-blocking copies that read them have completed.
 
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from onedet.data.augment import BatchAugment, to_float
+from onedet.data.buffers import BufferPool
 
 
 class Batch(NamedTuple):
@@ -73,45 +73,6 @@ def _seed_for(*keys: int) -> int:
 
 def _as_tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-
-
-# The number of references to a storage (every tensor and view of it). A private torch function, hence the
-# fallback: without it nothing is recycled (always correct, only slower).
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-class _ImageBuffers:
-    """A bounded, thread-safe pool of uint8 CPU batch buffers, each reused only when nothing else holds it.
-
-    Hand-written because no library offers this: a buffer is free when its storage's use count is back to
-    what it was when only the pool held it. Beyond `capacity` buffers, batches are freshly allocated (so a
-    consumer that keeps every batch costs what it would without a pool, and stays correct).
-    """
-
-    def __init__(self, capacity: int, batch_size: int) -> None:
-        self.capacity, self.batch_size = capacity, batch_size  # a last, smaller batch uses a buffer's first rows
-        self.image_shape: tuple[int, ...] | None = None  # [3, S, S], learnt from the first batch read
-        self._lock = threading.Lock()
-        self._buffers: list[tuple[Tensor, Any, int]] = []  # (buffer, its storage, idle use count)
-
-    def take(self, n: int) -> Tensor | None:
-        """A free buffer for `n` images (a view of it: the view is what marks it as in use), or None."""
-        if _use_count is None or self.image_shape is None:
-            return None
-        shape = (n, *self.image_shape)
-        with self._lock:
-            for buffer, storage, idle in self._buffers:
-                if _use_count(storage._cdata) == idle and len(buffer) >= n:
-                    return buffer[:n].view(shape)
-            if len(self._buffers) >= self.capacity:
-                return None
-            buffer = torch.empty((max(n, self.batch_size), *self.image_shape), dtype=torch.uint8)
-            storage = buffer.untyped_storage()
-            self._buffers.append((buffer, storage, _use_count(storage._cdata)))
-            return buffer[:n].view(shape)
-
-    def __len__(self) -> int:
-        return len(self._buffers)
 
 
 class BatchLoader:
@@ -162,9 +123,9 @@ class BatchLoader:
         self._pin = self.device.type == "cuda"
         # in flight at once: per worker `prefetch` queued, one being made and the last one handed over (its frame
         # still refers to it), plus the batch the consumer holds and its previous one; one more for slack
-        self._buffers = _ImageBuffers(self.workers * (self.prefetch + 2) + 3, batch_size)
+        self._buffers = BufferPool(self.workers * (self.prefetch + 2) + 3)
         size = getattr(store, "image_size", None)  # else learnt from the first batch
-        self._buffers.image_shape = (3, size, size) if isinstance(size, int) else None
+        self._image_shape: tuple[int, ...] | None = (3, size, size) if isinstance(size, int) else None
 
     # --- indices ---------------------------------------------------------------------------------------------
 
@@ -207,15 +168,16 @@ class BatchLoader:
         indices = indices.sort().values
         # The store writes straight into pinned buffers, and a compact store decodes its JPEGs on the GPU; on the
         # CPU it reads into a recycled buffer when one is free (module docstring).
-        buffer = None if self._pin else self._buffers.take(len(indices))
+        shape = self._image_shape
+        buffer = None if self._pin or shape is None else self._buffers.take((len(indices), *shape), torch.uint8)
         kwargs = {} if buffer is None else {"out": {"images": buffer}}
         raw = self.store.read_batch(
             indices.numpy(), device=self.device if self._pin else None, pin_memory=self._pin, **kwargs
         )
         out = {k: _as_tensor(raw[k]) for k in ("images", "boxes_xyxy", "labels", "valid")}
         images = out["images"]
-        if self._buffers.image_shape is None and images.dtype == torch.uint8 and images.device.type == "cpu":
-            self._buffers.image_shape = tuple(images.shape[1:])
+        if self._image_shape is None and images.dtype == torch.uint8 and images.device.type == "cpu":
+            self._image_shape = tuple(images.shape[1:])
         out["index"] = indices.pin_memory() if self._pin else indices
         return out
 
