@@ -51,15 +51,20 @@ def _synthetic_store(folder: Path, size: int, num_images: int) -> Path:
     return folder / "store"
 
 
-def _time_steps(cfg: TrainConfig, steps: int) -> tuple[float, float, float]:
+def _time_steps(
+    cfg: TrainConfig, steps: int, weights: dict[str, torch.Tensor] | None = None
+) -> tuple[float, float, float]:
     """(median wall seconds, median process CPU seconds per step, trainer set-up wall seconds) over `steps` steps
-    after one warm-up step. CPU seconds count every thread of the process (the loader's included)."""
+    after one warm-up step, from `weights` when given. CPU seconds count every thread of the process (the
+    loader's included)."""
     from onedet.train.loop import Trainer
 
     tick = time.perf_counter()
     trainer = Trainer(cfg)
     setup = time.perf_counter() - tick
     try:
+        if weights is not None:
+            trainer.detector.load_state_dict(weights, strict=False)
         trainer.forward.train()
         batches = iter(trainer.loader)
         trainer._step(next(batches))  # warm-up: allocator, oneDNN kernels
@@ -164,27 +169,12 @@ def _denormal_steps(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     saved = json.loads((Path(args.run) / "train_config.json").read_text())
+    weights = read_weights(Path(args.run) / "weights" / "last") if args.trained else None
     with tempfile.TemporaryDirectory() as tmp:
         keep = {k: saved[k] for k in ("data", "preset", "pretrained", "finetune", "batch_size", "lr", "model")}
         cfg = TrainConfig(**{**keep, "data": Path(keep["data"])}, out=Path(tmp) / "run", epochs=1, progress=False)
-        from onedet.train.loop import Trainer
-
-        trainer = Trainer(cfg)
-        if args.trained:
-            trainer.detector.load_state_dict(read_weights(Path(args.run) / "weights" / "last"), strict=False)
-        trainer.forward.train()
-        batches = iter(trainer.loader)
-        for _ in range(2):
-            trainer._step(next(batches))
-        walls = []
-        for _ in range(args.steps):
-            batch = next(batches)
-            tick = time.perf_counter()
-            trainer._step(batch)
-            walls.append(time.perf_counter() - tick)
-        batches.close()
-        trainer.close()
-    print(f"STEP {statistics.median(walls):.4f}")
+        wall, _, _ = _time_steps(cfg, args.steps, weights)
+    print(f"STEP {wall:.4f}")
 
 
 def denormals(args: argparse.Namespace) -> None:

@@ -7,8 +7,9 @@ slower after a few epochs for that reason alone (BENCHMARKS.md, Training). Flush
 by less than 1e-38 per value; GPUs do the same in their fast modes.
 
 The flag is per thread, and threads inherit it when they are created: it must be set before torch starts its
-intra-op thread pool (the first parallel op), so the entry points (`prepare`, `Detector`, `Trainer`, the torch
-predictor) call `flush_denormals()` first. Set `ONEDET_KEEP_DENORMALS=1` to leave the CPU's mode alone.
+intra-op thread pool (the first parallel op). `Detector.__init__` calls `flush_denormals()` first (training,
+evaluation, predict and export all build one before any model work), and so does `prepare` (torch work that
+comes before any model, e.g. in the quickstart). Set `ONEDET_KEEP_DENORMALS=1` to leave the CPU's mode alone.
 """
 
 from __future__ import annotations

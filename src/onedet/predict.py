@@ -30,10 +30,8 @@ class TorchDetector(BatchDetector):
     def __init__(self, run: str | Path | Any, device: str | None = None) -> None:
         import torch
 
-        from onedet.cpu import flush_denormals
         from onedet.export import build_end_to_end
 
-        flush_denormals()
         self.module, self.classes, self.category_ids = build_end_to_end(run)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module.to(self.device)
