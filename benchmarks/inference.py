@@ -128,7 +128,7 @@ def latency(args: argparse.Namespace) -> None:
 
 
 def _evaluate_onnx(detector: OnnxDetector, store: object) -> dict:
-    from onedet.evaluate import coco_metrics
+    from onedet.evaluate import coco_metrics, ground_truth
 
     gt, detections, image_ids, orig_sizes = [], [], [], []
     for i in range(len(store)):
@@ -140,14 +140,7 @@ def _evaluate_onnx(detector: OnnxDetector, store: object) -> dict:
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         label_of = {c: i for i, c in enumerate(store.category_ids)}  # graph labels are dataset ids
-        valid, crowd = batch["valid"][0].numpy(), batch["crowd_valid"][0].numpy()
-        gt.append(
-            {
-                "boxes_xyxy": batch["boxes_xyxy"][0].numpy()[valid] / scale,
-                "labels": batch["labels"][0].numpy()[valid],
-                "crowd_boxes_xyxy": batch["crowd_boxes_xyxy"][0].numpy()[crowd] / scale,
-            }
-        )
+        gt.append(ground_truth(batch, 0))  # the same ground truth as evaluate_model's
         detections.append(
             {"boxes_xyxy": boxes, "scores": scores[0], "labels": np.array([label_of[c] for c in labels[0]])}
         )

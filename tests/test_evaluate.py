@@ -154,6 +154,7 @@ class _FakeStore:
             "valid": self.valid[i],
             "crowd_boxes_xyxy": torch.zeros(len(i), 1, 4),
             "crowd_valid": torch.zeros(len(i), 1, dtype=torch.bool),
+            "crowd_labels": torch.full((len(i), 1), -1),
             "orig_size": self.orig_size[i],
             "scale": self.scale[i],
             "image_id": i + 1000,

@@ -140,6 +140,18 @@ def coco_metrics(
     return metrics
 
 
+def ground_truth(batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:
+    """Image `i` of a `Store.read_batch` batch as `build_coco_dicts` ground truth, in original image pixels."""
+    scale = np.float64(batch["scale"][i])  # float64 boxes, as COCO JSON holds them
+    valid, crowd_valid = batch["valid"][i].numpy(), batch["crowd_valid"][i].numpy()
+    return {
+        "boxes_xyxy": batch["boxes_xyxy"][i].numpy()[valid] / scale,
+        "labels": batch["labels"][i].numpy()[valid],
+        "crowd_boxes_xyxy": batch["crowd_boxes_xyxy"][i].numpy()[crowd_valid] / scale,
+        "crowd_labels": batch["crowd_labels"][i].numpy()[crowd_valid],
+    }
+
+
 def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = None, with_pr: bool = False) -> dict:
     """COCO metrics of `model` (a `Detector`, switched to eval mode) over a `Store` split (see `coco_metrics`).
 
@@ -166,20 +178,8 @@ def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = 
             boxes, scores, labels = decode_topk(out.logits, out.boxes_xyxy, k)
             boxes = to_original(boxes.float(), batch["scale"].to(device), batch["orig_size"].to(device))
             boxes, scores, labels = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
-            scale = batch["scale"].numpy().astype(np.float64)
             for i in range(len(batch["index"])):
-                valid, crowd_valid = batch["valid"][i].numpy(), batch["crowd_valid"][i].numpy()
-                gt.append(
-                    {
-                        "boxes_xyxy": batch["boxes_xyxy"][i].numpy()[valid] / scale[i],
-                        "labels": batch["labels"][i].numpy()[valid],
-                        "crowd_boxes_xyxy": batch["crowd_boxes_xyxy"][i].numpy()[crowd_valid] / scale[i],
-                        # absent from a duck-typed store: unknown, an ignore region for every class
-                        "crowd_labels": batch["crowd_labels"][i].numpy()[crowd_valid]
-                        if "crowd_labels" in batch
-                        else np.full(int(crowd_valid.sum()), -1),
-                    }
-                )
+                gt.append(ground_truth(batch, i))
                 detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})
                 image_ids.append(int(batch["image_id"][i]))
                 orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
