@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 """The newest opset onnxruntime and TensorRT 10 both support well (the graph itself needs no opset-18 operator)."""
 DEFAULT_MAX_DETECTIONS = 100
-# Ops whose int8 versions pay off on CPU; pre-processing (Resize on pixels) and the top-k stay in float.
+# Ops whose int8 versions pay off on CPU. The letterbox MatMuls stay float (`preprocessing_nodes`), as does the top-k.
 _INT8_DYNAMIC_OPS = ["MatMul", "Gemm"]
 _INT8_STATIC_OPS = ["MatMul", "Gemm", "Conv"]
 # Known to give wrong results or fail under TensorRT 10 (Resize: its antialias mode is not implemented, and the
