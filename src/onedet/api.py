@@ -1,7 +1,7 @@
 """`OneDet`: the object-style facade (`model.train(...)`, `model.predict(image)`, `model.export(...)`).
 
 Every method calls the function the command line calls (`onedet.train.train`, `onedet.predict.predict`,
-`onedet.evaluate.evaluate_model`, `onedet.export.export`), so there is one code path. Importing this module is
+`onedet.evaluate.evaluate_run`, `onedet.export.export`), so there is one code path. Importing this module is
 torch-free (torch is imported by the methods), so `onedet.OneDet` costs nothing until it is used.
 """
 
@@ -115,15 +115,9 @@ class OneDet:
 
     def evaluate(self, data: Any, batch_size: int = 8) -> dict:
         """COCO metrics on a store split (a path such as `store/val`, or a `Store`)."""
-        from onedet.data.store import Store
-        from onedet.evaluate import evaluate_model
+        from onedet.evaluate import evaluate_run
 
-        store = data if isinstance(data, Store) else Store(data)
-        if list(store.classes) != self.classes:
-            raise OnedetError(
-                f"{store.path}: the store's classes {store.classes} differ from the model's {self.classes}"
-            )
-        return evaluate_model(self.model, store, batch_size=batch_size)
+        return evaluate_run(self.run, data, batch_size=batch_size)
 
     def export(
         self,

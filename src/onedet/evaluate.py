@@ -186,19 +186,25 @@ def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = 
     return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes, with_pr=with_pr)
 
 
-def evaluate_run(weights: str | Path, data: str | Path, batch_size: int = 8) -> dict:
-    """`load_run(weights)` + `Store(data)` + `evaluate_model`, with the run's classes checked against the store's."""
-    import torch
+def evaluate_run(weights: Any, data: Any, batch_size: int = 8) -> dict:
+    """`load_run(weights)` + `Store(data)` + `evaluate_model`, with the run's classes checked against the store's.
 
+    `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`.
+    """
     from onedet.data.store import Store
     from onedet.errors import OnedetError
     from onedet.train.checkpoint import load_run
 
-    run = load_run(weights, device="cuda" if torch.cuda.is_available() else "cpu")
-    store = Store(data)
+    if isinstance(weights, (str, Path)):
+        import torch
+
+        run = load_run(weights, device="cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        run = weights
+    store = data if isinstance(data, Store) else Store(data)
     if list(run.classes) != list(store.classes):
         raise OnedetError(
-            f"{data}: the store's classes {store.classes} differ from the run's {list(run.classes)} ({weights})"
+            f"{store.path}: the store's classes {store.classes} differ from the model's {list(run.classes)}"
         )
     return evaluate_model(run.model, store, batch_size=batch_size)
 
