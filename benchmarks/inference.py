@@ -85,6 +85,25 @@ def _export_all(
     return module, files
 
 
+EAGER = "PyTorch eager fp32"
+
+
+def _time_variants(
+    module: torch.nn.Module, sessions: dict[str, OnnxDetector], batch_np: np.ndarray, repeats: int
+) -> tuple[dict[str, float], Callable[[], tuple]]:
+    """Median seconds per call of eager `module` and each onnxruntime session on one batch, round-robin; and the
+    eager call itself (for reference outputs)."""
+    batch_t = torch.from_numpy(np.array(batch_np))  # a writable copy
+
+    def eager() -> tuple:
+        with torch.inference_mode():
+            return module(batch_t)
+
+    fns: dict[str, Callable[[], object]] = {EAGER: eager}
+    fns.update({name: (lambda s=s: s.run_batch(batch_np)) for name, s in sessions.items()})
+    return time_round_robin(fns, repeats), eager
+
+
 def latency(args: argparse.Namespace) -> None:
     image, image_name = _image(args.image)
     print(f"input: {image_name} {image.shape[1]}x{image.shape[0]}, batch 1, {args.repeats} repeats (medians)")
@@ -99,24 +118,16 @@ def latency(args: argparse.Namespace) -> None:
             model, args.out / preset, calibration, reuse=args.reuse, classes=[str(i) for i in range(80)]
         )
         batch_np = image[None]
-        batch_t = torch.from_numpy(np.array(batch_np))  # a writable copy
-
-        def eager(module: torch.nn.Module = module, batch_t: torch.Tensor = batch_t) -> tuple:
-            with torch.inference_mode():
-                return module(batch_t)
-
         for threads in args.threads:  # the same model and files for every thread count
             torch.set_num_threads(threads)
             sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
-            fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
-            fns.update({name: (lambda s=s, b=batch_np: s.run_batch(b)) for name, s in sessions.items()})
-            medians = time_round_robin(fns, args.repeats)
+            medians, eager = _time_variants(module, sessions, batch_np, args.repeats)
             ref_scores = eager()[1][0].numpy()
             for name, median in medians.items():
                 size_mb = files[name].stat().st_size / 2**20 if name in files else None
                 scores = sessions[name].run_batch(batch_np)[1][0] if name in sessions else ref_scores
                 diff = float(np.abs(np.sort(scores) - np.sort(ref_scores)).max())
-                ratio = medians["PyTorch eager fp32"] / median
+                ratio = medians[EAGER] / median
                 rows.append((preset, threads, name, size_mb, median, ratio, diff))
                 print(f"  {threads} threads {name}: {median * 1000:.0f} ms", flush=True)
     print()
@@ -160,30 +171,21 @@ def accuracy(args: argparse.Namespace) -> None:
     print(f"accuracy: {args.weights} on {args.data} ({len(store)} images); static int8 calibrated on {calibration}")
     module, files = _export_all(run, args.out / "trained", calibration, reuse=args.reuse)
     threads = args.threads[0]
-    rows = [("PyTorch eager fp32", evaluate_model(run.model, store, batch_size=4))]
+    rows = [(EAGER, evaluate_model(run.model, store, batch_size=4))]
     sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
     rows += [(name, _evaluate_onnx(detector, store)) for name, detector in sessions.items()]
 
     # Latency of the same files on one real photo (batch 1, whole pipeline), round-robin with eager.
     image, image_name = _image(args.image)
-    batch_np = image[None]
-    batch_t = torch.from_numpy(np.array(batch_np))
-
-    def eager() -> tuple:
-        with torch.inference_mode():
-            return module(batch_t)
-
     torch.set_num_threads(threads)
-    fns: dict[str, Callable[[], object]] = {"PyTorch eager fp32": eager}
-    fns.update({name: (lambda s=s: s.run_batch(batch_np)) for name, s in sessions.items()})
-    medians = time_round_robin(fns, args.repeats)
+    medians, _ = _time_variants(module, sessions, image[None], args.repeats)
     print(f"latency on {image_name} ({image.shape[1]}x{image.shape[0]}), {threads} threads, {args.repeats} repeats")
     print("| variant | file MB | median ms | speed-up vs eager | AP | AP50 | AP vs fp32 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     reference = rows[0][1]["AP"]
     for name, m in rows:
         mb = f"{files[name].stat().st_size / 2**20:.0f}" if name in files else "-"
-        speed = medians["PyTorch eager fp32"] / medians[name]
+        speed = medians[EAGER] / medians[name]
         relative = m["AP"] / reference if reference > 0 else float("nan")
         print(
             f"| {name} | {mb} | {medians[name] * 1000:.0f} | {speed:.2f}x | {m['AP']:.4f} | {m['AP50']:.4f} "
