@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,11 +161,58 @@ def test_unfrozen_backbone_trains(tiny):
 def test_initial_predictions(tiny):
     """Prior-probability bias: scores start near 0.01; boxes start 2 strides from each side of their point."""
     tiny.eval()
-    with torch.no_grad():
-        out = tiny(torch.rand(1, 3, 128, 128))
+    tiny.head.use_peak_filter = False  # the prior is about the raw scores training starts from
+    try:
+        with torch.no_grad():
+            out = tiny(torch.rand(1, 3, 128, 128))
+    finally:
+        tiny.head.use_peak_filter = True
     assert out.logits.sigmoid().mean().item() == pytest.approx(0.01, abs=0.005)
     widths = (out.boxes_xyxy[0, :, 2] - out.boxes_xyxy[0, :, 0]) / out.strides
     assert widths.mean().item() == pytest.approx(4.0, rel=0.2)
+
+
+def _local_maxima(levels: list[np.ndarray]) -> list[np.ndarray]:
+    """Independent reference of the 3x3 per-class peak test: `[C, h, w]` -> bool, by comparing with 8 shifts."""
+    out = []
+    for x in levels:
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+        h, w = x.shape[1:]
+        shifts = [padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        out.append(np.all([x >= s for s in shifts], axis=0))
+    return out
+
+
+def test_peak_filter_keeps_only_local_maxima(tiny):
+    """Eval mode: a class score survives only at the 3x3 maximum of its level, as a numpy reference says; the
+    surviving values are unchanged, the others get SUPPRESSED_LOGIT; training mode and peak_filter=False do not
+    filter."""
+    from onedet.model.head import SUPPRESSED_LOGIT
+
+    torch.manual_seed(1)
+    with torch.no_grad():  # random classifier weights, so the scores vary from cell to cell
+        tiny.head.cls_pred.weight.normal_(0.0, 0.5)
+    image = torch.rand(1, 3, 128, 256)  # not square: rows and columns must not be swapped
+    tiny.eval()
+    try:
+        with torch.no_grad():
+            filtered = tiny(image).logits[0].numpy()
+            tiny.head.use_peak_filter = False
+            raw = tiny(image).logits[0].numpy()
+    finally:
+        tiny.head.use_peak_filter = True
+        with torch.no_grad():
+            tiny.head._init_weights()
+    levels, start = [], 0
+    for stride in tiny.config.strides:
+        h, w = 128 // stride, 256 // stride
+        levels.append(raw[start : start + h * w].T.reshape(-1, h, w))
+        start += h * w
+    assert start == len(raw)
+    keep = np.concatenate([k.reshape(k.shape[0], -1).T for k in _local_maxima(levels)])
+    assert 0.02 < keep.mean() < 0.5  # the test means something: some, not all, locations are peaks
+    np.testing.assert_array_equal(filtered[keep], raw[keep])
+    assert (filtered[~keep] == SUPPRESSED_LOGIT).all()
 
 
 def test_bf16_autocast(tiny):

@@ -83,6 +83,9 @@ class ModelConfig:
     """3x3 conv layers in each of the head's two towers (classification, box)."""
     aux_head: bool = True
     """Add the one-to-many auxiliary prediction layers (YOLOv10-style dual assignment), used only in training."""
+    peak_filter: bool = True
+    """At inference, keep a one-to-one class score only where it is the maximum of its 3x3 neighbourhood on its
+    level (CenterNet's peak extraction: one MaxPool, no IoU, no threshold); removes duplicates on adjacent cells."""
     topk: int = 100
     """Detections kept per image by the NMS-free decoding."""
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)

@@ -85,6 +85,7 @@ class Detector(nn.Module):
             strides=cfg.strides,
             num_convs=cfg.head_convs,
             aux=cfg.aux_head,
+            peak_filter=cfg.peak_filter,
         )
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
