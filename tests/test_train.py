@@ -130,8 +130,8 @@ def test_amp_plan() -> None:
     cpu = torch.device("cpu")
     assert amp.plan("off", cpu, True) == (None, None)
     assert amp.plan("bf16", cpu, False) == (torch.bfloat16, torch.bfloat16)
-    auto = amp.plan("auto", cpu, True)
-    assert auto.rest is None and auto.backbone == (torch.bfloat16 if amp.cpu_bf16_supported() else None)
+    native = torch.bfloat16 if amp.cpu_bf16_supported() else None
+    assert amp.plan("auto", cpu, True) == (native, native), "a frozen backbone: bf16 where the CPU has it"
     assert amp.plan("auto", cpu, False) == (None, None), "a trainable backbone stays fp32 on the CPU"
 
 
@@ -211,7 +211,12 @@ def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.Captur
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
     saved = json.loads((trained / "metrics.json").read_text())
-    assert metrics["AP"] == pytest.approx(saved["AP"], abs=1e-6), "eval of `best` equals the trainer's"
+    # The trainer evaluates under its autocast plan (bf16 with a frozen backbone on CPUs with native bf16);
+    # `onedet eval` runs fp32, which moves a few scores in their last bits.
+    from onedet.train.amp import cpu_bf16_supported
+
+    tolerance = 1e-3 if cpu_bf16_supported() else 1e-6
+    assert metrics["AP"] == pytest.approx(saved["AP"], abs=tolerance), "eval of `best` equals the trainer's"
 
 
 def test_an_occupied_run_folder_needs_resume(trained: Path, store: Path) -> None:

@@ -1,8 +1,11 @@
-"""Mixed precision choices: bf16 autocast on CUDA, and on CPUs with native bf16 for the frozen backbone.
+"""Mixed precision choices: bf16 autocast on CUDA, and on CPUs with native bf16 when the backbone is frozen.
 
 On this kind of CPU (AVX512-BF16 / AMX) bf16 autocast runs the ViT-B/16 backbone at 640 px about 1.8 times
-faster with features within about 1% of fp32 (ANCHORS.md). Gradients through bf16 on the CPU are not worth the
-precision loss, so there only the frozen backbone (no gradients) runs in bf16.
+faster with features within about 1% of fp32 (ANCHORS.md), and the neck and head's forward + backward about 2
+times faster; training the neck and head of a frozen backbone in bf16 reached the same val AP as fp32
+(BENCHMARKS.md, Training). A trainable backbone (LoRA, full) stays fp32 on the CPU: from random weights bf16
+trained the quickstart model to a lower AP per epoch, and torch's bf16 attention backward is slower there than
+fp32's. Weights, optimizer state, the loss and the box decoding stay fp32 in every case (autocast).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ def plan(amp: str, device: torch.device, backbone_frozen: bool) -> AmpPlan:
         return AmpPlan(torch.bfloat16, torch.bfloat16) if torch.cuda.is_bf16_supported() else AmpPlan(None, None)
     if amp == "bf16":
         return AmpPlan(torch.bfloat16, torch.bfloat16)
-    # auto on the CPU: the frozen backbone only, when the CPU has native bf16.
-    return AmpPlan(torch.bfloat16 if backbone_frozen and cpu_bf16_supported() else None, None)
+    # auto on the CPU: bf16 with a frozen backbone, when the CPU has native bf16; else fp32.
+    if backbone_frozen and cpu_bf16_supported():
+        return AmpPlan(torch.bfloat16, torch.bfloat16)
+    return AmpPlan(None, None)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -52,7 +52,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     """Decay of the exponential moving average of the weights (evaluated and saved); 0 disables."""
     amp: Literal["auto", "bf16", "off"] = "auto"
-    """Mixed precision: `auto` is bf16 on CUDA, and on CPUs with native bf16 for the frozen backbone only."""
+    """Mixed precision: `auto` is bf16 on CUDA, and on CPUs with native bf16 when the backbone is frozen (else fp32)."""
     cache_features: bool = False
     """With a frozen backbone, compute its features once per image (and flipped image) and train the neck and
     head on them: much faster epochs on a CPU, but of the augmentations only the horizontal flip remains (no
