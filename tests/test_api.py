@@ -57,7 +57,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[onedet.OneDet, Pa
     root = tmp_path_factory.mktemp("api")
     store = make_store(root, num_images=10)
     model = onedet.OneDet("tiny", pretrained=None, image_size=IMAGE_SIZE)
-    result = model.train(store, root / "run", epochs=1, batch_size=4, progress=False, workers=2)
+    # amp="off": the trainer evaluates under its autocast plan and `evaluate` in fp32; the test compares the two
+    # exactly (bf16 would move this near-random model's scores, and its tiny AP, in the last bits).
+    result = model.train(store, root / "run", epochs=1, batch_size=4, progress=False, workers=2, amp="off")
     return model, store, result
 
 
