@@ -197,9 +197,13 @@ def test_peak_filter_keeps_only_local_maxima(tiny):
     try:
         with torch.no_grad():
             filtered = tiny(image).logits[0].numpy()
+            tiny.train()
+            trained_mode = tiny(image).logits[0].numpy()
+            tiny.eval()
             tiny.head.use_peak_filter = False
             raw = tiny(image).logits[0].numpy()
     finally:
+        tiny.eval()
         tiny.head.use_peak_filter = True
         with torch.no_grad():
             tiny.head._init_weights()
@@ -213,6 +217,7 @@ def test_peak_filter_keeps_only_local_maxima(tiny):
     assert 0.02 < keep.mean() < 0.5  # the test means something: some, not all, locations are peaks
     np.testing.assert_array_equal(filtered[keep], raw[keep])
     assert (filtered[~keep] == SUPPRESSED_LOGIT).all()
+    np.testing.assert_array_equal(trained_mode, raw)
 
 
 def test_bf16_autocast(tiny):

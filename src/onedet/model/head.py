@@ -76,7 +76,7 @@ def peak_filter(logits: torch.Tensor) -> torch.Tensor:
     """Per-class 3x3 peak filter of one level's logits `[B, C, h, w]`: a value that is not the maximum of its 3x3
     neighbourhood (same class) becomes `SUPPRESSED_LOGIT`; ties all stay."""
     peak = F.max_pool2d(logits, kernel_size=3, stride=1, padding=1)
-    return torch.where(logits >= peak, logits, torch.full_like(logits, SUPPRESSED_LOGIT))
+    return torch.where(logits >= peak, logits, SUPPRESSED_LOGIT)
 
 
 def make_points(height: int, width: int, stride: int, device: torch.device) -> torch.Tensor:
