@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,7 +92,15 @@ def throughput(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         # Enough images for warm-up + timed steps in one epoch.
         store = _synthetic_store(tmp, args.image_size, num_images=(args.steps + 2) * args.batch_size * 5 // 4 + 2)
-        common = dict(data=store, preset="base", pretrained=None, batch_size=args.batch_size, progress=False, epochs=1)
+        common = dict(
+            data=store,
+            preset="base",
+            pretrained=None,
+            batch_size=args.batch_size,
+            progress=False,
+            epochs=1,
+            model=dict(args.model),
+        )
         bf16 = torch.bfloat16
         # name: (TrainConfig options, autocast plan override or None)
         modes = {
@@ -103,6 +112,9 @@ def throughput(args: argparse.Namespace) -> None:
             "cached fp32": (dict(finetune="frozen", amp="off", cache_features=True), None),
             "cached (default)": (dict(finetune="frozen", amp="auto", cache_features=True), None),
         }
+        if args.modes:
+            keep = {*args.modes, "frozen fp32", "frozen (default)"}  # the two rows the ratios are to
+            modes = {name: mode for name, mode in modes.items() if name in keep}
         rows = []
         for name, (options, plan) in modes.items():
             cfg = TrainConfig(out=tmp / name.replace(" ", "_").replace(",", ""), **common, **options)
@@ -124,8 +136,11 @@ def throughput(args: argparse.Namespace) -> None:
             f"{name:<28} {wall_ips:>10.3f} {wall_ips / base_wall:>7.2f} {wall_ips / default_wall:>9.2f} "
             f"{cpu_ips:>10.3f} {cpu_ips / base_cpu:>6.2f} {setup:>9.1f}"
         )
-    cache_setup = by_name["cached (default)"][3] - by_name["frozen (default)"][3]
-    print(f"(cached features: the set-up includes computing the cache, about {cache_setup:.1f} s more than without)")
+    if "cached (default)" in by_name:
+        cache_setup = by_name["cached (default)"][3] - by_name["frozen (default)"][3]
+        print(
+            f"(cached features: the set-up includes computing the cache, about {cache_setup:.1f} s more than without)"
+        )
 
 
 def finetune(args: argparse.Namespace) -> None:
@@ -220,6 +235,11 @@ def denormals(args: argparse.Namespace) -> None:
         print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(values) / base:.2f} |")
 
 
+def _override(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    return key, json.loads(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -228,6 +248,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--modes", nargs="+", help="only these rows (and the two baseline rows), by name")
+    p.add_argument(
+        "--model",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="a ModelConfig override for every row, e.g. neck_channels=192 (repeatable)",
+    )
     p.set_defaults(func=throughput)
     p = sub.add_parser("finetune")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="bccd")
