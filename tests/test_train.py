@@ -155,7 +155,7 @@ def test_backbone_then_head_equals_the_detector_forward() -> None:
 
 def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path: Path) -> None:
     from onedet.data.store import Store
-    from onedet.train.features import CachedFeatureModel, FeatureCache, head_forward, split_taps
+    from onedet.train.features import CachedFeatureModel, FeatureCache, head_forward
     from onedet.train.loop import Trainer
 
     trainer = Trainer(tiny_config(store, tmp_path / "run", cache_features=True, amp="off"))
@@ -165,15 +165,17 @@ def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path
         val = Store(store / "val")
         images = torch.as_tensor(val.read_batch([0, 1])["images"]).float() / 255
         model = trainer.detector.eval()
+        model.head.use_peak_filter = False  # a discontinuous step: float16 rounding may move a tie between cells
         with torch.no_grad():
             direct = model(images)
             cached = CachedFeatureModel(model, cache)(images)
             flipped = model(images.flip(-1))
             features = cache.read(torch.tensor([0, 1]), torch.tensor([1, 1]))
-            from_flip = head_forward(model, split_taps(features, cache.num_taps))
+            from_flip = head_forward(model, features)
         # float16 features: close, not equal
         assert torch.allclose(cached.logits, direct.logits, atol=0.05)
         assert torch.allclose(from_flip.logits, flipped.logits, atol=0.05), "the flipped image's own features"
+        model.head.use_peak_filter = True
         result = trainer.fit()
         assert result.metrics is not None and (tmp_path / "run" / "weights" / "best" / "model.safetensors").exists()
         # The same backbone over the same store finds its cache again instead of recomputing it.

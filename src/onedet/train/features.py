@@ -4,7 +4,9 @@ A frozen backbone maps the same image to the same features every epoch, so on a 
 most of a training step (ANCHORS: 4.7 s of 6.0 s for ViT-B at 640), computing its features once and training
 the neck and head on them makes epochs many times faster. The cache holds, for every store image, the features
 of the image and of its horizontal flip (ViT features are not flip-equivariant, so the flip is computed, not
-mirrored), as one float16 memmap `[N, 2, T*C, h, w]` (T tapped blocks of C channels) in `RUN/cache/`.
+mirrored), as one float16 memmap `[N, 2, T*C, h, w]` (T tapped blocks of C channels) in `RUN/cache/`. The
+features are the neck's normalised taps (`SimpleFeaturePyramid.normalize_taps`, which has no parameters), so an
+epoch on the cache starts at the neck's fuse conv.
 
 What is lost: every augmentation but the horizontal flip. Scale jitter, crops, aspect jitter, colour jitter
 and multi-scale training need the backbone to see the changed pixels, so they cannot be cached. On a few
@@ -29,9 +31,13 @@ from onedet.data.loader import Batch, BatchLoader
 from onedet.train import amp
 from onedet.train.distributed import barrier
 
+# What a cache file holds; part of its key, so a cache written by another version is recomputed, not misread.
+CACHE_FORMAT = "normalized-taps-1"
 
-def backbone_features(model: nn.Module, images: Tensor) -> list[Tensor]:
-    """The first half of `Detector.forward`: normalise, pad to the input multiple, backbone -> tapped maps.
+
+def backbone_features(model: nn.Module, images: Tensor) -> Tensor:
+    """The first half of `Detector.forward`: normalise, pad to the input multiple, backbone, the neck's
+    parameter-free normalisation of the tapped maps -> `[B, T*C, h, w]` float32.
 
     Kept in step with `onedet.model.detector.Detector.forward` (a test checks that both halves together equal
     it); split here so the backbone can run under its own autocast and from a cache.
@@ -41,14 +47,14 @@ def backbone_features(model: nn.Module, images: Tensor) -> list[Tensor]:
     pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
     if pad_h or pad_w:
         x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
-    return model.backbone(x)
+    return model.neck.normalize_taps(model.backbone(x))
 
 
-def head_forward(model: nn.Module, maps: list[Tensor]) -> Any:
-    """The second half of `Detector.forward`: neck and head on the backbone's maps -> `DetectorOutput`."""
+def head_forward(model: nn.Module, features: Tensor) -> Any:
+    """The second half of `Detector.forward`: neck and head on `backbone_features` -> `DetectorOutput`."""
     from onedet.model.detector import DetectorOutput
 
-    return DetectorOutput(*model.head(model.neck(maps), with_aux=model.training))
+    return DetectorOutput(*model.head(model.neck.pyramid(features), with_aux=model.training))
 
 
 def image_fingerprints(images_uint8: Tensor) -> Tensor:
@@ -59,23 +65,24 @@ def image_fingerprints(images_uint8: Tensor) -> Tensor:
 
 
 class FeatureCache:
-    """The features of one store split: `read(indices, flips) -> float [B, T*C, h, w]`."""
+    """The features of one store split: `read(indices, flips) -> float [B, T*C, h, w]` (`backbone_features`)."""
 
     def __init__(self, folder: Path, name: str) -> None:
         self.folder, self.name = Path(folder), name
         self.meta = json.loads((self.folder / f"{name}.json").read_text())
         self.array = np.load(self.folder / f"{name}.npy", mmap_mode="r")
         self.fingerprints = torch.from_numpy(np.load(self.folder / f"{name}.fingerprints.npy"))
-        self.num_taps = int(self.meta["num_taps"])
         self._by_fingerprint = {tuple(fp): i for i, fp in enumerate(self.fingerprints.tolist())}
 
     def __len__(self) -> int:
         return len(self.array)
 
-    def read(self, indices: Tensor, flips: Tensor | None = None) -> Tensor:
+    def read(self, indices: Tensor, flips: Tensor | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Features of store images `indices` (of their flips where `flips`), converted to `dtype` in one pass:
+        under bf16 autocast the neck's first conv then takes them as they are."""
         idx = np.asarray(indices, dtype=np.int64)
         which = np.zeros(len(idx), dtype=np.int64) if flips is None else np.asarray(flips, dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.array[idx, which])).float()
+        return torch.from_numpy(self.array[idx, which]).to(dtype)
 
     def lookup(self, images_uint8: Tensor) -> Tensor:
         """Store indices of images by content (KeyError for an image that is not in the cache)."""
@@ -83,10 +90,17 @@ class FeatureCache:
 
     @staticmethod
     def key(model: nn.Module, store: Any) -> str:
-        """What the cache depends on: the backbone's config and weights, and the store split."""
+        """What the cache depends on: the backbone's config and weights, what it stores, and the store split."""
         weights = sum(float(p.detach().double().sum()) for p in model.backbone.parameters())
         text = json.dumps(
-            [model.config.to_dict(), f"{weights:.10e}", str(Path(store.path).resolve()), len(store), store.files[:5]]
+            [
+                CACHE_FORMAT,
+                model.config.to_dict(),
+                f"{weights:.10e}",
+                str(Path(store.path).resolve()),
+                len(store),
+                store.files[:5],
+            ]
         )
         return hashlib.sha1(text.encode()).hexdigest()
 
@@ -115,8 +129,7 @@ class FeatureCache:
         model.eval()
         with torch.inference_mode():
             probe = torch.zeros(1, 3, store.image_size, store.image_size, device=device)
-            maps = backbone_features(model, probe)
-        shape = (len(store), 2, sum(m.shape[1] for m in maps), *maps[0].shape[2:])
+            shape = (len(store), 2, *backbone_features(model, probe).shape[1:])
         array_path, fp_path = folder / f"{name}.npy", folder / f"{name}.fingerprints.npy"
         if rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
@@ -140,8 +153,8 @@ class FeatureCache:
                 for flip in (0, 1):
                     batch = images.flip(-1) if flip else images
                     with amp.autocast(device, dtype):
-                        maps = backbone_features(model, batch)
-                    array[idx, flip] = torch.cat(maps, dim=1).float().cpu().numpy().astype(np.float16)
+                        features = backbone_features(model, batch)
+                    array[idx, flip] = features.cpu().numpy().astype(np.float16)
                 fingerprints[idx] = image_fingerprints(images_uint8.cpu()).numpy()
         array.flush()
         fingerprints.flush()
@@ -149,7 +162,7 @@ class FeatureCache:
         barrier()
         if rank == 0:
             tmp = meta_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"key": key, "shape": list(shape), "num_taps": len(maps)}))
+            tmp.write_text(json.dumps({"key": key, "shape": list(shape), "format": CACHE_FORMAT}))
             os.replace(tmp, meta_path)
         barrier()
         return cls(folder, name)
@@ -162,8 +175,16 @@ class CachedFeatureLoader:
     each sample is flipped with probability `flip`, seeded like the loader's augmentation.
     """
 
-    def __init__(self, cache: FeatureCache, store: Any, loader: BatchLoader, flip: float = 0.5) -> None:
-        self.cache, self.store, self.loader, self.flip = cache, store, loader, flip
+    def __init__(
+        self,
+        cache: FeatureCache,
+        store: Any,
+        loader: BatchLoader,
+        flip: float = 0.5,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """`dtype`: what the features are read as (the neck's autocast dtype, or float32)."""
+        self.cache, self.store, self.loader, self.flip, self.dtype = cache, store, loader, flip, dtype
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -191,7 +212,7 @@ class CachedFeatureLoader:
             seed = np.random.SeedSequence([loader.seed, epoch, step, loader.rank, 1]).generate_state(1)[0]
             generator = torch.Generator().manual_seed(int(seed))
             flips = torch.rand(len(index), generator=generator) < self.flip
-            features = self.cache.read(index, flips)
+            features = self.cache.read(index, flips, self.dtype)
             raw = self.store.read_batch(index.numpy())
             boxes = torch.as_tensor(raw["boxes_xyxy"]).float().clone()
             valid = torch.as_tensor(raw["valid"]).bool()
@@ -228,9 +249,4 @@ class CachedFeatureModel(nn.Module):
     def forward(self, images: Tensor) -> Any:
         index = self.cache.lookup((images * 255).round().to(torch.uint8).cpu())
         features = self.cache.read(index).to(images.device)
-        return head_forward(self.detector, split_taps(features, self.cache.num_taps))
-
-
-def split_taps(features: Tensor, num_taps: int) -> list[Tensor]:
-    """`[B, T*C, h, w]` -> T maps `[B, C, h, w]`, the form the neck takes."""
-    return list(features.chunk(num_taps, dim=1))
+        return head_forward(self.detector, features)

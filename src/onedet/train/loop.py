@@ -44,7 +44,6 @@ from onedet.train.features import (
     FeatureCache,
     backbone_features,
     head_forward,
-    split_taps,
 )
 from onedet.train.logging import RunLog
 from onedet.train.optim import build_optimizer, build_scheduler
@@ -74,14 +73,14 @@ class AmpForward(nn.Module):
     """`Detector.forward` with the mixed-precision plan applied per part (and, for cached features, from
     features `[B, T*C, h, w]` instead of images). DDP wraps this module, so that its forward is the step's."""
 
-    def __init__(self, detector: nn.Module, plan: amp.AmpPlan, device: torch.device, num_taps: int = 0) -> None:
+    def __init__(self, detector: nn.Module, plan: amp.AmpPlan, device: torch.device, cached: bool = False) -> None:
         super().__init__()
-        self.detector, self.plan, self.device, self.num_taps = detector, plan, device, num_taps
+        self.detector, self.plan, self.device, self.cached = detector, plan, device, cached
         self.config = detector.config
 
     def forward(self, x: Tensor) -> Any:
-        if self.num_taps:
-            maps = split_taps(x, self.num_taps)
+        if self.cached:
+            features = x
         else:
             # A frozen backbone records nothing for autograd (its features are constants to the neck).
             trains = any(p.requires_grad for p in self.detector.backbone.parameters())
@@ -89,11 +88,9 @@ class AmpForward(nn.Module):
                 amp.autocast(self.device, self.plan.backbone),
                 torch.set_grad_enabled(trains and torch.is_grad_enabled()),
             ):
-                maps = backbone_features(self.detector, x)
-            if self.plan.backbone is not None and self.plan.rest is None:
-                maps = [m.float() for m in maps]
+                features = backbone_features(self.detector, x)  # float32 (a LayerNorm's output)
         with amp.autocast(self.device, self.plan.rest):
-            return head_forward(self.detector, maps)
+            return head_forward(self.detector, features)
 
 
 def _check_writable(out: Path) -> None:
@@ -174,7 +171,7 @@ class Trainer:
 
         self.log = RunLog(self.out, enabled=self.is_main, progress=cfg.progress)
         self._build_loaders()
-        self.forward = AmpForward(self.detector, self.plan, self.device, self.num_taps)
+        self.forward = AmpForward(self.detector, self.plan, self.device, cached=self.cfg.cache_features)
         self.step_model = distributed.wrap(self.forward, self.device)
         self.optimizer = build_optimizer(
             self.detector,
@@ -247,7 +244,6 @@ class Trainer:
 
         cfg = self.cfg
         rank, world = self.dist.rank, self.dist.world_size
-        self.num_taps = 0
         self.val_cache = None
         if cfg.cache_features:
             index_loader = BatchLoader(
@@ -263,9 +259,12 @@ class Trainer:
                 progress=cfg.progress and self.is_main,
             )
             cache = FeatureCache.build(self.detector, self.train_store, cache_dir, "train", **build)
-            self.num_taps = cache.num_taps
             self.loader: Any = CachedFeatureLoader(
-                cache, self.train_store, index_loader, flip=0.5 if cfg.augment else 0
+                cache,
+                self.train_store,
+                index_loader,
+                flip=0.5 if cfg.augment else 0,
+                dtype=self.plan.rest or torch.float32,
             )
             if self.val_store is not None:
                 self.val_cache = FeatureCache.build(self.detector, self.val_store, cache_dir, "val", **build)
