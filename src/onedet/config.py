@@ -67,8 +67,10 @@ class ModelConfig:
     in timm or open_clip key layout), or None (random initialisation, only when asked for explicitly)."""
 
     # --- neck -------------------------------------------------------------------------------------------------
-    neck_channels: int = 256
-    """Channels of every pyramid level."""
+    neck_channels: int = 192
+    """Channels of every pyramid level. 192 rather than ViTDet's 256: with one 3x3 conv in each head tower this
+    keeps the neck and head's training cost (forward + backward) near a tenth of a frozen ViT-B's forward at 640
+    px, so that cached features make epochs 10x faster (BENCHMARKS.md, Training)."""
     num_mixffn: int = 1
     """Mix-FFN blocks refining each pyramid level."""
     mixffn_ratio: float = 4.0
@@ -79,8 +81,9 @@ class ModelConfig:
     # --- head -------------------------------------------------------------------------------------------------
     num_classes: int = 80
     """Number of classes (labels 0..C-1)."""
-    head_convs: int = 2
-    """3x3 conv layers in each of the head's two towers (classification, box)."""
+    head_convs: int = 1
+    """Depthwise-separable 3x3 conv layers in each of the head's towers (classification, box, and the aux
+    branch's two). At stride 8 each costs as much as the neck's refinement at stride 16."""
     aux_head: bool = True
     """Add the one-to-many auxiliary prediction layers (YOLOv10-style dual assignment), used only in training."""
     peak_filter: bool = True
@@ -149,7 +152,7 @@ class ModelConfig:
 
 # A preset is the set of fields that differ from the defaults above (which are the base model).
 PRESETS: dict[str, dict[str, Any]] = {
-    # CLIP ViT-B/16 (OpenAI weights), windowed attention with 4 global blocks, 256-channel pyramid: ~95M params.
+    # CLIP ViT-B/16 (OpenAI weights), windowed attention with 4 global blocks, 192-channel pyramid: ~88M params.
     "base": {},
     # ViT-S/16-sized (ImageNet-21k augreg weights through timm): the CPU workhorse and the distillation target.
     "small": {
@@ -161,7 +164,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "norm_eps": 1e-6,
         "pixel_mean": INCEPTION_MEAN,
         "pixel_std": INCEPTION_STD,
-        "neck_channels": 192,
     },
     # A few million parameters, random initialisation: for tests and the CPU quickstart.
     "tiny": {
@@ -180,7 +182,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "taps": (3, 5),
         "pretrained": None,
         "neck_channels": 96,
-        "head_convs": 1,
     },
 }
 

@@ -96,7 +96,7 @@ class DetectionHead(nn.Module):
         channels: int,
         num_classes: int,
         strides: Sequence[int],
-        num_convs: int = 2,
+        num_convs: int = 1,
         aux: bool = False,
         peak_filter: bool = True,
     ) -> None:
