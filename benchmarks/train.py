@@ -12,9 +12,14 @@
    under `--work` (the int8-vs-fp32 comparison of benchmarks/inference.py reads it).
 
     python benchmarks/train.py throughput [--steps 3] [--batch-size 2]
+    python benchmarks/train.py epochs [--images 50] [--epochs 3]
     python benchmarks/train.py finetune [--dataset bccd|aquarium] [--minutes 15] [--image-size 320] [--threads 2]
     python benchmarks/train.py denormals --run quickstart/run [--steps 6] [--rounds 3]
 
+4. `epochs`: whole epochs of `base` at 640 px on a small synthetic store (training steps, then the evaluation on
+   val and the checkpoints, as `onedet train` runs them) with and without `--cache-features`, the default autocast
+   in both; the median over epochs 2.. (the first warms up), and the whole runs' wall time with the cache's
+   one-off cost.
 3. `denormals`: training steps of a *trained* run (default: the quickstart's), continuing from its last weights on
    its own store, with the CPU flushing denormal floats to zero (onedet's default, `onedet/cpu.py`) and without
    (`ONEDET_KEEP_DENORMALS=1`). The flag is inherited by threads at creation, so each measurement is a fresh
@@ -143,6 +148,51 @@ def throughput(args: argparse.Namespace) -> None:
         )
 
 
+def epochs(args: argparse.Namespace) -> None:
+    """Whole epochs (training steps, then evaluation on val and the checkpoints) with and without the cache."""
+    from onedet.data.store import Store
+    from onedet.train import train
+    from onedet.train.logging import read_metrics
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        store = _synthetic_store(tmp, args.image_size, num_images=args.images)
+        n_train, n_val = (len(Store(store / split)) for split in ("train", "val"))
+        rows = {}
+        for name, cache in (("frozen (default)", False), ("cached (default)", True)):
+            run = tmp / name.split()[0]
+            cfg = TrainConfig(
+                data=store, out=run, preset="base", pretrained=None, batch_size=args.batch_size, progress=False,
+                epochs=args.epochs, cache_features=cache, model=dict(args.model),
+            )  # fmt: skip
+            tick = time.perf_counter()
+            train(cfg)
+            total = time.perf_counter() - tick
+            metrics = read_metrics(run)[1:]  # the first epoch warms up (oneDNN kernels, allocator)
+            train_s = statistics.median(r["seconds"] for r in metrics)
+            eval_s = statistics.median(r["eval_seconds"] for r in metrics)
+            rows[name] = (train_s, eval_s, total)
+            print(f"  {name}: {train_s:.1f} s training + {eval_s:.1f} s evaluation per epoch, run {total:.0f} s")
+    print(
+        f"\nbase preset, {args.image_size} px, batch {args.batch_size}, {args.threads} threads, random weights, "
+        f"{n_train} train / {n_val} val images, median of epochs 2..{args.epochs}"
+    )
+    print("| mode | training s/epoch | evaluation s/epoch | epoch s | x default (epoch) | x default (training) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    base_train, base_eval, _ = rows["frozen (default)"]
+    for name, (train_s, eval_s, _) in rows.items():
+        epoch_s = train_s + eval_s
+        print(
+            f"| {name} | {train_s:.2f} | {eval_s:.2f} | {epoch_s:.2f} | {(base_train + base_eval) / epoch_s:.2f} | "
+            f"{base_train / train_s:.2f} |"
+        )
+    print(
+        f"(whole runs, set-up and final evaluation included: {rows['frozen (default)'][2]:.0f} s without the cache, "
+        f"{rows['cached (default)'][2]:.0f} s with it, computing the cache once included)"
+    )
+
+
 def finetune(args: argparse.Namespace) -> None:
     from onedet.data.prepare import prepare
     from onedet.train import train
@@ -258,6 +308,14 @@ def main() -> None:
         help="a ModelConfig override for every row, e.g. neck_channels=192 (repeatable)",
     )
     p.set_defaults(func=throughput)
+    p = sub.add_parser("epochs")
+    p.add_argument("--images", type=int, default=50, help="synthetic images (a fifth of them val)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=640)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", type=_override, action="append", default=[], metavar="FIELD=JSON")
+    p.set_defaults(func=epochs)
     p = sub.add_parser("finetune")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="bccd")
     p.add_argument("--threads", type=int, default=2)
