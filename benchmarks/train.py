@@ -172,24 +172,25 @@ def epochs(args: argparse.Namespace) -> None:
             metrics = read_metrics(run)[1:]  # the first epoch warms up (oneDNN kernels, allocator)
             train_s = statistics.median(r["seconds"] for r in metrics)
             eval_s = statistics.median(r["eval_seconds"] for r in metrics)
-            rows[name] = (train_s, eval_s, total)
-            print(f"  {name}: {train_s:.1f} s training + {eval_s:.1f} s evaluation per epoch, run {total:.0f} s")
+            save_s = statistics.median(r["checkpoint_seconds"] for r in metrics)
+            rows[name] = (train_s, eval_s, save_s, total)
+            print(f"  {name}: {train_s:.1f} s training + {eval_s:.1f} s evaluation + {save_s:.1f} s checkpoints")
     print(
         f"\nbase preset, {args.image_size} px, batch {args.batch_size}, {args.threads} threads, random weights, "
         f"{n_train} train / {n_val} val images, median of epochs 2..{args.epochs}"
     )
-    print("| mode | training s/epoch | evaluation s/epoch | epoch s | x default (epoch) | x default (training) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    base_train, base_eval, _ = rows["frozen (default)"]
-    for name, (train_s, eval_s, _) in rows.items():
-        epoch_s = train_s + eval_s
+    print("| mode | training s | evaluation s | checkpoints s | epoch s | x default (epoch) | x default (training) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base_train, base_eval, base_save, _ = rows["frozen (default)"]
+    for name, (train_s, eval_s, save_s, _) in rows.items():
+        epoch_s = train_s + eval_s + save_s
         print(
-            f"| {name} | {train_s:.2f} | {eval_s:.2f} | {epoch_s:.2f} | {(base_train + base_eval) / epoch_s:.2f} | "
-            f"{base_train / train_s:.2f} |"
+            f"| {name} | {train_s:.2f} | {eval_s:.2f} | {save_s:.2f} | {epoch_s:.2f} | "
+            f"{(base_train + base_eval + base_save) / epoch_s:.2f} | {base_train / train_s:.2f} |"
         )
     print(
-        f"(whole runs, set-up and final evaluation included: {rows['frozen (default)'][2]:.0f} s without the cache, "
-        f"{rows['cached (default)'][2]:.0f} s with it, computing the cache once included)"
+        f"(whole runs, set-up and final evaluation included: {rows['frozen (default)'][3]:.0f} s without the cache, "
+        f"{rows['cached (default)'][3]:.0f} s with it, computing the cache once included)"
     )
 
 

@@ -15,6 +15,7 @@ from onedet.errors import OnedetError
 from onedet.train import checkpoint
 from onedet.train.checkpoint import (
     checkpoint_dir,
+    link_checkpoint,
     load_run,
     read_train_state,
     read_weights,
@@ -44,6 +45,33 @@ def test_write_read_round_trip_and_train_state_is_weights_only(tmp_path: Path) -
     loaded = read_train_state(folder)  # torch.load(weights_only=True) inside
     assert loaded["step"] == 3 and torch.equal(loaded["nested"]["t"], torch.arange(5))
     assert not list((tmp_path / "weights").glob(".*")), "no temporary folders left behind"
+
+
+def test_best_links_last_without_the_train_state_and_survives_the_next_last(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+
+    def adapter(folder: Path) -> None:
+        (folder / "adapter").mkdir()
+        (folder / "adapter" / "a.json").write_text("{}")
+
+    first = {"w": torch.randn(3)}
+    write_checkpoint(weights / "last", weights=first, info={"v": 1}, train_state={"s": 1}, write_extra=adapter)
+    best = link_checkpoint(weights / "last", weights / "best")
+    assert sorted(str(p.relative_to(best)) for p in best.rglob("*")) == [
+        "adapter",
+        "adapter/a.json",
+        "model.json",
+        "model.safetensors",
+    ]
+    assert (best / "model.safetensors").stat().st_ino == (weights / "last" / "model.safetensors").stat().st_ino
+    # A new `last` is a new folder: the linked best keeps the weights it had.
+    write_checkpoint(weights / "last", weights={"w": torch.zeros(3)}, info={"v": 2}, train_state={"s": 2})
+    assert torch.equal(read_weights(best)["w"], first["w"])
+    assert json.loads((best / "model.json").read_text())["v"] == 1
+    # And a best linked again replaces the old one whole.
+    link_checkpoint(weights / "last", best)
+    assert torch.equal(read_weights(best)["w"], torch.zeros(3)) and not (best / "adapter").exists()
+    assert not list(weights.glob(".*")), "no temporary folders left behind"
 
 
 def test_a_train_state_holding_arbitrary_objects_is_refused(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ A checkpoint folder (`RUN/weights/last`, `RUN/weights/best`) holds:
   lists and numbers, so it loads with `torch.load(weights_only=True)`: nothing arbitrary is unpickled;
 - with LoRA, `adapter/`: peft's own `adapter_config.json` + `adapter_model.safetensors`.
 
+`best` is `last` without its training state, as hard links to last's files (`link_checkpoint`): the weights are
+written once per epoch, not twice (at 640 px a base checkpoint's 350 MB took about 1.4 s to write here).
+
 Atomicity: a checkpoint is written into `weights/.NAME.tmp-PID`, every file fsynced, then swapped in with two
 renames (the old folder to `.NAME.old-PID`, the new one to `NAME`) and the old one removed. A crash between the
 two renames leaves `.NAME.old-PID`, which `checkpoint_dir` recovers; a crash before them leaves the previous
@@ -83,7 +86,39 @@ def write_checkpoint(
     `info` is `model.json`'s content (onedet_version is added); `write_extra(tmp_folder)` may add files
     (e.g. the LoRA adapter).
     """
-    folder = Path(folder)
+
+    def fill(tmp: Path) -> None:
+        save_file(_contiguous_unshared(weights), tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / MODEL_JSON).write_text(json.dumps({**info, "onedet_version": __version__}, indent=2) + "\n")
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        if write_extra is not None:
+            write_extra(tmp)
+
+    return _replace_folder(Path(folder), fill)
+
+
+def link_checkpoint(source: Path, folder: Path) -> Path:
+    """`folder` as a copy of the checkpoint `source` without its training state, atomically like
+    `write_checkpoint`. Files are hard links where the file system allows (a checkpoint's files are never
+    changed in place: every write makes a new folder), so `best` costs no second write of the weights."""
+
+    def fill(tmp: Path) -> None:
+        for path in sorted(Path(source).rglob("*")):
+            target = tmp / path.relative_to(source)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif path.name != TRAIN_STATE:
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+
+    return _replace_folder(Path(folder), fill)
+
+
+def _replace_folder(folder: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill `weights/.NAME.tmp-PID`, fsync it, and swap it in for `folder` (see the module docstring)."""
     parent = folder.parent
     tmp = parent / f".{folder.name}.tmp-{os.getpid()}"
     old = parent / f".{folder.name}.old-{os.getpid()}"
@@ -92,12 +127,7 @@ def write_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file(_contiguous_unshared(weights), tmp / WEIGHTS, metadata={"format": "pt"})
-        (tmp / MODEL_JSON).write_text(json.dumps({**info, "onedet_version": __version__}, indent=2) + "\n")
-        if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE)
-        if write_extra is not None:
-            write_extra(tmp)
+        fill(tmp)
         for path in tmp.rglob("*"):
             if path.is_file():
                 _fsync(path)

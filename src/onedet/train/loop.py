@@ -28,6 +28,7 @@ from onedet.train import amp, distributed
 from onedet.train.checkpoint import (
     WEIGHTS,
     checkpoint_dir,
+    link_checkpoint,
     load_weights,
     read_info,
     read_train_state,
@@ -349,8 +350,8 @@ class Trainer:
             write_checkpoint(
                 folder / "last", weights=weights, info=info, train_state=self._train_state(weights), write_extra=extra
             )
-            if best:
-                write_checkpoint(folder / "best", weights=weights, info=info, write_extra=extra)
+            if best:  # the same files as last's, less the training state
+                link_checkpoint(folder / "last", folder / "best")
         distributed.barrier()
 
     def _restore(self, folder: Path) -> None:
@@ -500,7 +501,9 @@ class Trainer:
         if improved:
             self.best_ap = metrics["AP"]
         # Without a val split the last checkpoint is also the best one.
+        tick = time.perf_counter()
         self.save(best=improved or (self.val_store is None and self.is_main))
+        row["checkpoint_seconds"] = time.perf_counter() - tick
         if self.is_main:
             self.log.epoch(row)
             if evaluate:  # matplotlib takes a second or two: not worth it on every short epoch
