@@ -72,7 +72,7 @@ class ModelConfig:
     keeps the neck and head's training cost (forward + backward) near a tenth of a frozen ViT-B's forward at 640
     px, so that cached features make epochs 10x faster (BENCHMARKS.md, Training)."""
     num_mixffn: int = 1
-    """Mix-FFN blocks refining each pyramid level."""
+    """Mix-FFN blocks refining the fused map at the patch stride (once, before it is resampled to the levels)."""
     mixffn_ratio: float = 4.0
     """Hidden width of a Mix-FFN block relative to `neck_channels`."""
     strides: tuple[int, ...] = (8, 16, 32)
