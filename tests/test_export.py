@@ -22,7 +22,7 @@ from onedet.cli import main
 from onedet.config import ModelConfig
 from onedet.data.images import load_image
 from onedet.errors import OnedetError
-from onedet.model.detector import build_detector
+from onedet.model.detector import Detector, build_detector
 from onedet.predict import TorchDetector
 from onedet.runtime import OnnxDetector
 
@@ -293,3 +293,21 @@ def test_export_errors(exported: dict, tmp_path: Path) -> None:
         export(exported["run"], tmp_path / "model.onnx", calibration=tmp_path)
     with pytest.raises(OnedetError, match="no such run"):
         export(tmp_path / "missing", tmp_path / "model.onnx")
+
+
+def test_every_conv_weight_is_an_initializer(tmp_path: Path) -> None:
+    """The neck computes its fuse conv's weight from parameters (the tap norms folded in); export folds it into an
+    initializer even when it is larger than the exporter's own folding limit (262144 elements), so that the int8
+    quantizers, which quantize only convs with initializer weights, see every conv."""
+    from onedet.export import export
+
+    torch.manual_seed(0)
+    # 4 taps x 192 channels into 384: a 294,912-element fuse weight, over the exporter's limit as base's is.
+    cfg = ModelConfig.from_preset("tiny", num_classes=2, image_size=128, taps=(2, 3, 4, 5), neck_channels=384)
+    [path] = export(Detector(cfg).eval(), tmp_path / "model.onnx", classes=["a", "b"])
+    proto = onnx.load(str(path))
+    initializers = {i.name for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] in initializers for n in convs), [
+        n.name for n in convs if n.input[1] not in initializers
+    ]

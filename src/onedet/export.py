@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxscript.optimizer
 import torch
 from timm.layers.helpers import is_exporting
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ from onedet.runtime import (
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+FOLD_LIMIT = 1 << 24  # elements: constant-fold weights up to 64 MB in float32
 """The newest opset onnxruntime and TensorRT 10 both support well (the graph itself needs no opset-18 operator)."""
 DEFAULT_MAX_DETECTIONS = 100
 # Ops whose int8 versions pay off on CPU. The letterbox MatMuls stay float (`preprocessing_nodes`), as does the top-k.
@@ -223,6 +225,11 @@ def export_onnx(module: EndToEnd, out: Path, metadata: dict[str, str], opset: in
             optimize=True,
             verbose=False,
         )
+    # The exporter folds constants only up to 262144 elements; the neck computes its fuse conv's weight and bias
+    # from parameters (the tap norms folded in, onedet/model/neck.py), larger than that at base. Folded here
+    # they become initializers, which the int8 quantizers need to quantize that conv.
+    onnxscript.optimizer.fold_constants(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+    onnxscript.optimizer.remove_unused_nodes(program.model)
     proto = program.model_proto
     set_metadata(proto, metadata)
     onnx.save(proto, str(out))
