@@ -48,8 +48,9 @@ from onedet.runtime import (
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
-FOLD_LIMIT = 1 << 24  # elements: constant-fold weights up to 64 MB in float32
 """The newest opset onnxruntime and TensorRT 10 both support well (the graph itself needs no opset-18 operator)."""
+FOLD_LIMIT = 1 << 24
+"""Elements up to which export constant-folds a computed weight (64 MB in float32)."""
 DEFAULT_MAX_DETECTIONS = 100
 # Ops whose int8 versions pay off on CPU. The letterbox MatMuls stay float (`preprocessing_nodes`), as does the top-k.
 _INT8_DYNAMIC_OPS = ["MatMul", "Gemm"]
