@@ -6,7 +6,11 @@
    each (loader, augmentation, forward, loss, backward, AdamW, EMA) after one warm-up step, with ratios to the
    frozen fp32 baseline measured in the same process. Weights are random (`pretrained=None`: nothing can be
    downloaded here); the speed does not depend on them. The cache's one-off cost is reported separately.
-2. `finetune`: a real fine-tune of the `small` preset on ../shared/data/bccd (or aquarium) for a fixed wall-clock
+2. `epochs`: whole epochs of `base` at 640 px on a small synthetic store (training steps, then the evaluation on
+   val and the checkpoint, as `onedet train` runs them) with and without `--cache-features`, the default autocast
+   in both; the median over epochs 2.. (the first warms up), and the whole runs' wall time with the cache's
+   one-off cost.
+3. `finetune`: a real fine-tune of the `small` preset on ../shared/data/bccd (or aquarium) for a fixed wall-clock
    budget, from random weights (`--finetune full`: no pretrained weights here), evaluated on the validation split
    every epoch; its loss/mAP curve is copied to benchmarks/train_<dataset>_small.png and the run folder is kept
    under `--work` (the int8-vs-fp32 comparison of benchmarks/inference.py reads it).
@@ -16,11 +20,7 @@
     python benchmarks/train.py finetune [--dataset bccd|aquarium] [--minutes 15] [--image-size 320] [--threads 2]
     python benchmarks/train.py denormals --run quickstart/run [--steps 6] [--rounds 3]
 
-4. `epochs`: whole epochs of `base` at 640 px on a small synthetic store (training steps, then the evaluation on
-   val and the checkpoints, as `onedet train` runs them) with and without `--cache-features`, the default autocast
-   in both; the median over epochs 2.. (the first warms up), and the whole runs' wall time with the cache's
-   one-off cost.
-3. `denormals`: training steps of a *trained* run (default: the quickstart's), continuing from its last weights on
+4. `denormals`: training steps of a *trained* run (default: the quickstart's), continuing from its last weights on
    its own store, with the CPU flushing denormal floats to zero (onedet's default, `onedet/cpu.py`) and without
    (`ONEDET_KEEP_DENORMALS=1`). The flag is inherited by threads at creation, so each measurement is a fresh
    process; the two settings alternate for `--rounds` rounds. A fresh model's steps are timed too, for scale.
@@ -291,6 +291,17 @@ def _override(text: str) -> tuple[str, Any]:
     return key, json.loads(value)
 
 
+def _add_model_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="a ModelConfig override for every run, e.g. neck_channels=256 (repeatable)",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -300,14 +311,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", nargs="+", help="only these rows (and the two baseline rows), by name")
-    p.add_argument(
-        "--model",
-        type=_override,
-        action="append",
-        default=[],
-        metavar="FIELD=JSON",
-        help="a ModelConfig override for every row, e.g. neck_channels=192 (repeatable)",
-    )
+    _add_model_overrides(p)
     p.set_defaults(func=throughput)
     p = sub.add_parser("epochs")
     p.add_argument("--images", type=int, default=50, help="synthetic images (a fifth of them val)")
@@ -315,7 +319,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--model", type=_override, action="append", default=[], metavar="FIELD=JSON")
+    _add_model_overrides(p)
     p.set_defaults(func=epochs)
     p = sub.add_parser("finetune")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="bccd")

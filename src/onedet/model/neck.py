@@ -91,6 +91,7 @@ class SimpleFeaturePyramid(nn.Module):
         # A LayerNorm per tap first: a CLIP ViT's residual stream grows with depth, so without it the deepest tap
         # would dominate the concatenation. Only their weights and eps are used (see the module docstring).
         self.tap_norms = nn.ModuleList(LayerNorm2d(in_channels) for _ in range(num_inputs))
+        # Run as its two parts by `pyramid` (the conv with the tap norms folded in); a Sequential keeps the keys.
         self.fuse = nn.Sequential(nn.Conv2d(in_channels * num_inputs, channels, 1, bias=False), LayerNorm2d(channels))
         self.refine = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
