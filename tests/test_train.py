@@ -140,22 +140,21 @@ def test_amp_plan() -> None:
 # --- the split forward and cached features ---------------------------------------------------------------------
 
 
-def test_backbone_then_head_equals_the_detector_forward() -> None:
+def test_forward_features_then_forward_head_equals_forward() -> None:
     from onedet.config import ModelConfig
     from onedet.model.detector import Detector
-    from onedet.train.features import backbone_features, head_forward
 
     torch.manual_seed(0)
     model = Detector(ModelConfig.from_preset("tiny", num_classes=4, image_size=128)).eval()
     images = torch.rand(2, 3, 100, 120)  # padded inside
     with torch.no_grad():
-        whole, split = model(images), head_forward(model, backbone_features(model, images))
+        whole, split = model(images), model.forward_head(model.forward_features(images))
     assert torch.equal(whole.logits, split.logits) and torch.equal(whole.boxes_xyxy, split.boxes_xyxy)
 
 
 def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path: Path) -> None:
     from onedet.data.store import Store
-    from onedet.train.features import CachedFeatureModel, FeatureCache, head_forward
+    from onedet.train.features import CachedFeatureModel, FeatureCache
     from onedet.train.loop import Trainer
 
     trainer = Trainer(tiny_config(store, tmp_path / "run", cache_features=True, amp="off"))
@@ -171,7 +170,7 @@ def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path
             cached = CachedFeatureModel(model, cache)(images)
             flipped = model(images.flip(-1))
             features = cache.read(torch.tensor([0, 1]), torch.tensor([1, 1]))
-            from_flip = head_forward(model, features)
+            from_flip = model.forward_head(features)
         # float16 features: close, not equal
         assert torch.allclose(cached.logits, direct.logits, atol=0.05)
         assert torch.allclose(from_flip.logits, flipped.logits, atol=0.05), "the flipped image's own features"

@@ -89,13 +89,25 @@ class Detector(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
+        return self.forward_head(self.forward_features(images))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise, pad, backbone, and the neck's parameter-free normalisation of the tapped maps:
+        `[B, 3, H, W]` in [0, 1] -> `[B, T*C, h, w]` float32 (T tapped blocks of C channels).
+
+        The first half of `forward` (timm's `forward_features`): what a frozen backbone contributes, so it can run
+        under its own autocast, without autograd, or once into the feature cache.
+        """
         x = (images - self.pixel_mean) / self.pixel_std
         multiple = self.config.input_multiple
         pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
         if is_exporting() or pad_h or pad_w:  # always while exporting: no branch on the example's shape
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        out = self.head(self.neck(self.backbone(x)), with_aux=self.training)
-        return DetectorOutput(*out)
+        return self.neck.normalize_taps(self.backbone(x))
+
+    def forward_head(self, features: torch.Tensor) -> DetectorOutput:
+        """The second half of `forward`: the neck's pyramid and the head on `forward_features`' output."""
+        return DetectorOutput(*self.head(self.neck.pyramid(features), with_aux=self.training))
 
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Freeze (no gradients, eval mode) or unfreeze the backbone, e.g. before adding LoRA or full fine-tuning."""

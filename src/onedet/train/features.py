@@ -5,8 +5,8 @@ most of a training step (ANCHORS: 4.7 s of 6.0 s for ViT-B at 640), computing it
 the neck and head on them makes epochs many times faster. The cache holds, for every store image, the features
 of the image and of its horizontal flip (ViT features are not flip-equivariant, so the flip is computed, not
 mirrored), as one float16 memmap `[N, 2, T*C, h, w]` (T tapped blocks of C channels) in `RUN/cache/`. The
-features are the neck's normalised taps (`SimpleFeaturePyramid.normalize_taps`, which has no parameters), so an
-epoch on the cache starts at the neck's fuse conv.
+features are `Detector.forward_features` (the neck's normalised taps, which have no parameters), so an epoch on
+the cache starts at the neck's fuse conv (`Detector.forward_head`).
 
 What is lost: every augmentation but the horizontal flip. Scale jitter, crops, aspect jitter, colour jitter
 and multi-scale training need the backbone to see the changed pixels, so they cannot be cached. On a few
@@ -35,28 +35,6 @@ from onedet.train.distributed import barrier
 CACHE_FORMAT = "normalized-taps-1"
 
 
-def backbone_features(model: nn.Module, images: Tensor) -> Tensor:
-    """The first half of `Detector.forward`: normalise, pad to the input multiple, backbone, the neck's
-    parameter-free normalisation of the tapped maps -> `[B, T*C, h, w]` float32.
-
-    Kept in step with `onedet.model.detector.Detector.forward` (a test checks that both halves together equal
-    it); split here so the backbone can run under its own autocast and from a cache.
-    """
-    x = (images - model.pixel_mean) / model.pixel_std
-    multiple = model.config.input_multiple
-    pad_h, pad_w = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
-    if pad_h or pad_w:
-        x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
-    return model.neck.normalize_taps(model.backbone(x))
-
-
-def head_forward(model: nn.Module, features: Tensor) -> Any:
-    """The second half of `Detector.forward`: neck and head on `backbone_features` -> `DetectorOutput`."""
-    from onedet.model.detector import DetectorOutput
-
-    return DetectorOutput(*model.head(model.neck.pyramid(features), with_aux=model.training))
-
-
 def image_fingerprints(images_uint8: Tensor) -> Tensor:
     """Two int64 checksums per image `[B, 3, H, W]` uint8 -> `[B, 2]`, to find an image's cached features."""
     flat = images_uint8.reshape(len(images_uint8), -1).to(torch.int64)
@@ -65,7 +43,7 @@ def image_fingerprints(images_uint8: Tensor) -> Tensor:
 
 
 class FeatureCache:
-    """The features of one store split: `read(indices, flips) -> float [B, T*C, h, w]` (`backbone_features`)."""
+    """The features of one store split: `read(indices, flips) -> float [B, T*C, h, w]` (`Detector.forward_features`)."""
 
     def __init__(self, folder: Path, name: str) -> None:
         self.folder, self.name = Path(folder), name
@@ -129,7 +107,7 @@ class FeatureCache:
         model.eval()
         with torch.inference_mode():
             probe = torch.zeros(1, 3, store.image_size, store.image_size, device=device)
-            shape = (len(store), 2, *backbone_features(model, probe).shape[1:])
+            shape = (len(store), 2, *model.forward_features(probe).shape[1:])
         array_path, fp_path = folder / f"{name}.npy", folder / f"{name}.fingerprints.npy"
         if rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
@@ -153,7 +131,7 @@ class FeatureCache:
                 for flip in (0, 1):
                     batch = images.flip(-1) if flip else images
                     with amp.autocast(device, dtype):
-                        features = backbone_features(model, batch)
+                        features = model.forward_features(batch)
                     array[idx, flip] = features.cpu().numpy().astype(np.float16)
                 fingerprints[idx] = image_fingerprints(images_uint8.cpu()).numpy()
         array.flush()
@@ -249,4 +227,4 @@ class CachedFeatureModel(nn.Module):
     def forward(self, images: Tensor) -> Any:
         index = self.cache.lookup((images * 255).round().to(torch.uint8).cpu())
         features = self.cache.read(index).to(images.device)
-        return head_forward(self.detector, features)
+        return self.detector.forward_head(features)

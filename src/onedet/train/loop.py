@@ -43,8 +43,6 @@ from onedet.train.features import (
     CachedFeatureLoader,
     CachedFeatureModel,
     FeatureCache,
-    backbone_features,
-    head_forward,
 )
 from onedet.train.logging import RunLog
 from onedet.train.optim import build_optimizer, build_scheduler
@@ -89,9 +87,9 @@ class AmpForward(nn.Module):
                 amp.autocast(self.device, self.plan.backbone),
                 torch.set_grad_enabled(trains and torch.is_grad_enabled()),
             ):
-                features = backbone_features(self.detector, x)  # float32 (a LayerNorm's output)
+                features = self.detector.forward_features(x)  # float32 (a LayerNorm's output)
         with amp.autocast(self.device, self.plan.rest):
-            return head_forward(self.detector, features)
+            return self.detector.forward_head(features)
 
 
 def _check_writable(out: Path) -> None:
