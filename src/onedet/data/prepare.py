@@ -31,6 +31,7 @@ from tensordict import MemoryMappedTensor, TensorDict
 from tqdm import tqdm
 
 from onedet.cpu import flush_denormals
+from onedet.data.checks import DUPLICATES, check_labels_found, duplicates_across_splits, file_digest
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
@@ -55,6 +56,7 @@ class _Decoded(NamedTuple):
     fixes: list[str]
     jpeg: np.ndarray | None  # compact layout: the JPEG of the letterboxed image
     error: str | None  # the OnedetError message of an unreadable image
+    digest: str | None = None  # of the file's bytes, to find images shared between splits
 
 
 # Worker state, set once per process by `_init_worker` (a pool cannot pass it with every task cheaply).
@@ -74,6 +76,7 @@ def _decode(task: tuple[int, str]) -> _Decoded:
     from torchvision.io import encode_jpeg
 
     slot, path = task
+    digest = file_digest(path)  # the decoder reads the file again, from the page cache
     try:
         pixels, fixes = load_image(path)
     except OnedetError as e:
@@ -81,9 +84,9 @@ def _decode(task: tuple[int, str]) -> _Decoded:
     boxed = letterbox_image(pixels, _worker["image_size"])
     if _worker["layout"] == "raw":
         _worker["images"][slot] = boxed
-        return _Decoded(slot, pixels.shape[:2], fixes, None, None)
+        return _Decoded(slot, pixels.shape[:2], fixes, None, None, digest)
     jpeg = encode_jpeg(torch.from_numpy(boxed), quality=JPEG_QUALITY).numpy()
-    return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None)
+    return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None, digest)
 
 
 def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_Decoded]:
@@ -208,6 +211,20 @@ def write_split(
     progress: bool = True,
 ) -> Path:
     """Write one split as a store at `split_dir` (atomically) and return it. `root`: file names are relative to it."""
+    return _write_split(dataset, split_dir, image_size, skip_bad, workers, layout, root, progress)[0]
+
+
+def _write_split(
+    dataset: SourceDataset,
+    split_dir: str | Path,
+    image_size: int,
+    skip_bad: bool,
+    workers: int | None,
+    layout: str,
+    root: str | Path | None,
+    progress: bool,
+) -> tuple[Path, list[tuple[str | None, str]]]:
+    """`write_split`, also returning (digest, file) of each image written, for `duplicates_across_splits`."""
     _check_options(image_size, layout)
     split_dir = Path(split_dir)
     if not dataset.images:
@@ -220,7 +237,7 @@ def write_split(
     tmp = out / f".{split_dir.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
+        digests = _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
         if split_dir.exists():  # a previous store of this split: swap it out, then delete it
             old = out / f".{split_dir.name}.old-{os.getpid()}"
             os.replace(split_dir, old)
@@ -231,38 +248,30 @@ def write_split(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return split_dir
+    return split_dir, digests
 
 
-def _write_into(
-    tmp: Path,
-    dataset: SourceDataset,
-    image_size: int,
-    skip_bad: bool,
-    workers: int,
-    layout: str,
-    root: str | Path | None,
-    progress: bool,
-) -> None:
-    num_source, size = len(dataset.images), image_size
-    td_dir = tmp / "td"
-    td_dir.mkdir()
-    report = Report()
-    report.merge(dataset.report)
-    images_shape = (num_source, 3, size, size)
-    images_file = td_dir / "images.memmap"
-    if layout == "raw":
-        _memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
-        init_args = (size, layout, str(images_file), images_shape)
-    else:
-        init_args = (size, layout, None, None)
-    encoded_file = open(td_dir / "encoded.memmap", "wb") if layout == "compact" else None  # noqa: SIM115
-    offsets = [0]
-    kept: list[int] = []
-    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    paths = [str(im.path) for im in dataset.images]
-    bar = tqdm(total=num_source, desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
-    results = _decode_all(paths, workers, init_args)
+class _Decoding(NamedTuple):
+    """What `_decode_split` gathered, by kept image (unreadable ones skipped)."""
+
+    kept: list[int]
+    """slots (indices into the dataset's images)"""
+    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    """(size_hw, boxes, labels, crowd boxes, crowd labels)"""
+    offsets: list[int]
+    """compact layout: byte offsets of each JPEG in `encoded` (N + 1)"""
+    digests: list[str | None]
+
+
+def _decode_split(
+    dataset: SourceDataset, workers: int, init_args: tuple, td_dir: Path, skip_bad: bool, progress: bool, report: Report
+) -> _Decoding:
+    """Decode every image through the pool, in order: fixes counted, boxes fixed, JPEGs appended (compact)."""
+    compact = init_args[1] == "compact"
+    encoded_file = open(td_dir / "encoded.memmap", "wb") if compact else None  # noqa: SIM115
+    done = _Decoding([], [], [0], [])
+    bar = tqdm(total=len(dataset.images), desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
+    results = _decode_all([str(im.path) for im in dataset.images], workers, init_args)
     try:
         for result in results:
             bar.update(1)
@@ -274,34 +283,37 @@ def _write_into(
                 continue
             for fix in result.fixes:
                 report.add(fix, image.path)
-            kept.append(result.slot)
-            rows.append((result.size_hw, *_fix_boxes(image, result.size_hw, report)))
+            done.kept.append(result.slot)
+            done.rows.append((result.size_hw, *_fix_boxes(image, result.size_hw, report)))
+            done.digests.append(result.digest)
             if encoded_file is not None:
                 encoded_file.write(result.jpeg.tobytes())
-                offsets.append(offsets[-1] + len(result.jpeg))
+                done.offsets.append(done.offsets[-1] + len(result.jpeg))
     finally:
         results.close()  # on an error, stop the pool now rather than when the traceback is freed
         bar.close()
         if encoded_file is not None:
             encoded_file.close()
-    if not kept:
-        raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
-    n = len(kept)
-    if layout == "raw" and n < num_source:
-        _compact_raw_images(images_file, images_shape, kept)
-    shapes = _write_targets(td_dir, rows, [dataset.images[i] for i in kept], size)
-    if layout == "raw":
-        shapes["images"] = (torch.uint8, (n, 3, size, size))
-    else:
-        offsets_mm = _memmap(td_dir, "offsets", np.int64, (n + 1,))
-        offsets_mm[:] = offsets
-        offsets_mm.flush()
-        shapes["encoded"] = (torch.uint8, (offsets[-1],))
-        shapes["offsets"] = (torch.int64, (n + 1,))
-    _save_tensordict(td_dir, shapes)
+    return done
 
-    root_path = Path(root) if root is not None else None
-    meta = {
+
+def _image_tensors(td_dir: Path, layout: str, num_source: int, size: int, done: _Decoding) -> dict:
+    """Finish the images' files (close the holes of skipped ones; write the offsets) and return their shapes."""
+    n = len(done.kept)
+    if layout == "raw":
+        if n < num_source:
+            _compact_raw_images(td_dir / "images.memmap", (num_source, 3, size, size), done.kept)
+        return {"images": (torch.uint8, (n, 3, size, size))}
+    offsets_mm = _memmap(td_dir, "offsets", np.int64, (n + 1,))
+    offsets_mm[:] = done.offsets
+    offsets_mm.flush()
+    return {"encoded": (torch.uint8, (done.offsets[-1],)), "offsets": (torch.int64, (n + 1,))}
+
+
+def _meta(dataset: SourceDataset, layout: str, size: int, done: _Decoding, report: Report, root: Path | None) -> dict:
+    """meta.json's contents (docs/design.md, "The store")."""
+    rows = done.rows
+    return {
         "version": STORE_VERSION,
         "layout": layout,
         "format": dataset.format,
@@ -309,20 +321,56 @@ def _write_into(
         "image_size": size,
         "classes": list(dataset.classes),
         "category_ids": [int(c) for c in dataset.category_ids],
-        "num_images": n,
+        "num_images": len(done.kept),
         "num_boxes": sum(len(r[2]) for r in rows),
         "max_boxes": max(1, max(len(r[2]) for r in rows)),
         "boxes_per_class": np.bincount(
             np.concatenate([r[2] for r in rows]).astype(np.int64), minlength=len(dataset.classes)
         ).tolist(),
-        "files": [_relative(dataset.images[i].path, root_path) for i in kept],
+        "files": [_relative(dataset.images[i].path, root) for i in done.kept],
         "report": report.to_json(),
         "complete": True,
     }
-    # meta.json last: its presence is what makes the folder a store.
-    with open(tmp / "meta.json.part", "w") as f:
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """meta.json, replaced atomically (its presence is what makes the folder a store)."""
+    with open(folder / "meta.json.part", "w") as f:
         json.dump(meta, f)
-    os.replace(tmp / "meta.json.part", tmp / "meta.json")
+    os.replace(folder / "meta.json.part", folder / "meta.json")
+
+
+def _write_into(
+    tmp: Path,
+    dataset: SourceDataset,
+    image_size: int,
+    skip_bad: bool,
+    workers: int,
+    layout: str,
+    root: str | Path | None,
+    progress: bool,
+) -> list[tuple[str | None, str]]:
+    """Write the whole store of one split into `tmp`, meta.json last; return (digest, file) per image kept."""
+    num_source, size = len(dataset.images), image_size
+    td_dir = tmp / "td"
+    td_dir.mkdir()
+    report = Report()
+    report.merge(dataset.report)
+    if layout == "raw":
+        images_shape = (num_source, 3, size, size)
+        _memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
+        init_args: tuple = (size, layout, str(td_dir / "images.memmap"), images_shape)
+    else:
+        init_args = (size, layout, None, None)
+    done = _decode_split(dataset, workers, init_args, td_dir, skip_bad, progress, report)
+    if not done.kept:
+        raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
+    shapes = _write_targets(td_dir, done.rows, [dataset.images[i] for i in done.kept], size)
+    shapes |= _image_tensors(td_dir, layout, num_source, size, done)
+    _save_tensordict(td_dir, shapes)
+    root_path = Path(root) if root is not None else None
+    _write_meta(tmp, _meta(dataset, layout, size, done, report, root_path))
+    return [(d, str(dataset.images[i].path)) for d, i in zip(done.digests, done.kept)]
 
 
 def _write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: int) -> dict:
@@ -388,21 +436,25 @@ def prepare(
     workers: int | None = None,
     layout: str = "raw",
     progress: bool = True,
+    allow_background: bool = False,
+    unlabeled: bool = False,
 ) -> list[str]:
     """Read a dataset folder (or file) and write `out/<split>` for each split; return the split names.
 
     `source` may also be a list of `SourceDataset` (e.g. built in memory). Raises `OnedetError` on bad input:
-    without `skip_bad`, the first unreadable image stops the run, naming the file.
+    without `skip_bad`, the first unreadable image stops the run, naming the file; without `allow_background`,
+    a split where too few images have labels (`checks.check_labels_found`) stops it before anything is
+    written. `unlabeled`: every image under the `source` folder, annotations ignored, as one split
+    "unlabeled" with no boxes (e.g. for distillation). Images found in two splits (same bytes) are a
+    warning, printed and added to the report of each split involved ("duplicates_across_splits").
     """
     _check_options(image_size, layout)  # before reading a large dataset's annotations
     flush_denormals()  # before torch's thread pool starts (onedet/cpu.py); later training inherits it
     if isinstance(source, (str, Path)):
-        from onedet.data.formats import read_dataset
-
         source = Path(source)
         if not source.exists():
             raise OnedetError(f"{source}: dataset not found")
-        datasets = read_dataset(source, format=format)
+        datasets = _read(source, format, unlabeled)
         root: Path | None = source if source.is_dir() else source.parent
     else:
         datasets, root = list(source), None
@@ -410,6 +462,35 @@ def prepare(
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise OnedetError(f"{out}: several splits share a name: {names}")
+    if not (allow_background or unlabeled):
+        check_labels_found(datasets)
+    digests = {}
     for dataset in datasets:
-        write_split(dataset, out / dataset.name, image_size, skip_bad, workers, layout, root, progress)
+        _, digests[dataset.name] = _write_split(
+            dataset, out / dataset.name, image_size, skip_bad, workers, layout, root, progress
+        )
+    _report_duplicates(out, digests)
     return names
+
+
+def _read(source: Path, format: str, unlabeled: bool) -> list[SourceDataset]:
+    from onedet.data.formats import read_dataset, read_unlabeled
+
+    return [read_unlabeled(source)] if unlabeled else read_dataset(source, format=format)
+
+
+def _report_duplicates(out: Path, digests: dict[str, list[tuple[str | None, str]]]) -> None:
+    """Add "duplicates_across_splits" to the report of each split involved, and print one warning line.
+
+    The splits are complete stores by now: meta.json is read, extended and replaced atomically.
+    """
+    found = duplicates_across_splits(digests)
+    for split, (files, note) in found.items():
+        meta_path = out / split / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["report"][DUPLICATES] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
+        meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
+        _write_meta(out / split, meta)
+    if found:
+        where = "; ".join(note for _, note in found.values())
+        print(f"warning: images in more than one split ({DUPLICATES} in the report): {where}", file=sys.stderr)
