@@ -491,6 +491,6 @@ def _report_duplicates(out: Path, digests: dict[str, list[tuple[str | None, str]
         meta["report"][DUPLICATES] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
         meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
         _write_meta(out / split, meta)
-    if found:
-        where = "; ".join(note for _, note in found.values())
-        print(f"warning: images in more than one split ({DUPLICATES} in the report): {where}", file=sys.stderr)
+    if found:  # one line: the first split's note says what, the report of each split says the rest
+        first = next(iter(found.values()))[1]
+        print(f"warning: {first}; see {DUPLICATES} in the report of {', '.join(found)}", file=sys.stderr)
