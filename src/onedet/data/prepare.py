@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tensordict import MemoryMappedTensor, TensorDict
 from tqdm import tqdm
 
 from onedet.cpu import flush_denormals
@@ -35,6 +34,7 @@ from onedet.data.checks import DUPLICATES, check_labels_found, duplicates_across
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
+from onedet.data.store_files import close_holes, new_memmap, save_tensordict, write_meta, write_targets
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
@@ -45,7 +45,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 STORE_VERSION = 1
 LAYOUTS = ("raw", "compact")
 JPEG_QUALITY = 95
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool}
 UNREADABLE = "unreadable_images"
 """Report kind of images skipped with `skip_bad`."""
 
@@ -141,21 +140,6 @@ def _fix_boxes(
         boxes, labels = clean_boxes(boxes, labels, (h, w), report, image.path)
         crowd, crowd_labels = clean_boxes(crowd, crowd_labels, (h, w), report, image.path, kind_prefix="crowd_")
     return boxes.astype(np.float32), labels, crowd.astype(np.float32), crowd_labels
-
-
-def _memmap(folder: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
-    return np.memmap(folder / f"{key}.memmap", dtype=dtype, mode="w+", shape=shape)
-
-
-def _compact_raw_images(images_file: Path, shape: tuple[int, ...], kept: list[int]) -> None:
-    """Move kept images down over the holes of skipped ones (in place, rare path) and truncate the file."""
-    images = np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape)
-    for dst, src in enumerate(kept):
-        if dst != src:
-            images[dst] = images[src]
-    images.flush()
-    del images
-    os.truncate(images_file, len(kept) * int(np.prod(shape[1:])))
 
 
 def _relative(path: Path, root: Path | None) -> str:
@@ -302,9 +286,9 @@ def _image_tensors(td_dir: Path, layout: str, num_source: int, size: int, done: 
     n = len(done.kept)
     if layout == "raw":
         if n < num_source:
-            _compact_raw_images(td_dir / "images.memmap", (num_source, 3, size, size), done.kept)
+            close_holes(td_dir / "images.memmap", (num_source, 3, size, size), done.kept)
         return {"images": (torch.uint8, (n, 3, size, size))}
-    offsets_mm = _memmap(td_dir, "offsets", np.int64, (n + 1,))
+    offsets_mm = new_memmap(td_dir, "offsets", np.int64, (n + 1,))
     offsets_mm[:] = done.offsets
     offsets_mm.flush()
     return {"encoded": (torch.uint8, (done.offsets[-1],)), "offsets": (torch.int64, (n + 1,))}
@@ -333,13 +317,6 @@ def _meta(dataset: SourceDataset, layout: str, size: int, done: _Decoding, repor
     }
 
 
-def _write_meta(folder: Path, meta: dict) -> None:
-    """meta.json, replaced atomically (its presence is what makes the folder a store)."""
-    with open(folder / "meta.json.part", "w") as f:
-        json.dump(meta, f)
-    os.replace(folder / "meta.json.part", folder / "meta.json")
-
-
 def _write_into(
     tmp: Path,
     dataset: SourceDataset,
@@ -358,73 +335,19 @@ def _write_into(
     report.merge(dataset.report)
     if layout == "raw":
         images_shape = (num_source, 3, size, size)
-        _memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
+        new_memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
         init_args: tuple = (size, layout, str(td_dir / "images.memmap"), images_shape)
     else:
         init_args = (size, layout, None, None)
     done = _decode_split(dataset, workers, init_args, td_dir, skip_bad, progress, report)
     if not done.kept:
         raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
-    shapes = _write_targets(td_dir, done.rows, [dataset.images[i] for i in done.kept], size)
+    shapes = write_targets(td_dir, done.rows, [dataset.images[i] for i in done.kept], size)
     shapes |= _image_tensors(td_dir, layout, num_source, size, done)
-    _save_tensordict(td_dir, shapes)
+    save_tensordict(td_dir, shapes)
     root_path = Path(root) if root is not None else None
-    _write_meta(tmp, _meta(dataset, layout, size, done, report, root_path))
+    write_meta(tmp, _meta(dataset, layout, size, done, report, root_path))
     return [(d, str(dataset.images[i].path)) for d, i in zip(done.digests, done.kept)]
-
-
-def _write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: int) -> dict:
-    """Boxes padded to the split's largest count (M >= 1) with validity masks; sizes, scales, ids."""
-    n = len(rows)
-    m = max(1, max(len(r[2]) for r in rows))
-    mc = max(1, max(len(r[3]) for r in rows))
-    boxes = _memmap(td_dir, "boxes_xyxy", np.float32, (n, m, 4))
-    labels = _memmap(td_dir, "labels", np.int64, (n, m))
-    valid = _memmap(td_dir, "valid", np.bool_, (n, m))
-    crowd = _memmap(td_dir, "crowd_boxes_xyxy", np.float32, (n, mc, 4))
-    crowd_valid = _memmap(td_dir, "crowd_valid", np.bool_, (n, mc))
-    crowd_labels = _memmap(td_dir, "crowd_labels", np.int64, (n, mc))  # -1: unknown class, ignored for all
-    orig_size = _memmap(td_dir, "orig_size", np.int64, (n, 2))
-    scale = _memmap(td_dir, "scale", np.float32, (n,))
-    image_id = _memmap(td_dir, "image_id", np.int64, (n,))
-    for i, ((h, w), b, lab, c, c_lab) in enumerate(rows):
-        s = size / max(h, w)  # the letterbox scale (letterbox_params); store pixels = original pixels * s
-        boxes[i, : len(b)] = b * s
-        labels[i, : len(b)] = lab
-        valid[i, : len(b)] = True
-        crowd[i, : len(c)] = c * s
-        crowd_valid[i, : len(c)] = True
-        crowd_labels[i, : len(c)] = c_lab
-        orig_size[i] = (h, w)
-        scale[i] = s
-        image_id[i] = images[i].image_id if images[i].image_id >= 0 else i
-    arrays = {
-        "boxes_xyxy": boxes,
-        "labels": labels,
-        "valid": valid,
-        "crowd_boxes_xyxy": crowd,
-        "crowd_valid": crowd_valid,
-        "crowd_labels": crowd_labels,
-        "orig_size": orig_size,
-        "scale": scale,
-        "image_id": image_id,
-    }
-    for a in arrays.values():
-        a.flush()
-    return {key: (_TORCH_DTYPES[a.dtype], a.shape) for key, a in arrays.items()}
-
-
-def _save_tensordict(td_dir: Path, shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
-    """Write tensordict's own metadata over the memmap files already in `td_dir` (no data is copied).
-
-    The tensordict has batch_size [] because the compact layout's `encoded` bytes are not per image.
-    """
-    tensors = {
-        key: MemoryMappedTensor.from_filename(td_dir / f"{key}.memmap", dtype=dtype, shape=shape)
-        for key, (dtype, shape) in shapes.items()
-    }
-    # memmap_ sees tensors already memory-mapped at these very files and only writes td/meta.json.
-    TensorDict(tensors, batch_size=[]).memmap_(td_dir, existsok=True)
 
 
 def prepare(
@@ -490,7 +413,7 @@ def _report_duplicates(out: Path, digests: dict[str, list[tuple[str | None, str]
         meta = json.loads(meta_path.read_text())
         meta["report"][DUPLICATES] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
         meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
-        _write_meta(out / split, meta)
+        write_meta(out / split, meta)
     if found:  # one line: the first split's note says what, the report of each split says the rest
         first = next(iter(found.values()))[1]
         print(f"warning: {first}; see {DUPLICATES} in the report of {', '.join(found)}", file=sys.stderr)
