@@ -35,6 +35,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted and listed)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--layout", default="raw", choices=["raw", "compact"], help="compact stores JPEG bytes")
+    p.add_argument("--allow-background", action="store_true", help="accept splits where few images have labels")
+    p.add_argument("--unlabeled", action="store_true", help="every image under SOURCE as one split, no boxes")
     p.set_defaults(func=_run_prepare)
 
 
@@ -50,6 +52,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         workers=args.workers,
         layout=args.layout,
+        allow_background=args.allow_background,
+        unlabeled=args.unlabeled,
     )
     print(format_summary(summarize(args.out)))
     print(f"store written: {args.out} ({', '.join(splits)})")

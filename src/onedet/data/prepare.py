@@ -27,13 +27,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tensordict import MemoryMappedTensor, TensorDict
 from tqdm import tqdm
 
 from onedet.cpu import flush_denormals
+from onedet.data.checks import DUPLICATES, check_labels_found, duplicates_across_splits, file_digest
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
+from onedet.data.store_files import close_holes, new_memmap, save_tensordict, write_meta, write_targets
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
@@ -44,7 +45,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 STORE_VERSION = 1
 LAYOUTS = ("raw", "compact")
 JPEG_QUALITY = 95
-_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool}
 UNREADABLE = "unreadable_images"
 """Report kind of images skipped with `skip_bad`."""
 
@@ -55,6 +55,7 @@ class _Decoded(NamedTuple):
     fixes: list[str]
     jpeg: np.ndarray | None  # compact layout: the JPEG of the letterboxed image
     error: str | None  # the OnedetError message of an unreadable image
+    digest: str | None = None  # of the file's bytes, to find images shared between splits
 
 
 # Worker state, set once per process by `_init_worker` (a pool cannot pass it with every task cheaply).
@@ -74,6 +75,7 @@ def _decode(task: tuple[int, str]) -> _Decoded:
     from torchvision.io import encode_jpeg
 
     slot, path = task
+    digest = file_digest(path)  # the decoder reads the file again, from the page cache
     try:
         pixels, fixes = load_image(path)
     except OnedetError as e:
@@ -81,9 +83,9 @@ def _decode(task: tuple[int, str]) -> _Decoded:
     boxed = letterbox_image(pixels, _worker["image_size"])
     if _worker["layout"] == "raw":
         _worker["images"][slot] = boxed
-        return _Decoded(slot, pixels.shape[:2], fixes, None, None)
+        return _Decoded(slot, pixels.shape[:2], fixes, None, None, digest)
     jpeg = encode_jpeg(torch.from_numpy(boxed), quality=JPEG_QUALITY).numpy()
-    return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None)
+    return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None, digest)
 
 
 def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_Decoded]:
@@ -140,21 +142,6 @@ def _fix_boxes(
     return boxes.astype(np.float32), labels, crowd.astype(np.float32), crowd_labels
 
 
-def _memmap(folder: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
-    return np.memmap(folder / f"{key}.memmap", dtype=dtype, mode="w+", shape=shape)
-
-
-def _compact_raw_images(images_file: Path, shape: tuple[int, ...], kept: list[int]) -> None:
-    """Move kept images down over the holes of skipped ones (in place, rare path) and truncate the file."""
-    images = np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape)
-    for dst, src in enumerate(kept):
-        if dst != src:
-            images[dst] = images[src]
-    images.flush()
-    del images
-    os.truncate(images_file, len(kept) * int(np.prod(shape[1:])))
-
-
 def _relative(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
@@ -208,6 +195,20 @@ def write_split(
     progress: bool = True,
 ) -> Path:
     """Write one split as a store at `split_dir` (atomically) and return it. `root`: file names are relative to it."""
+    return _write_split(dataset, split_dir, image_size, skip_bad, workers, layout, root, progress)[0]
+
+
+def _write_split(
+    dataset: SourceDataset,
+    split_dir: str | Path,
+    image_size: int,
+    skip_bad: bool,
+    workers: int | None,
+    layout: str,
+    root: str | Path | None,
+    progress: bool,
+) -> tuple[Path, list[tuple[str | None, str]]]:
+    """`write_split`, also returning (digest, file) of each image written, for `duplicates_across_splits`."""
     _check_options(image_size, layout)
     split_dir = Path(split_dir)
     if not dataset.images:
@@ -220,7 +221,7 @@ def write_split(
     tmp = out / f".{split_dir.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
+        digests = _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
         if split_dir.exists():  # a previous store of this split: swap it out, then delete it
             old = out / f".{split_dir.name}.old-{os.getpid()}"
             os.replace(split_dir, old)
@@ -231,38 +232,30 @@ def write_split(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return split_dir
+    return split_dir, digests
 
 
-def _write_into(
-    tmp: Path,
-    dataset: SourceDataset,
-    image_size: int,
-    skip_bad: bool,
-    workers: int,
-    layout: str,
-    root: str | Path | None,
-    progress: bool,
-) -> None:
-    num_source, size = len(dataset.images), image_size
-    td_dir = tmp / "td"
-    td_dir.mkdir()
-    report = Report()
-    report.merge(dataset.report)
-    images_shape = (num_source, 3, size, size)
-    images_file = td_dir / "images.memmap"
-    if layout == "raw":
-        _memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
-        init_args = (size, layout, str(images_file), images_shape)
-    else:
-        init_args = (size, layout, None, None)
-    encoded_file = open(td_dir / "encoded.memmap", "wb") if layout == "compact" else None  # noqa: SIM115
-    offsets = [0]
-    kept: list[int] = []
-    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    paths = [str(im.path) for im in dataset.images]
-    bar = tqdm(total=num_source, desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
-    results = _decode_all(paths, workers, init_args)
+class _Decoding(NamedTuple):
+    """What `_decode_split` gathered, by kept image (unreadable ones skipped)."""
+
+    kept: list[int]
+    """slots (indices into the dataset's images)"""
+    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    """(size_hw, boxes, labels, crowd boxes, crowd labels)"""
+    offsets: list[int]
+    """compact layout: byte offsets of each JPEG in `encoded` (N + 1)"""
+    digests: list[str | None]
+
+
+def _decode_split(
+    dataset: SourceDataset, workers: int, init_args: tuple, td_dir: Path, skip_bad: bool, progress: bool, report: Report
+) -> _Decoding:
+    """Decode every image through the pool, in order: fixes counted, boxes fixed, JPEGs appended (compact)."""
+    compact = init_args[1] == "compact"
+    encoded_file = open(td_dir / "encoded.memmap", "wb") if compact else None  # noqa: SIM115
+    done = _Decoding([], [], [0], [])
+    bar = tqdm(total=len(dataset.images), desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
+    results = _decode_all([str(im.path) for im in dataset.images], workers, init_args)
     try:
         for result in results:
             bar.update(1)
@@ -274,34 +267,37 @@ def _write_into(
                 continue
             for fix in result.fixes:
                 report.add(fix, image.path)
-            kept.append(result.slot)
-            rows.append((result.size_hw, *_fix_boxes(image, result.size_hw, report)))
+            done.kept.append(result.slot)
+            done.rows.append((result.size_hw, *_fix_boxes(image, result.size_hw, report)))
+            done.digests.append(result.digest)
             if encoded_file is not None:
                 encoded_file.write(result.jpeg.tobytes())
-                offsets.append(offsets[-1] + len(result.jpeg))
+                done.offsets.append(done.offsets[-1] + len(result.jpeg))
     finally:
         results.close()  # on an error, stop the pool now rather than when the traceback is freed
         bar.close()
         if encoded_file is not None:
             encoded_file.close()
-    if not kept:
-        raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
-    n = len(kept)
-    if layout == "raw" and n < num_source:
-        _compact_raw_images(images_file, images_shape, kept)
-    shapes = _write_targets(td_dir, rows, [dataset.images[i] for i in kept], size)
-    if layout == "raw":
-        shapes["images"] = (torch.uint8, (n, 3, size, size))
-    else:
-        offsets_mm = _memmap(td_dir, "offsets", np.int64, (n + 1,))
-        offsets_mm[:] = offsets
-        offsets_mm.flush()
-        shapes["encoded"] = (torch.uint8, (offsets[-1],))
-        shapes["offsets"] = (torch.int64, (n + 1,))
-    _save_tensordict(td_dir, shapes)
+    return done
 
-    root_path = Path(root) if root is not None else None
-    meta = {
+
+def _image_tensors(td_dir: Path, layout: str, num_source: int, size: int, done: _Decoding) -> dict:
+    """Finish the images' files (close the holes of skipped ones; write the offsets) and return their shapes."""
+    n = len(done.kept)
+    if layout == "raw":
+        if n < num_source:
+            close_holes(td_dir / "images.memmap", (num_source, 3, size, size), done.kept)
+        return {"images": (torch.uint8, (n, 3, size, size))}
+    offsets_mm = new_memmap(td_dir, "offsets", np.int64, (n + 1,))
+    offsets_mm[:] = done.offsets
+    offsets_mm.flush()
+    return {"encoded": (torch.uint8, (done.offsets[-1],)), "offsets": (torch.int64, (n + 1,))}
+
+
+def _meta(dataset: SourceDataset, layout: str, size: int, done: _Decoding, report: Report, root: Path | None) -> dict:
+    """meta.json's contents (docs/design.md, "The store")."""
+    rows = done.rows
+    return {
         "version": STORE_VERSION,
         "layout": layout,
         "format": dataset.format,
@@ -309,74 +305,49 @@ def _write_into(
         "image_size": size,
         "classes": list(dataset.classes),
         "category_ids": [int(c) for c in dataset.category_ids],
-        "num_images": n,
+        "num_images": len(done.kept),
         "num_boxes": sum(len(r[2]) for r in rows),
         "max_boxes": max(1, max(len(r[2]) for r in rows)),
         "boxes_per_class": np.bincount(
             np.concatenate([r[2] for r in rows]).astype(np.int64), minlength=len(dataset.classes)
         ).tolist(),
-        "files": [_relative(dataset.images[i].path, root_path) for i in kept],
+        "files": [_relative(dataset.images[i].path, root) for i in done.kept],
         "report": report.to_json(),
         "complete": True,
     }
-    # meta.json last: its presence is what makes the folder a store.
-    with open(tmp / "meta.json.part", "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp / "meta.json.part", tmp / "meta.json")
 
 
-def _write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: int) -> dict:
-    """Boxes padded to the split's largest count (M >= 1) with validity masks; sizes, scales, ids."""
-    n = len(rows)
-    m = max(1, max(len(r[2]) for r in rows))
-    mc = max(1, max(len(r[3]) for r in rows))
-    boxes = _memmap(td_dir, "boxes_xyxy", np.float32, (n, m, 4))
-    labels = _memmap(td_dir, "labels", np.int64, (n, m))
-    valid = _memmap(td_dir, "valid", np.bool_, (n, m))
-    crowd = _memmap(td_dir, "crowd_boxes_xyxy", np.float32, (n, mc, 4))
-    crowd_valid = _memmap(td_dir, "crowd_valid", np.bool_, (n, mc))
-    crowd_labels = _memmap(td_dir, "crowd_labels", np.int64, (n, mc))  # -1: unknown class, ignored for all
-    orig_size = _memmap(td_dir, "orig_size", np.int64, (n, 2))
-    scale = _memmap(td_dir, "scale", np.float32, (n,))
-    image_id = _memmap(td_dir, "image_id", np.int64, (n,))
-    for i, ((h, w), b, lab, c, c_lab) in enumerate(rows):
-        s = size / max(h, w)  # the letterbox scale (letterbox_params); store pixels = original pixels * s
-        boxes[i, : len(b)] = b * s
-        labels[i, : len(b)] = lab
-        valid[i, : len(b)] = True
-        crowd[i, : len(c)] = c * s
-        crowd_valid[i, : len(c)] = True
-        crowd_labels[i, : len(c)] = c_lab
-        orig_size[i] = (h, w)
-        scale[i] = s
-        image_id[i] = images[i].image_id if images[i].image_id >= 0 else i
-    arrays = {
-        "boxes_xyxy": boxes,
-        "labels": labels,
-        "valid": valid,
-        "crowd_boxes_xyxy": crowd,
-        "crowd_valid": crowd_valid,
-        "crowd_labels": crowd_labels,
-        "orig_size": orig_size,
-        "scale": scale,
-        "image_id": image_id,
-    }
-    for a in arrays.values():
-        a.flush()
-    return {key: (_TORCH_DTYPES[a.dtype], a.shape) for key, a in arrays.items()}
-
-
-def _save_tensordict(td_dir: Path, shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
-    """Write tensordict's own metadata over the memmap files already in `td_dir` (no data is copied).
-
-    The tensordict has batch_size [] because the compact layout's `encoded` bytes are not per image.
-    """
-    tensors = {
-        key: MemoryMappedTensor.from_filename(td_dir / f"{key}.memmap", dtype=dtype, shape=shape)
-        for key, (dtype, shape) in shapes.items()
-    }
-    # memmap_ sees tensors already memory-mapped at these very files and only writes td/meta.json.
-    TensorDict(tensors, batch_size=[]).memmap_(td_dir, existsok=True)
+def _write_into(
+    tmp: Path,
+    dataset: SourceDataset,
+    image_size: int,
+    skip_bad: bool,
+    workers: int,
+    layout: str,
+    root: str | Path | None,
+    progress: bool,
+) -> list[tuple[str | None, str]]:
+    """Write the whole store of one split into `tmp`, meta.json last; return (digest, file) per image kept."""
+    num_source, size = len(dataset.images), image_size
+    td_dir = tmp / "td"
+    td_dir.mkdir()
+    report = Report()
+    report.merge(dataset.report)
+    if layout == "raw":
+        images_shape = (num_source, 3, size, size)
+        new_memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
+        init_args: tuple = (size, layout, str(td_dir / "images.memmap"), images_shape)
+    else:
+        init_args = (size, layout, None, None)
+    done = _decode_split(dataset, workers, init_args, td_dir, skip_bad, progress, report)
+    if not done.kept:
+        raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
+    shapes = write_targets(td_dir, done.rows, [dataset.images[i] for i in done.kept], size)
+    shapes |= _image_tensors(td_dir, layout, num_source, size, done)
+    save_tensordict(td_dir, shapes)
+    root_path = Path(root) if root is not None else None
+    write_meta(tmp, _meta(dataset, layout, size, done, report, root_path))
+    return [(d, str(dataset.images[i].path)) for d, i in zip(done.digests, done.kept)]
 
 
 def prepare(
@@ -388,21 +359,25 @@ def prepare(
     workers: int | None = None,
     layout: str = "raw",
     progress: bool = True,
+    allow_background: bool = False,
+    unlabeled: bool = False,
 ) -> list[str]:
     """Read a dataset folder (or file) and write `out/<split>` for each split; return the split names.
 
     `source` may also be a list of `SourceDataset` (e.g. built in memory). Raises `OnedetError` on bad input:
-    without `skip_bad`, the first unreadable image stops the run, naming the file.
+    without `skip_bad`, the first unreadable image stops the run, naming the file; without `allow_background`,
+    a split where too few images have labels (`checks.check_labels_found`) stops it before anything is
+    written. `unlabeled`: every image under the `source` folder, annotations ignored, as one split
+    "unlabeled" with no boxes (e.g. for distillation). Images found in two splits (same bytes) are a
+    warning, printed and added to the report of each split involved ("duplicates_across_splits").
     """
     _check_options(image_size, layout)  # before reading a large dataset's annotations
     flush_denormals()  # before torch's thread pool starts (onedet/cpu.py); later training inherits it
     if isinstance(source, (str, Path)):
-        from onedet.data.formats import read_dataset
-
         source = Path(source)
         if not source.exists():
             raise OnedetError(f"{source}: dataset not found")
-        datasets = read_dataset(source, format=format)
+        datasets = _read(source, format, unlabeled)
         root: Path | None = source if source.is_dir() else source.parent
     else:
         datasets, root = list(source), None
@@ -410,6 +385,35 @@ def prepare(
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise OnedetError(f"{out}: several splits share a name: {names}")
+    if not (allow_background or unlabeled):
+        check_labels_found(datasets)
+    digests = {}
     for dataset in datasets:
-        write_split(dataset, out / dataset.name, image_size, skip_bad, workers, layout, root, progress)
+        _, digests[dataset.name] = _write_split(
+            dataset, out / dataset.name, image_size, skip_bad, workers, layout, root, progress
+        )
+    _report_duplicates(out, digests)
     return names
+
+
+def _read(source: Path, format: str, unlabeled: bool) -> list[SourceDataset]:
+    from onedet.data.formats import read_dataset, read_unlabeled
+
+    return [read_unlabeled(source)] if unlabeled else read_dataset(source, format=format)
+
+
+def _report_duplicates(out: Path, digests: dict[str, list[tuple[str | None, str]]]) -> None:
+    """Add "duplicates_across_splits" to the report of each split involved, and print one warning line.
+
+    The splits are complete stores by now: meta.json is read, extended and replaced atomically.
+    """
+    found = duplicates_across_splits(digests)
+    for split, (files, note) in found.items():
+        meta_path = out / split / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["report"][DUPLICATES] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
+        meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
+        write_meta(out / split, meta)
+    if found:  # one line: the first split's note says what, the report of each split says the rest
+        first = next(iter(found.values()))[1]
+        print(f"warning: {first}; see {DUPLICATES} in the report of {', '.join(found)}", file=sys.stderr)

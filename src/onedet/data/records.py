@@ -36,7 +36,11 @@ class SourceImage:
     crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """int64 [Mc]: the contiguous label of each crowd region, for which class COCO ignores it. Empty while
     `crowd_boxes_xyxy` is not (a record built without them) means unknown: prepare stores -1, an ignore region
-    for every class. Last, so that records built positionally before it existed keep their meaning."""
+    for every class. After the older fields, so that records built positionally keep their meaning."""
+    labeled: bool = True
+    """Whether the reader found an annotation for this image (a YOLO label file, even empty; a COCO annotation;
+    a VOC XML). False when its labels were looked for and not found: prepare refuses a split where too few
+    images are labeled (unless `allow_background`), because that is what a wrong label path looks like."""
 
 
 @dataclass
@@ -84,3 +88,5 @@ class SourceDataset:
     """The dataset's own class id by contiguous label (COCO category id; else the label itself)."""
     images: list[SourceImage]
     report: Report = field(default_factory=Report)
+    searched: list[str] = field(default_factory=list)
+    """Where the reader looked for annotations (label folders, a JSON file, an XML folder), for messages."""

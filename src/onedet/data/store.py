@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from onedet.data.checks import DUPLICATES
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
@@ -40,6 +41,8 @@ _PER_IMAGE_KEYS = (
     "scale",
     "image_id",
 )
+WARNING_KINDS = frozenset({DUPLICATES})
+"""Report kinds that are not fixes but something to look at (`format_summary` lists them first, as warnings)."""
 _UNKNOWN_CROWD_LABEL = -1
 """`crowd_labels` of a crowd region whose class is unknown: an ignore region for every class. Stores written
 before `crowd_labels` existed (same version 1) read as all unknown, which is how they were evaluated."""
@@ -265,15 +268,24 @@ def format_summary(summary: dict[str, dict], max_files: int = 3) -> str:
         lines.append(f"  {'class':<{width}}  {'boxes':>8}")
         for name, count in s["per_class"].items():
             lines.append(f"  {name:<{width}}  {count:>8}")
-        if s["report"]:
-            lines.append("  fixed / skipped:")
-            for kind, item in s["report"].items():
-                files = item["files"]
-                shown = ", ".join(Path(f).name for f in files[:max_files])
-                more = f", ... ({len(files) - max_files} more files)" if len(files) > max_files else ""
-                lines.append(f"    {kind:<28} {item['count']:>6}  {shown}{more}")
-                if item.get("note"):
-                    lines.append(f"    {'':<28} {'':>6}  ({item['note']})")
-        else:
+        warned = {k: v for k, v in s["report"].items() if k in WARNING_KINDS}
+        fixed = {k: v for k, v in s["report"].items() if k not in WARNING_KINDS}
+        for title, items in (("warnings:", warned), ("fixed / skipped:", fixed)):
+            if items:
+                lines.append(f"  {title}")
+                lines += _report_lines(items, max_files)
+        if not fixed:
             lines.append("  nothing fixed or skipped")
     return "\n".join(lines)
+
+
+def _report_lines(items: dict[str, dict], max_files: int) -> list[str]:
+    lines = []
+    for kind, item in items.items():
+        files = item["files"]
+        shown = ", ".join(Path(f).name for f in files[:max_files])
+        more = f", ... ({len(files) - max_files} more files)" if len(files) > max_files else ""
+        lines.append(f"    {kind:<28} {item['count']:>6}  {shown}{more}")
+        if item.get("note"):
+            lines.append(f"    {'':<28} {'':>6}  ({item['note']})")
+    return lines

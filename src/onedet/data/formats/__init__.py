@@ -14,16 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from onedet.data.formats.coco import find_coco_files, read_coco
-from onedet.data.formats.voc import find_voc_root, read_voc
+from onedet.data.formats.common import list_images
+from onedet.data.formats.voc import find_voc_layout, read_voc
 from onedet.data.formats.yolo import find_yaml, read_yolo
-from onedet.data.records import Report, SourceDataset
+from onedet.data.images import IMAGE_SUFFIXES
+from onedet.data.records import Report, SourceDataset, SourceImage
 from onedet.errors import OnedetError
 
 FORMATS = ("coco", "yolo", "voc")
 LAYOUTS = (
     "COCO: instances JSON files (e.g. annotations/instances_train2017.json with images in train2017/); "
     "YOLO: data.yaml and/or {train,valid,test}/{images,labels} or images/{train,val} + labels/{train,val}; "
-    "Pascal VOC: Annotations/ + JPEGImages/ (+ ImageSets/Main/{train,val,test}.txt)"
+    "Pascal VOC: Annotations/ + JPEGImages/ (+ ImageSets/Main/{train,val,test}.txt), or any folder of VOC XML "
+    "files (e.g. annotations/, annots/) beside a folder of images"
 )
 _READERS = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc}
 
@@ -53,7 +56,7 @@ def detect_format(source: Path) -> str:
         if source.suffix in (".yaml", ".yml"):
             return "yolo"
         raise OnedetError(f"{source}: expected a dataset folder, a COCO .json or a YOLO data.yaml")
-    if find_voc_root(source) is not None:
+    if find_voc_layout(source) is not None:
         return "voc"
     if find_coco_files(source):
         return "coco"
@@ -69,7 +72,7 @@ def detect_format(source: Path) -> str:
 
 def _recognised(source: Path, format: str) -> bool:
     if format == "voc":
-        return find_voc_root(source) is not None
+        return find_voc_layout(source) is not None
     if format == "coco":
         return bool(find_coco_files(source))
     return find_yaml(source) is not None or _has_yolo_labels(source)
@@ -97,9 +100,10 @@ def hold_out_val(dataset: SourceDataset, holdout_fraction: float = 0.1, seed: in
     val_report.note("held_out_val", f"held out {n_val} images of {dataset.name} as val")
     keep = [im for im, held in zip(dataset.images, is_val) if not held]
     val = [im for im, held in zip(dataset.images, is_val) if held]
+    searched = list(dataset.searched)
     return [
-        SourceDataset(rest_name, dataset.format, dataset.classes, dataset.category_ids, keep, dataset.report),
-        SourceDataset("val", dataset.format, dataset.classes, dataset.category_ids, val, val_report),
+        SourceDataset(rest_name, dataset.format, dataset.classes, dataset.category_ids, keep, dataset.report, searched),
+        SourceDataset("val", dataset.format, dataset.classes, dataset.category_ids, val, val_report, searched),
     ]
 
 
@@ -122,3 +126,17 @@ def read_dataset(
     if len(splits) == 1:
         splits = hold_out_val(splits[0], holdout_fraction, seed)
     return splits
+
+
+def read_unlabeled(source: Path) -> SourceDataset:
+    """Every image under the folder `source` (recursively, annotations ignored) as one split "unlabeled", no boxes."""
+    source = Path(source)
+    if not source.is_dir():
+        raise OnedetError(f"{source}: unlabeled images are read from a folder")
+    report = Report()
+    paths = list_images(source, report)
+    if not paths:
+        raise OnedetError(f"{source}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    none = np.zeros((0, 4), np.float32)
+    images = [SourceImage(p, none, np.zeros(0, np.int64), labeled=False) for p in paths]
+    return SourceDataset("unlabeled", "images", [], [], images, report, [str(source)])

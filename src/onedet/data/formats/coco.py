@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -91,12 +92,34 @@ def _categories(json_path: Path, data: dict) -> tuple[list[str], list[int]]:
     return [by_id[i] for i in ids], ids
 
 
-def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | None = None) -> SourceDataset:
-    """One split from one COCO instances JSON (boxes clipped to the declared image size, fixes counted).
+class _Images(NamedTuple):
+    """The `images` table of a COCO file: one row per entry, in file order."""
 
-    `reference` is another split's (classes, category_ids): this file's categories must be a subset of them
-    (same names), so that every split shares one label mapping.
-    """
+    row_of: dict[int, int]
+    """image id -> row"""
+    paths: list[Path]
+    sizes: np.ndarray
+    """float64 [N, 2] (h, w): declared, or read from the header when undeclared"""
+    present: np.ndarray
+    """bool [N]: the image file exists"""
+
+
+class _Annotations(NamedTuple):
+    """The usable annotations of a COCO file as flat arrays, one entry per box."""
+
+    owner: np.ndarray
+    """int64 [A]: the row of the box's image"""
+    boxes_xyxy: np.ndarray
+    """float64 [A, 4], as annotated (not yet clipped)"""
+    labels: np.ndarray
+    """int64 [A], contiguous"""
+    crowd: np.ndarray
+    """bool [A]: iscrowd"""
+    annotated: np.ndarray
+    """bool [N]: the image has at least one annotation entry, usable or not"""
+
+
+def _load_json(json_path: Path) -> dict:
     try:
         with open(json_path, "rb") as f:
             data = json.load(f)
@@ -104,22 +127,30 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
         raise OnedetError(f"{json_path}: not a readable JSON file ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise OnedetError(f"{json_path}: not a COCO instances file (expected top-level 'images', 'annotations')")
+    return data
+
+
+def _label_mapping(
+    json_path: Path, data: dict, reference: tuple[list[str], list[int]] | None
+) -> tuple[list[str], list[int]]:
+    """(classes, category_ids) of this file, or of `reference` when this file's categories are a subset of it."""
     classes, category_ids = _categories(json_path, data)
     if reference is not None:
         ref = dict(zip(reference[1], reference[0]))
         if any(ref.get(cid) != name for cid, name in zip(category_ids, classes)):
             raise OnedetError(f"{json_path}: its categories differ from the other split's; all splits must share them")
         classes, category_ids = reference
-    label_of = {cid: label for label, cid in enumerate(category_ids)}
-    report = Report()
+    return classes, category_ids
 
-    # Images first: their row in `images` indexes the per-box arrays below.
-    root = _image_root(json_path, data["images"])
+
+def _read_images(json_path: Path, entries: list, report: Report) -> _Images:
+    """Rows of the `images` table; missing files counted. Their row indexes the per-box arrays."""
+    root = _image_root(json_path, entries)
     row_of: dict[int, int] = {}
     paths: list[Path] = []
-    sizes = np.zeros((len(data["images"]), 2), np.float64)
-    present = np.zeros(len(data["images"]), bool)
-    for row, im in enumerate(data["images"]):
+    sizes = np.zeros((len(entries), 2), np.float64)
+    present = np.zeros(len(entries), bool)
+    for row, im in enumerate(entries):
         image_id, name = im.get("id"), im.get("file_name")
         if not isinstance(image_id, int) or image_id in row_of or not isinstance(name, str):
             raise OnedetError(f"{json_path}: image entry {im!r} needs a unique integer 'id' and a 'file_name'")
@@ -132,17 +163,24 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
         w, h = im.get("width"), im.get("height")
         declared = isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
         sizes[row] = (h, w) if declared else image_size(path)  # undeclared: read the header (cheap)
-    if data["images"] and not present.any():
-        raise OnedetError(f"{json_path}: none of its {len(data['images'])} images exist under {root}")
+    if entries and not present.any():
+        raise OnedetError(f"{json_path}: none of its {len(entries)} images exist under {root}")
+    return _Images(row_of, paths, sizes, present)
 
-    # Annotations: one Python pass into flat lists; clipping and counting are vectorised over all boxes, which
-    # keeps a COCO-sized file (~1M boxes) to seconds.
+
+def _read_annotations(
+    json_path: Path, data: dict, images: _Images, label_of: dict[int, int], report: Report
+) -> _Annotations:
+    """One Python pass into flat lists (clipping and counting are then vectorised over all boxes, which keeps a
+    COCO-sized file, ~1M boxes, to seconds); entries without an image or a bbox counted."""
     owner, xywh, labels, crowd = [], [], [], []
+    annotated = np.zeros(len(images.paths), bool)
     for ann in data.get("annotations", []):
-        row, bbox = row_of.get(ann.get("image_id")), ann.get("bbox")
+        row, bbox = images.row_of.get(ann.get("image_id")), ann.get("bbox")
         if row is None:
             report.add("annotations_without_image", json_path)
             continue
+        annotated[row] = True
         if not (isinstance(bbox, list) and len(bbox) == 4):  # values are checked below, all at once
             report.add("annotations_without_bbox", json_path)
             continue
@@ -152,16 +190,15 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
             if not is_crowd:
                 raise OnedetError(
                     f"{json_path}: annotation id {ann.get('id')} has category_id {ann.get('category_id')!r}, "
-                    f"not among the declared categories {category_ids}"
+                    f"not among the declared categories {sorted(label_of)}"
                 )
-            if present[row]:
-                report.add("crowd_unknown_category", paths[row])
+            if images.present[row]:
+                report.add("crowd_unknown_category", images.paths[row])
             continue
         owner.append(row)
         xywh.append(bbox)
         labels.append(label)
         crowd.append(is_crowd)
-    owner_a = np.array(owner, np.int64)
     try:
         boxes = np.array(xywh, np.float64).reshape(-1, 4)
     except (TypeError, ValueError) as e:
@@ -170,43 +207,74 @@ def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | Non
         bad = owner[int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])]
         raise OnedetError(f"{json_path}: a bbox of image {data['images'][bad].get('id')} is not four finite numbers")
     boxes[:, 2:] += boxes[:, :2]
-    crowd_a, labels_a = np.array(crowd, bool), np.array(labels, np.int64)
-    clipped, keep, moved = clip_boxes(boxes, sizes[owner_a])
-    live = present[owner_a]  # fixes on images that are missing are not counted: the image is skipped anyway
-    n = len(paths)
+    return _Annotations(np.array(owner, np.int64), boxes, np.array(labels, np.int64), np.array(crowd, bool), annotated)
+
+
+def _clip_and_count(images: _Images, anns: _Annotations, report: Report) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes clipped to their image (float32 [A, 4]) and `keep` [A] (area left); fixes counted per image.
+
+    Fixes on images that are missing are not counted: the image is skipped anyway.
+    """
+    clipped, keep, moved = clip_boxes(anns.boxes_xyxy, images.sizes[anns.owner])
+    live, crowd, n = images.present[anns.owner], anns.crowd, len(images.paths)
     for kind, mask in (
-        ("zero_area_boxes", ~keep & ~crowd_a),
-        ("clipped_boxes", moved & keep & ~crowd_a),
-        ("crowd_zero_area_boxes", ~keep & crowd_a),
-        ("crowd_clipped_boxes", moved & keep & crowd_a),
+        ("zero_area_boxes", ~keep & ~crowd),
+        ("clipped_boxes", moved & keep & ~crowd),
+        ("crowd_zero_area_boxes", ~keep & crowd),
+        ("crowd_clipped_boxes", moved & keep & crowd),
     ):
-        counts = np.bincount(owner_a[mask & live], minlength=n)
+        counts = np.bincount(anns.owner[mask & live], minlength=n)
         for row in np.flatnonzero(counts):
-            report.add(kind, paths[row], int(counts[row]))
-    has_boxes = np.bincount(owner_a[~crowd_a], minlength=n) > 0
-    clipped32 = clipped.astype(np.float32)
+            report.add(kind, images.paths[row], int(counts[row]))
+    return clipped.astype(np.float32), keep
+
+
+def _records(
+    entries: list, images: _Images, anns: _Annotations, clipped: np.ndarray, keep: np.ndarray, report: Report
+) -> list[SourceImage]:
+    """One `SourceImage` per present image, its boxes and crowd regions in file order."""
+    n = len(images.paths)
 
     def grouped(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indices of the selected boxes sorted by image (stable: file order), and each image's [start, end)."""
         idx = np.flatnonzero(mask)
-        idx = idx[np.argsort(owner_a[idx], kind="stable")]
-        return idx, np.searchsorted(owner_a[idx], np.arange(n + 1))
+        idx = idx[np.argsort(anns.owner[idx], kind="stable")]
+        return idx, np.searchsorted(anns.owner[idx], np.arange(n + 1))
 
-    train_idx, train_at = grouped(keep & ~crowd_a)
-    crowd_idx, crowd_at = grouped(keep & crowd_a)
-    images: list[SourceImage] = []
-    for row, im in enumerate(data["images"]):
-        if not present[row]:
+    has_boxes = np.bincount(anns.owner[~anns.crowd], minlength=n) > 0
+    train_idx, train_at = grouped(keep & ~anns.crowd)
+    crowd_idx, crowd_at = grouped(keep & anns.crowd)
+    records: list[SourceImage] = []
+    for row, im in enumerate(entries):
+        if not images.present[row]:
             continue
         if not has_boxes[row]:
-            report.add("background_images", paths[row])
+            report.add("background_images", images.paths[row])
         sel, crowd_sel = train_idx[train_at[row] : train_at[row + 1]], crowd_idx[crowd_at[row] : crowd_at[row + 1]]
-        size_hw = (int(sizes[row, 0]), int(sizes[row, 1]))
-        cb = clipped32[crowd_sel] if len(crowd_sel) else empty_boxes()
-        image = SourceImage(paths[row], clipped32[sel], labels_a[sel], cb, im["id"], size_hw)
-        image.crowd_labels = labels_a[crowd_sel]
-        images.append(image)
-    return SourceDataset(split_name(json_path), "coco", classes, category_ids, images, report)
+        size_hw = (int(images.sizes[row, 0]), int(images.sizes[row, 1]))
+        cb = clipped[crowd_sel] if len(crowd_sel) else empty_boxes()
+        record = SourceImage(images.paths[row], clipped[sel], anns.labels[sel], cb, im["id"], size_hw)
+        record.crowd_labels = anns.labels[crowd_sel]
+        record.labeled = bool(anns.annotated[row])
+        records.append(record)
+    return records
+
+
+def read_coco_file(json_path: Path, reference: tuple[list[str], list[int]] | None = None) -> SourceDataset:
+    """One split from one COCO instances JSON (boxes clipped to the declared image size, fixes counted).
+
+    `reference` is another split's (classes, category_ids): this file's categories must be a subset of them
+    (same names), so that every split shares one label mapping.
+    """
+    data = _load_json(json_path)
+    classes, category_ids = _label_mapping(json_path, data, reference)
+    label_of = {cid: label for label, cid in enumerate(category_ids)}
+    report = Report()
+    images = _read_images(json_path, data["images"], report)
+    anns = _read_annotations(json_path, data, images, label_of, report)
+    clipped, keep = _clip_and_count(images, anns, report)
+    records = _records(data["images"], images, anns, clipped, keep, report)
+    return SourceDataset(split_name(json_path), "coco", classes, category_ids, records, report, [str(json_path)])
 
 
 def read_coco(source: Path) -> list[SourceDataset]:

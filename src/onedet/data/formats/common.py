@@ -7,6 +7,7 @@ readers call it when they know the image size; prepare calls it for a record it 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from onedet.data.images import IMAGE_SUFFIXES
 from onedet.data.records import Report
+from onedet.errors import OnedetError
 
 CLIP_TOLERANCE_PX = 1e-2
 """A box further outside the image than this is counted as clipped; closer is float noise (YOLO's rounded
@@ -75,6 +77,45 @@ def normalize_split_name(name: str) -> str:
     return _SPLIT_ALIASES.get(name, name)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted for a deterministic order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+REPEATED_FOLDERS = "symlinked_folders_skipped"
+"""Report kind of folders reached a second time through a symlink while listing images (read once)."""
+
+
+def list_images(folder: Path, report: Report | None = None) -> list[Path]:
+    """Image files under `folder` (recursively, through symlinked folders too), sorted for a deterministic order.
+
+    Paths are as reached from `folder`, never resolved: a YOLO label path is derived from the image path as
+    written. A folder reached again through a symlink (a loop, or a second link to it) is read once: counted
+    and listed in `report` as "symlinked_folders_skipped", or, without a report, an `OnedetError`.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    pending = [Path(folder)]
+
+    def skip(path: Path, why: str) -> None:
+        if report is None:
+            raise OnedetError(f"{path}: {why}")
+        report.add(REPEATED_FOLDERS, path)
+
+    while pending:
+        current = pending.pop()
+        try:
+            st = current.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                skip(current, "a symlink leads back to a folder already listed (a loop?)")
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()  # follows symlinks; `seen` stops loops
+                    except OSError as e:  # ELOOP: a symlink to itself, which the OS refuses to follow
+                        skip(Path(entry.path), f"a symlink that cannot be followed ({e.strerror})")
+                        continue
+                    if is_dir:
+                        pending.append(Path(entry.path))
+                    elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                        found.append(Path(entry.path))
+        except OSError as e:  # e.g. no permission
+            raise OnedetError(f"{current}: cannot list this folder ({e})") from e
+    return sorted(found)

@@ -1,7 +1,18 @@
-"""Pascal VOC XML: `Annotations/*.xml`, `JPEGImages/`, splits from `ImageSets/Main/{train,val,test}.txt`.
+"""Pascal VOC XML: a folder of `*.xml` annotations beside a folder of images, splits from `ImageSets/Main`.
+
+Two layouts, looked for in this order in the folder given, one level down, and (for VOCdevkit) two levels:
+
+- VOC's own: `Annotations/` + `JPEGImages/` (+ `ImageSets/Main/{train,val,test}.txt`);
+- what exports use (labelImg, Roboflow, CVAT, Kaggle): any folder of XML files whose root is `<annotation>`
+  (found by content, e.g. `annotations/`, `annots/`, `xml/`, or the images' own folder), the images in it or in
+  its sibling folders (e.g. `images/`).
 
 `trainval.txt` is the union of `train` and `val`, not a split of its own: it is used (as "train") only when
-neither `train.txt` nor `val.txt` exists. Without `ImageSets/Main`, every annotation is one "train" split.
+neither `train.txt` nor `val.txt` exists. Without `ImageSets/Main`, every annotation is one "train" split
+(note "no_split_files"), from which `read_dataset` holds out a val split. Each XML's image is found by its
+`<filename>`, then by the file name of its `<path>` (often an absolute path on the author's machine: only its
+last part is used), then by the XML's stem with an image suffix, in each image folder in turn (directly, then
+anywhere below it); a fallback past `<filename>` is counted ("filename_not_found").
 
 VOC coordinates are 1-based inclusive integer pixel indices: a box over pixel columns 1..10 is
 `xmin=1, xmax=10`. In onedet's continuous coordinates (column 0 spans 0..1) that is `x0 = xmin - 1,
@@ -16,39 +27,114 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
+from typing import NamedTuple
 
 import numpy as np
 
-from onedet.data.formats.common import clean_boxes, empty_boxes, normalize_split_name
+from onedet.data.formats.common import clean_boxes, empty_boxes, list_images, normalize_split_name
 from onedet.data.images import IMAGE_SUFFIXES, image_size
 from onedet.data.records import Report, SourceDataset, SourceImage
 from onedet.errors import OnedetError
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """`entry.is_dir()` / `is_file()`, False for a symlink the OS refuses to follow (ELOOP)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
+
+
 def _subdirs(folder: Path) -> list[Path]:
     # os.scandir knows directories from the listing itself: cheap even next to a folder of a million images.
     with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
+        return sorted(Path(e.path) for e in entries if not e.name.startswith(".") and _is(e, "dir"))
 
 
-def find_voc_root(source: Path) -> Path | None:
-    """The folder holding `Annotations/` and `JPEGImages/`: `source`, or one or two levels down (VOCdevkit)."""
+_STANDARD = ("Annotations", "JPEGImages")
+_SNIFF_FILES = 3
+
+
+class VocLayout(NamedTuple):
+    """Where a VOC dataset's parts are."""
+
+    root: Path
+    """The folder that holds `ImageSets/Main` when there are split files."""
+    annotations: Path
+    """The folder of XML files."""
+    image_dirs: tuple[Path, ...]
+    """Folders an XML's image is looked for in, in order."""
+
+
+def _is_voc_xml(path: Path) -> bool:
+    """True when an XML file's root element is `<annotation>` (only the first element is parsed)."""
+    try:
+        for _, element in ET.iterparse(path, events=("start",)):
+            return element.tag == "annotation"
+    except (OSError, ET.ParseError):
+        return False
+    return False
+
+
+def _has_voc_xml(folder: Path) -> bool:
+    """True when one of the first few `*.xml` files of `folder` is a VOC annotation."""
+    sniffed = 0
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.lower().endswith(".xml") and _is(e, "file"):
+                if _is_voc_xml(Path(e.path)):
+                    return True
+                if (sniffed := sniffed + 1) >= _SNIFF_FILES:
+                    return False
+    return False
+
+
+def _has_images(folder: Path) -> bool:
+    """True when `folder` holds an image file, directly or one level down (stops at the first one)."""
+    for level in (folder, *_subdirs(folder)[:8]):
+        with os.scandir(level) as entries:
+            if any(Path(e.name).suffix.lower() in IMAGE_SUFFIXES and _is(e, "file") for e in entries):
+                return True
+    return False
+
+
+def _layouts_in(folder: Path) -> list[VocLayout]:
+    """The VOC layouts rooted at `folder`: VOC's own names first, else XML folders found by content."""
+    if all((folder / name).is_dir() for name in _STANDARD):
+        return [VocLayout(folder, folder / "Annotations", (folder / "JPEGImages",))]
+    subdirs = _subdirs(folder)
+    image_dirs = [d for d in subdirs if _has_images(d)]
+    layouts = []
+    for d in subdirs:
+        if _has_voc_xml(d):
+            others = [i for i in image_dirs if i != d]
+            mixed = [d] if d in image_dirs else []  # labelImg saves each XML beside its image
+            if others or mixed:
+                layouts.append(VocLayout(folder, d, tuple(mixed + others)))
+    if not layouts and _has_voc_xml(folder) and _has_images(folder):
+        layouts.append(VocLayout(folder, folder, (folder,)))
+    return layouts
+
+
+def find_voc_layout(source: Path) -> VocLayout | None:
+    """The VOC layout at `source`, or one or two levels down (VOCdevkit/VOC2007); None when there is none."""
     if not source.is_dir():
         return None
     level1 = _subdirs(source)
-    level2 = [d for parent in level1 if parent.name not in ("Annotations", "JPEGImages") for d in _subdirs(parent)]
+    level2 = [d for parent in level1 if parent.name not in _STANDARD for d in _subdirs(parent)]
     for candidates in ([source], level1, level2):
-        roots = [p for p in candidates if (p / "Annotations").is_dir() and (p / "JPEGImages").is_dir()]
-        if len(roots) > 1:
-            raise OnedetError(f"{source}: several VOC folders ({', '.join(map(str, roots))}); pass the one to read")
-        if roots:
-            return roots[0]
+        layouts = [layout for folder in candidates for layout in _layouts_in(folder)]
+        if len(layouts) > 1:
+            found = ", ".join(str(x.annotations) for x in layouts)
+            raise OnedetError(f"{source}: several VOC annotation folders ({found}); pass the one to read")
+        if layouts:
+            return layouts[0]
     return None
 
 
-def _split_lists(root: Path) -> dict[str, list[str]]:
-    main = root / "ImageSets" / "Main"
+def _split_lists(layout: VocLayout, report: Report) -> dict[str, list[str]]:
+    main = layout.root / "ImageSets" / "Main"
     files = {p.stem: p for p in sorted(main.glob("*.txt")) if "_" not in p.stem} if main.is_dir() else {}
     if "train" in files or "val" in files:
         files.pop("trainval", None)  # the union of train and val
@@ -58,7 +144,8 @@ def _split_lists(root: Path) -> dict[str, list[str]]:
     for stem, path in files.items():
         splits[normalize_split_name(stem)] = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
     if not splits:
-        splits["train"] = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+        splits["train"] = sorted(p.stem for p in layout.annotations.glob("*.xml"))
+        report.note("no_split_files", f"no ImageSets/Main/*.txt in {layout.root}: all annotations read as train")
     return splits
 
 
@@ -79,8 +166,9 @@ def _number(bndbox: ET.Element | None, tag: str, xml: Path, index: int) -> float
         raise OnedetError(f"{xml}: object {index} has no numeric bndbox/{tag} (got {text!r})") from e
 
 
-def parse_xml(xml: Path) -> tuple[_Parsed, str | None]:
-    """Boxes in continuous pixels (degenerate boxes made zero-width for `clean_boxes` to drop and count)."""
+def parse_xml(xml: Path) -> tuple[_Parsed, tuple[str | None, str | None]]:
+    """Boxes in continuous pixels (degenerate boxes made zero-width for `clean_boxes` to drop and count), and the
+    image's `<filename>` and `<path>` as written (None when absent)."""
     try:
         tree = ET.parse(xml).getroot()
     except (OSError, ET.ParseError) as e:
@@ -103,40 +191,69 @@ def parse_xml(xml: Path) -> tuple[_Parsed, str | None]:
             boxes.append([x0 - 1, y0 - 1, x1, y1])  # 1-based inclusive -> continuous
         names.append(name)
         difficult.append((obj.findtext("difficult") or "0").strip() in ("1", "true"))
-    return _Parsed(xml, size_hw, names, np.array(boxes, np.float64).reshape(-1, 4), np.array(difficult, bool)), (
-        tree.findtext("filename")
-    )
+    parsed = _Parsed(xml, size_hw, names, np.array(boxes, np.float64).reshape(-1, 4), np.array(difficult, bool))
+    return parsed, ((tree.findtext("filename") or "").strip() or None, (tree.findtext("path") or "").strip() or None)
 
 
-def _image_file(root: Path, stem: str, filename: str | None) -> Path | None:
-    if filename and (p := root / "JPEGImages" / filename).is_file():
-        return p
-    for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", *sorted(IMAGE_SUFFIXES)):
-        if (p := root / "JPEGImages" / f"{stem}{suffix}").is_file():
-            return p
-    return None
+class _ImageFinder:
+    """Finds an XML's image in the layout's image folders: a direct look-up first (a stat per candidate name), a
+    listing of the folders (built once, on the first miss) for images in sub-folders."""
+
+    def __init__(self, layout: VocLayout, report: Report) -> None:
+        self.dirs, self.report = layout.image_dirs, report
+        self._by_name: dict[str, Path] | None = None
+
+    def _listed(self) -> dict[str, Path]:
+        if self._by_name is None:
+            self._by_name = {}
+            for folder in self.dirs:
+                for path in list_images(folder, self.report):
+                    self._by_name.setdefault(path.name, path)
+        return self._by_name
+
+    def find(self, stem: str, filename: str | None, path_text: str | None) -> Path | None:
+        # <path> is often C:\Users\...\x.jpg from the author's machine: only its file name is used.
+        names = [filename, PureWindowsPath(path_text).name if path_text else None]
+        names += [f"{stem}{suffix}" for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")]
+        names += [f"{stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES)]
+        names = [n for n in dict.fromkeys(names) if n]
+        for name in names:
+            for folder in self.dirs:
+                if (p := folder / name).is_file():
+                    return p
+        for name in names:
+            if (p := self._listed().get(Path(name).name)) is not None:
+                return p
+        return None
 
 
 def read_voc(source: Path) -> list[SourceDataset]:
-    """All splits of a Pascal VOC dataset."""
-    root = find_voc_root(source)
-    if root is None:
-        raise OnedetError(f"{source}: not a Pascal VOC folder (expected Annotations/ and JPEGImages/)")
+    """All splits of a Pascal VOC dataset (either layout of the module docstring)."""
+    layout = find_voc_layout(source)
+    if layout is None:
+        raise OnedetError(
+            f"{source}: not a Pascal VOC folder (expected Annotations/ and JPEGImages/, or a folder of VOC XML "
+            "files beside a folder of images)"
+        )
     parsed: dict[str, list[tuple[str, _Parsed, Path]]] = {}
     reports: dict[str, Report] = {}
-    for split, stems in _split_lists(root).items():
-        reports[split] = report = Report()
+    first = Report()
+    for split, stems in _split_lists(layout, first).items():
+        reports[split] = report = first if not reports else Report()
         parsed[split] = []
+        finder = _ImageFinder(layout, report)
         for stem in stems:
-            xml = root / "Annotations" / f"{stem}.xml"
+            xml = layout.annotations / f"{stem}.xml"
             if not xml.is_file():
                 report.add("missing_annotation_files", xml)
                 continue
-            item, filename = parse_xml(xml)
-            image = _image_file(root, stem, filename)
+            item, (filename, path_text) = parse_xml(xml)
+            image = finder.find(stem, filename, path_text)
             if image is None:
-                report.add("missing_images", root / "JPEGImages" / (filename or f"{stem}.jpg"))
+                report.add("missing_images", layout.image_dirs[0] / (filename or f"{stem}.jpg"))
                 continue
+            if filename and image.name != Path(filename).name:
+                report.add("filename_not_found", xml)
             parsed[split].append((stem, item, image))
     classes = sorted({n for items in parsed.values() for _, item, _ in items for n in item.names})
     label_of = {n: i for i, n in enumerate(classes)}
@@ -157,5 +274,6 @@ def read_voc(source: Path) -> list[SourceDataset]:
             )
             crowd = crowd if len(crowd) else empty_boxes()
             images.append(SourceImage(image, boxes, kept, crowd, size_hw=size_hw, crowd_labels=crowd_labels))
-        datasets.append(SourceDataset(split, "voc", classes, list(range(len(classes))), images, report))
+        searched = [str(layout.annotations)]
+        datasets.append(SourceDataset(split, "voc", classes, list(range(len(classes))), images, report, searched))
     return datasets

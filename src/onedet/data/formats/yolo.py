@@ -11,7 +11,10 @@ zero-area boxes are counted here. Layouts, in the order they are looked for:
 - `images/{train,val,...}` + `labels/{train,val,...}` (Ultralytics);
 - `images/` + `labels/` (one split).
 
-The label file of `.../images/a/b.jpg` is `.../labels/a/b.txt` (the last `images` folder swapped for `labels`).
+The label file of `.../images/a/b.jpg` is `.../labels/a/b.txt` (the last `images` folder swapped for `labels`),
+derived from the image path as written, never from a resolved one: in Ultralytics' own layout `dataset/images`
+is a symlink to `../images` and the labels sit in `dataset/labels`. Label files that no image refers to are
+counted ("labels_without_image"); an image without a label file is `labeled=False` (prepare checks how many).
 Polygon lines (`class x1 y1 x2 y2 ...`, Ultralytics segments) become their bounding box.
 """
 
@@ -79,26 +82,29 @@ def class_names(data: dict, yaml_path: Path) -> list[str] | None:
 
 
 def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
-    """A yaml split path as Ultralytics resolves it, with Roboflow's `../x` falling back to `x`."""
+    """A yaml split path against the yaml's `path` or folder, with Roboflow's `../x` falling back to `x`.
+
+    Not `Path.resolve()`d: label paths are derived from the path as written (see the module docstring).
+    """
     path = Path(entry)
     if path.is_absolute():
         return path if path.exists() else None
     for base in dict.fromkeys((root, yaml_dir)):
         for candidate in (base / entry, base / entry.removeprefix("../"), base / entry.removeprefix("./")):
             if candidate.exists():
-                return candidate.resolve()
+                return candidate
     return None
 
 
-def _images_of(entry: Path) -> list[Path]:
+def _images_of(entry: Path, report: Report) -> list[Path]:
     """Images of a yaml split entry: a folder (recursively) or a .txt list of image paths."""
     if entry.is_dir():
-        return list_images(entry)
+        return list_images(entry, report)
     lines = [ln.strip() for ln in entry.read_text().splitlines() if ln.strip()]
     return [p if p.is_absolute() else (entry.parent / p) for p in map(Path, lines)]
 
 
-def _yaml_splits(yaml_path: Path, data: dict) -> dict[str, list[Path]]:
+def _yaml_splits(yaml_path: Path, data: dict, reports: dict[str, Report]) -> dict[str, list[Path]]:
     yaml_dir = yaml_path.parent
     root = Path(data["path"]) if isinstance(data.get("path"), str) else yaml_dir
     root = root if root.is_absolute() else yaml_dir / root
@@ -108,30 +114,35 @@ def _yaml_splits(yaml_path: Path, data: dict) -> dict[str, list[Path]]:
         if not entries:
             continue
         images: list[Path] = []
+        report = reports.setdefault(normalize_split_name(key), Report())
         for entry in entries if isinstance(entries, list) else [entries]:
             resolved = _resolve(str(entry), root, yaml_dir)
             if resolved is None:
                 raise OnedetError(f"{yaml_path}: {key} path {entry!r} not found (relative to {root} or {yaml_dir})")
-            images += _images_of(resolved)
+            images += _images_of(resolved, report)
         splits[normalize_split_name(key)] = images
     return splits
 
 
-def _folder_splits(root: Path) -> dict[str, list[Path]]:
+def _folder_splits(root: Path, reports: dict[str, Report]) -> dict[str, list[Path]]:
     """Splits from the folder layout alone (see the module docstring)."""
     splits: dict[str, list[Path]] = {}
+
+    def report(name: str) -> Report:
+        return reports.setdefault(normalize_split_name(name), Report())
+
     for name in _SPLIT_FOLDERS:
-        if (root / name / "images").is_dir():
-            splits.setdefault(normalize_split_name(name), list_images(root / name / "images"))
+        if (root / name / "images").is_dir() and normalize_split_name(name) not in splits:
+            splits[normalize_split_name(name)] = list_images(root / name / "images", report(name))
     images_dir = root / "images"
     if not splits and images_dir.is_dir():
         subdirs = [d for d in sorted(images_dir.iterdir()) if d.is_dir()]
         loose = [p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         if subdirs and not loose:
             for d in subdirs:
-                splits[normalize_split_name(d.name)] = list_images(d)
+                splits[normalize_split_name(d.name)] = list_images(d, report(d.name))
         else:
-            splits["train"] = list_images(images_dir)
+            splits["train"] = list_images(images_dir, report("train"))
     return splits
 
 
@@ -191,22 +202,28 @@ def _read_split(images: list[Path], names: list[str] | None, report: Report) -> 
             report.add("images_without_labels", image)
         if len(ids) == 0:
             report.add("background_images", image)
+        labeled = lbl.is_file()
         try:
             size_hw = image_size(image)
         except OnedetError:
             # Unreadable header: leave fractions for prepare, which fails on (or, --skip-bad, skips) this image.
-            records.append(SourceImage(image, fractions.astype(np.float32), ids, normalized=True))
+            records.append(SourceImage(image, fractions.astype(np.float32), ids, normalized=True, labeled=labeled))
             continue
         h, w = size_hw
         boxes, labels = clean_boxes(fractions * [w, h, w, h], ids, size_hw, report, lbl)
-        records.append(SourceImage(image, boxes, labels, size_hw=size_hw))
+        records.append(SourceImage(image, boxes, labels, size_hw=size_hw, labeled=labeled))
     return records
+
+
+def _label_folders(images: list[Path]) -> list[Path]:
+    """The folders where the split's label files belong (one per folder of images)."""
+    return sorted({label_path(p).parent for p in images})
 
 
 def _orphan_labels(images: list[Path], report: Report) -> None:
     """Count label files in the split's label folders that no image refers to."""
     expected = {label_path(p) for p in images}
-    for folder in sorted({p.parent for p in expected}):
+    for folder in _label_folders(images):
         if folder.is_dir():
             for txt in sorted(folder.glob("*.txt")):
                 if txt not in expected and txt.name != "classes.txt":
@@ -218,9 +235,12 @@ def read_yolo(source: Path) -> list[SourceDataset]:
     yaml_path = find_yaml(source)
     root = yaml_path.parent if yaml_path is not None else source
     data = _load_yaml(yaml_path) if yaml_path is not None else {}
-    splits = _yaml_splits(yaml_path, data) if yaml_path is not None else {}
-    for name, images in _folder_splits(root).items():
-        splits.setdefault(name, images)
+    reports: dict[str, Report] = {}
+    splits = _yaml_splits(yaml_path, data, reports) if yaml_path is not None else {}
+    folder_reports: dict[str, Report] = {}
+    for name, images in _folder_splits(root, folder_reports).items():
+        if name not in splits:  # the yaml's own paths win
+            splits[name], reports[name] = images, folder_reports.get(name, Report())
     if not splits:
         raise OnedetError(
             f"{source}: no YOLO splits found; expected a data.yaml with train/val paths, "
@@ -239,10 +259,11 @@ def read_yolo(source: Path) -> list[SourceDataset]:
         names = [f"class{i}" for i in range(max_id + 1)]
     datasets = []
     for name, images in splits.items():
-        report = Report()
+        report = reports.get(name, Report())
         records = _read_split(images, names, report)
         _orphan_labels(images, report)
         if images and not records:
             raise OnedetError(f"{source}: split {name!r} lists {len(images)} images but none exists")
-        datasets.append(SourceDataset(name, "yolo", names, list(range(len(names))), records, report))
+        searched = [str(p) for p in _label_folders(images)]
+        datasets.append(SourceDataset(name, "yolo", names, list(range(len(names))), records, report, searched))
     return datasets
