@@ -100,6 +100,59 @@ def test_voc_by_content_ignores_other_xml_and_keeps_helpful_errors(tmp_path: Pat
         detect_format(tmp_path)
 
 
+def _roboflow_voc(root: Path, nested: bool) -> None:
+    """Roboflow's Pascal VOC export: train/, valid/, test/, each of images with their XML beside them (or, nested,
+    each with its own annotations/ + images/). valid/ has an XML whose image is only in train/."""
+    (root / "README.roboflow.txt").write_text("Exported via roboflow.com\n")
+    (root / "README.dataset.txt").write_text("# Cells > raw\n")
+    for split, n, name in (("train", 6, "cat"), ("valid", 3, "dog"), ("test", 2, "bird")):
+        xml_dir, image_dir = (root / split / "annotations", root / split / "images") if nested else (root / split,) * 2
+        xml_dir.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            stem = f"{split}{k}_jpg.rf.{k:032x}"
+            _image(image_dir / f"{stem}.jpg")
+            (xml_dir / f"{stem}.xml").write_text(_xml(f"{stem}.jpg", None, (1, 1, 10, 10), name))
+    valid_xml = root / "valid" / "annotations" if nested else root / "valid"
+    (valid_xml / "x.xml").write_text(_xml("train0_jpg.rf.00000000000000000000000000000000.jpg", None, (1, 1, 4, 4)))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_voc_split_folders_are_splits_with_one_class_list(tmp_path: Path, nested: bool) -> None:
+    _roboflow_voc(tmp_path, nested)
+    assert detect_format(tmp_path) == "voc"
+    splits = read_dataset(tmp_path)
+    assert [s.name for s in splits] == ["train", "val", "test"]  # valid -> val; no val held out of train
+    assert [len(s.images) for s in splits] == [6, 3, 2]
+    assert all(s.classes == ["bird", "cat", "dog"] for s in splits)  # the sorted union, the same for every split
+    train, val, _ = splits
+    assert {im.labels.tolist()[0] for im in train.images} == {1} and val.images[0].labels.tolist() == [2]
+    assert all(im.path.parent.parent == tmp_path / "valid" or im.path.parent == tmp_path / "valid" for im in val.images)
+    assert _counts(val) == {"missing_images": 1}  # x.xml's image is in train/: each split looks in its own folder
+    assert "held_out_val" not in val.report.to_json() and _counts(train) == {}
+    valid_xml = tmp_path / "valid" / "annotations" if nested else tmp_path / "valid"
+    assert val.searched == [str(valid_xml)]
+
+
+def test_voc_folders_not_named_as_splits_are_still_ambiguous(tmp_path: Path) -> None:
+    for folder in ("train", "valid", "val"):  # valid and val: the same split twice
+        _image(tmp_path / folder / "a.jpg")
+        (tmp_path / folder / "a.xml").write_text(_xml("a.jpg", None, (1, 1, 4, 4)))
+    with pytest.raises(OnedetError, match="several VOC annotation folders"):
+        detect_format(tmp_path)
+
+
+def test_voc_split_folders_of_xml_beside_one_images_folder(tmp_path: Path) -> None:
+    for split, k in (("train", 0), ("train", 1), ("train", 2), ("valid", 3)):
+        _image(tmp_path / "images" / f"{k}.jpg")
+        (tmp_path / split).mkdir(exist_ok=True)
+        (tmp_path / split / f"{k}.xml").write_text(_xml(f"{k}.jpg", None, (1, 1, 4, 4)))
+    splits = read_dataset(tmp_path)
+    assert [(s.name, [im.path.name for im in s.images]) for s in splits] == [
+        ("train", ["0.jpg", "1.jpg", "2.jpg"]),
+        ("val", ["3.jpg"]),
+    ]
+
+
 # --- YOLO: Ultralytics' layout with a symlinked images/ ---------------------------------------------------------
 
 

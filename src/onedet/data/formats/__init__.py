@@ -15,7 +15,7 @@ import numpy as np
 
 from onedet.data.formats.coco import find_coco_files, read_coco
 from onedet.data.formats.common import list_images
-from onedet.data.formats.voc import find_voc_layout, read_voc
+from onedet.data.formats.voc import find_voc_layouts, read_voc
 from onedet.data.formats.yolo import find_yaml, read_yolo
 from onedet.data.images import IMAGE_SUFFIXES
 from onedet.data.records import Report, SourceDataset, SourceImage
@@ -26,7 +26,7 @@ LAYOUTS = (
     "COCO: instances JSON files (e.g. annotations/instances_train2017.json with images in train2017/); "
     "YOLO: data.yaml and/or {train,valid,test}/{images,labels} or images/{train,val} + labels/{train,val}; "
     "Pascal VOC: Annotations/ + JPEGImages/ (+ ImageSets/Main/{train,val,test}.txt), or any folder of VOC XML "
-    "files (e.g. annotations/, annots/) beside a folder of images"
+    "files (e.g. annotations/, annots/) beside a folder of images, or {train,valid,test}/ of images and their XML"
 )
 _READERS = {"coco": read_coco, "yolo": read_yolo, "voc": read_voc}
 
@@ -56,7 +56,7 @@ def detect_format(source: Path) -> str:
         if source.suffix in (".yaml", ".yml"):
             return "yolo"
         raise OnedetError(f"{source}: expected a dataset folder, a COCO .json or a YOLO data.yaml")
-    if find_voc_layout(source) is not None:
+    if find_voc_layouts(source):
         return "voc"
     if find_coco_files(source):
         return "coco"
@@ -72,7 +72,7 @@ def detect_format(source: Path) -> str:
 
 def _recognised(source: Path, format: str) -> bool:
     if format == "voc":
-        return find_voc_layout(source) is not None
+        return bool(find_voc_layouts(source))
     if format == "coco":
         return bool(find_coco_files(source))
     return find_yaml(source) is not None or _has_yolo_labels(source)

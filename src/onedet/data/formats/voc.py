@@ -7,6 +7,11 @@ Two layouts, looked for in this order in the folder given, one level down, and (
   (found by content, e.g. `annotations/`, `annots/`, `xml/`, or the images' own folder), the images in it or in
   its sibling folders (e.g. `images/`).
 
+Several such folders at one level are the splits of one dataset when each is in its own folder named as a split
+(Roboflow's `train/`, `valid/`, `test/` of images with their XML beside them, or `train/annotations` +
+`train/images`, ...): each split is all the XMLs of its folder, its images looked for in its own folder. Other
+folders side by side are ambiguous (an error asks for the one to read).
+
 `trainval.txt` is the union of `train` and `val`, not a split of its own: it is used (as "train") only when
 neither `train.txt` nor `val.txt` exists. Without `ImageSets/Main`, every annotation is one "train" split
 (note "no_split_files"), from which `read_dataset` holds out a val split. Each XML's image is found by its
@@ -53,6 +58,7 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 _STANDARD = ("Annotations", "JPEGImages")
+_SPLIT_FOLDERS = ("train", "val", "test")
 _SNIFF_FILES = 3
 
 
@@ -65,6 +71,9 @@ class VocLayout(NamedTuple):
     """The folder of XML files."""
     image_dirs: tuple[Path, ...]
     """Folders an XML's image is looked for in, in order."""
+    split: str | None = None
+    """The split all of `annotations` is, when a folder named as a split holds it (Roboflow's `valid/`); None
+    when `ImageSets/Main` (or its absence) decides."""
 
 
 def _is_voc_xml(path: Path) -> bool:
@@ -117,23 +126,45 @@ def _layouts_in(folder: Path) -> list[VocLayout]:
     return layouts
 
 
-def find_voc_layout(source: Path) -> VocLayout | None:
-    """The VOC layout at `source`, or one or two levels down (VOCdevkit/VOC2007); None when there is none."""
+def _as_splits(layouts: list[VocLayout]) -> list[VocLayout] | None:
+    """Several layouts as the splits of one dataset, when each lies in its own folder named as a split
+    (Roboflow's `train/`, `valid/`, `test/`, each of XMLs beside their images; or `train/annotations` +
+    `train/images`, ...): each then looks for images in its own folder only (if it has any: else in the folders
+    found beside it, e.g. `train/` and `valid/` of XMLs beside one `images/`). None otherwise."""
+    splits = []
+    for layout in layouts:
+        for folder in (layout.annotations, layout.root):
+            if (split := normalize_split_name(folder.name)) in _SPLIT_FOLDERS:
+                break
+        else:
+            return None
+        own = tuple(d for d in layout.image_dirs if d == folder or folder in d.parents)
+        splits.append(VocLayout(folder, layout.annotations, own or layout.image_dirs, split))  # or a shared images/
+    return splits if len({s.split for s in splits}) == len(splits) else None
+
+
+def find_voc_layouts(source: Path) -> list[VocLayout]:
+    """The VOC layout at `source`, or one or two levels down (VOCdevkit/VOC2007): one, or one per split folder
+    (`_as_splits`); empty when there is none."""
     if not source.is_dir():
-        return None
+        return []
     level1 = _subdirs(source)
     level2 = [d for parent in level1 if parent.name not in _STANDARD for d in _subdirs(parent)]
     for candidates in ([source], level1, level2):
         layouts = [layout for folder in candidates for layout in _layouts_in(folder)]
         if len(layouts) > 1:
-            found = ", ".join(str(x.annotations) for x in layouts)
-            raise OnedetError(f"{source}: several VOC annotation folders ({found}); pass the one to read")
+            if (splits := _as_splits(layouts)) is None:
+                found = ", ".join(str(x.annotations) for x in layouts)
+                raise OnedetError(f"{source}: several VOC annotation folders ({found}); pass the one to read")
+            return splits
         if layouts:
-            return layouts[0]
-    return None
+            return layouts
+    return []
 
 
 def _split_lists(layout: VocLayout, report: Report) -> dict[str, list[str]]:
+    if layout.split is not None:
+        return {layout.split: sorted(p.stem for p in layout.annotations.glob("*.xml"))}
     main = layout.root / "ImageSets" / "Main"
     files = {p.stem: p for p in sorted(main.glob("*.txt")) if "_" not in p.stem} if main.is_dir() else {}
     if "train" in files or "val" in files:
@@ -227,20 +258,29 @@ class _ImageFinder:
         return None
 
 
+def _splits_to_read(layouts: list[VocLayout]) -> list[tuple[VocLayout, str, list[str], Report]]:
+    """(layout, split, XML stems, the split's report) for every split of every layout."""
+    splits = []
+    for layout in layouts:
+        first = Report()  # the notes on how the layout's splits were chosen go to its first split
+        for i, (split, stems) in enumerate(_split_lists(layout, first).items()):
+            splits.append((layout, split, stems, first if i == 0 else Report()))
+    return splits
+
+
 def read_voc(source: Path) -> list[SourceDataset]:
-    """All splits of a Pascal VOC dataset (either layout of the module docstring)."""
-    layout = find_voc_layout(source)
-    if layout is None:
+    """All splits of a Pascal VOC dataset (any layout of the module docstring)."""
+    layouts = find_voc_layouts(source)
+    if not layouts:
         raise OnedetError(
             f"{source}: not a Pascal VOC folder (expected Annotations/ and JPEGImages/, or a folder of VOC XML "
             "files beside a folder of images)"
         )
     parsed: dict[str, list[tuple[str, _Parsed, Path]]] = {}
     reports: dict[str, Report] = {}
-    first = Report()
-    for split, stems in _split_lists(layout, first).items():
-        reports[split] = report = first if not reports else Report()
-        parsed[split] = []
+    searched: dict[str, Path] = {}
+    for layout, split, stems, report in _splits_to_read(layouts):
+        reports[split], parsed[split], searched[split] = report, [], layout.annotations
         finder = _ImageFinder(layout, report)
         for stem in stems:
             xml = layout.annotations / f"{stem}.xml"
@@ -274,6 +314,6 @@ def read_voc(source: Path) -> list[SourceDataset]:
             )
             crowd = crowd if len(crowd) else empty_boxes()
             images.append(SourceImage(image, boxes, kept, crowd, size_hw=size_hw, crowd_labels=crowd_labels))
-        searched = [str(layout.annotations)]
-        datasets.append(SourceDataset(split, "voc", classes, list(range(len(classes))), images, report, searched))
+        ids = list(range(len(classes)))
+        datasets.append(SourceDataset(split, "voc", classes, ids, images, report, [str(searched[split])]))
     return datasets
