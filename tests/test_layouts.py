@@ -153,6 +153,46 @@ def test_voc_split_folders_of_xml_beside_one_images_folder(tmp_path: Path) -> No
     ]
 
 
+def _cvat_voc(root: Path, names: list[str], split_file: str = "default") -> None:
+    """CVAT's Pascal VOC export: Annotations/ + JPEGImages/, one split file named after CVAT's subset ("default"),
+    per-class lists beside it; names may have sub-folders."""
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\ndog:250,50,83::\n")
+    for name in names:
+        _image(root / "JPEGImages" / f"{name}.jpg")
+        (root / "Annotations" / f"{name}.xml").parent.mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{name}.xml").write_text(_xml(f"{name}.jpg", None, (1, 1, 10, 10)))
+    (root / "ImageSets" / "Main" / f"{split_file}.txt").write_text("".join(f"{n}\n" for n in names))
+    (root / "ImageSets" / "Main" / f"dog_{split_file}.txt").write_text("".join(f"{n} 1\n" for n in names))
+
+
+@pytest.mark.parametrize("split_file", ["default", "batch1"])
+def test_voc_single_unknown_split_file_is_train_with_held_out_val(tmp_path: Path, split_file: str) -> None:
+    _cvat_voc(tmp_path, [f"frame_{k:06d}" for k in range(20)], split_file)
+    splits = read_dataset(tmp_path)
+    assert [s.name for s in splits] == ["train", "val"]  # not "default" beside a val held out of it
+    train, val = splits
+    assert [len(train.images), len(val.images)] == [18, 2]
+    assert {im.path for im in train.images}.isdisjoint(im.path for im in val.images)
+    assert [im.path for im in val.images] == [im.path for im in read_dataset(tmp_path)[1].images]  # deterministic
+    assert "held out 2 images" in val.report.to_json()["held_out_val"]["note"]
+    note = train.report.to_json()["single_split_file"]["note"]
+    assert f"{split_file}.txt" in note and "train" in note
+
+
+def test_voc_cvat_sub_folders_and_filenames_without_extension(tmp_path: Path) -> None:
+    """Split files name `cam1/0001`; <filename> is the bare `0001.jpg` (cam2), or `0001` with no extension (cam1);
+    a stray JPEGImages/0001.jpg of the same name must not be taken for either."""
+    _cvat_voc(tmp_path, ["cam1/0001", "cam2/0001", "0001"])
+    (tmp_path / "Annotations" / "cam1" / "0001.xml").write_text(_xml("0001", None, (1, 1, 10, 10), "cat"))
+    (tmp_path / "Annotations" / "cam2" / "0001.xml").write_text(_xml("0001.jpg", None, (1, 1, 20, 20), "bird"))
+    (train,) = read_dataset(tmp_path, holdout_fraction=0)
+    by_path = {im.path.relative_to(tmp_path / "JPEGImages").as_posix(): im for im in train.images}
+    assert sorted(by_path) == ["0001.jpg", "cam1/0001.jpg", "cam2/0001.jpg"]
+    assert [train.classes[i] for p in sorted(by_path) for i in by_path[p].labels] == ["dog", "cat", "bird"]
+    assert _counts(train) == {"single_split_file": 0}  # found by <filename>: no filename_not_found
+
+
 # --- YOLO: Ultralytics' layout with a symlinked images/ ---------------------------------------------------------
 
 

@@ -13,11 +13,14 @@ Several such folders at one level are the splits of one dataset when each is in 
 folders side by side are ambiguous (an error asks for the one to read).
 
 `trainval.txt` is the union of `train` and `val`, not a split of its own: it is used (as "train") only when
-neither `train.txt` nor `val.txt` exists. Without `ImageSets/Main`, every annotation is one "train" split
-(note "no_split_files"), from which `read_dataset` holds out a val split. Each XML's image is found by its
-`<filename>`, then by the file name of its `<path>` (often an absolute path on the author's machine: only its
-last part is used), then by the XML's stem with an image suffix, in each image folder in turn (directly, then
-anywhere below it); a fallback past `<filename>` is counted ("filename_not_found").
+neither `train.txt` nor `val.txt` exists. A single split file of another name (CVAT's `default.txt`) is the
+whole dataset: read as "train" (note "single_split_file"). Without `ImageSets/Main`, every annotation is one
+"train" split (note "no_split_files"). From a single "train" `read_dataset` holds out a val split. Split files
+may name sub-folders (CVAT: `cam1/0001` is `Annotations/cam1/0001.xml`). Each XML's image is found by its
+`<filename>` (with an image suffix added when it has none; beside the XML's own sub-folder first), then by the
+file name of its `<path>` (often an absolute path on the author's machine: only its last part is used), then by
+the XML's stem with an image suffix, in each image folder in turn (directly, then anywhere below it); a fallback
+past `<filename>` is counted ("filename_not_found").
 
 VOC coordinates are 1-based inclusive integer pixel indices: a box over pixel columns 1..10 is
 `xmin=1, xmax=10`. In onedet's continuous coordinates (column 0 spans 0..1) that is `x0 = xmin - 1,
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from pathlib import Path, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple
 
 import numpy as np
@@ -171,6 +174,11 @@ def _split_lists(layout: VocLayout, report: Report) -> dict[str, list[str]]:
         files.pop("trainval", None)  # the union of train and val
     elif "trainval" in files:
         files["train"] = files.pop("trainval")
+    if len(files) == 1 and normalize_split_name(next(iter(files))) not in _SPLIT_FOLDERS:
+        # CVAT names its one subset "default": the whole dataset, not a split of it beside a held-out val
+        (only,) = files.values()
+        files = {"train": only}
+        report.note("single_split_file", f"{only} is the only split file: all of it read as train, val held out")
     splits = {}
     for stem, path in files.items():
         splits[normalize_split_name(stem)] = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
@@ -226,6 +234,11 @@ def parse_xml(xml: Path) -> tuple[_Parsed, tuple[str | None, str | None]]:
     return parsed, ((tree.findtext("filename") or "").strip() or None, (tree.findtext("path") or "").strip() or None)
 
 
+def _suffixed(name: str) -> list[str]:
+    """`name` with each image suffix, the common ones first."""
+    return [f"{name}{suffix}" for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", *sorted(IMAGE_SUFFIXES))]
+
+
 class _ImageFinder:
     """Finds an XML's image in the layout's image folders: a direct look-up first (a stat per candidate name), a
     listing of the folders (built once, on the first miss) for images in sub-folders."""
@@ -243,10 +256,16 @@ class _ImageFinder:
         return self._by_name
 
     def find(self, stem: str, filename: str | None, path_text: str | None) -> Path | None:
+        """`stem` is the XML's name relative to the annotation folder (`dir/img1` for CVAT's sub-folders)."""
+        names: list[str | None] = []
+        if filename:
+            # CVAT may write <filename> without its extension, and without the sub-folder of its split file names
+            given = [filename] if Path(filename).suffix.lower() in IMAGE_SUFFIXES else [filename, *_suffixed(filename)]
+            if (folder := PurePosixPath(stem).parent).name and "/" not in filename:
+                names += [f"{folder}/{name}" for name in given]
+            names += given
         # <path> is often C:\Users\...\x.jpg from the author's machine: only its file name is used.
-        names = [filename, PureWindowsPath(path_text).name if path_text else None]
-        names += [f"{stem}{suffix}" for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")]
-        names += [f"{stem}{suffix}" for suffix in sorted(IMAGE_SUFFIXES)]
+        names += [PureWindowsPath(path_text).name if path_text else None, *_suffixed(stem)]
         names = [n for n in dict.fromkeys(names) if n]
         for name in names:
             for folder in self.dirs:
@@ -292,7 +311,7 @@ def read_voc(source: Path) -> list[SourceDataset]:
             if image is None:
                 report.add("missing_images", layout.image_dirs[0] / (filename or f"{stem}.jpg"))
                 continue
-            if filename and image.name != Path(filename).name:
+            if filename and Path(filename).name not in (image.name, image.stem):  # the stem: no extension
                 report.add("filename_not_found", xml)
             parsed[split].append((stem, item, image))
     classes = sorted({n for items in parsed.values() for _, item, _ in items for n in item.names})
