@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,8 @@ _PER_IMAGE_KEYS = (
     "scale",
     "image_id",
 )
+_META_KEYS = ("layout", "format", "image_size", "classes", "category_ids", "num_images", "num_boxes", "files", "report")
+"""meta.json keys every reader needs (docs/design.md)."""
 _UNKNOWN_CROWD_LABEL = -1
 """`crowd_labels` of a crowd region whose class is unknown: an ignore region for every class. Stores written
 before `crowd_labels` existed (same version 1) read as all unknown, which is how they were evaluated."""
@@ -75,6 +78,8 @@ class Store:
             self.meta: dict = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
             raise OnedetError(f"{meta_path}: unreadable store metadata ({e})") from e
+        if not isinstance(self.meta, dict):
+            raise OnedetError(f"{meta_path}: not a onedet store's metadata (expected a JSON object)")
         if self.meta.get("complete") is not True:
             raise OnedetError(f"{self.path}: incomplete store (meta.json lacks complete: true); prepare it again")
         if self.meta.get("version") != 1:
@@ -83,12 +88,14 @@ class Store:
             self.td = TensorDict.load_memmap(self.path / "td")
         except Exception as e:  # any failure to map the files means a damaged store
             raise OnedetError(f"{self.path / 'td'}: cannot open the store's tensors ({e})") from e
+        if missing_meta := [k for k in _META_KEYS if k not in self.meta]:  # an edited meta.json
+            raise OnedetError(f"{meta_path}: damaged store metadata, it lacks {missing_meta}; prepare it again")
         self.layout: str = self.meta["layout"]
-        self.image_size: int = int(self.meta["image_size"])
-        self.classes: list[str] = list(self.meta["classes"])
-        self.category_ids: list[int] = [int(c) for c in self.meta["category_ids"]]
-        self.files: list[str] = list(self.meta["files"])
-        n = int(self.meta["num_images"])
+        self.image_size: int = self._field("image_size", int)
+        self.classes: list[str] = self._field("classes", list)
+        self.category_ids: list[int] = self._field("category_ids", lambda ids: [int(c) for c in ids])
+        self.files: list[str] = self._field("files", list)
+        n = self._field("num_images", int)
         image_keys = ("images",) if self.layout == "raw" else ("encoded", "offsets")
         keys = set(self.td.keys())
         missing = [k for k in (*_PER_IMAGE_KEYS, *image_keys) if k not in keys and k != "crowd_labels"]
@@ -103,6 +110,14 @@ class Store:
         self._images_np = self._tensors["images"].numpy() if self.layout == "raw" else None
         if any(len(self._tensors[k]) != n for k in _PER_IMAGE_KEYS) or len(self.files) != n:
             raise OnedetError(f"{self.path}: damaged store, tensor lengths differ from num_images={n}")
+
+    def _field(self, key: str, convert: Callable[[Any], Any]) -> Any:
+        try:
+            return convert(self.meta[key])
+        except (TypeError, ValueError) as e:
+            raise OnedetError(
+                f"{self.path / 'meta.json'}: damaged store metadata, {key!r} is {self.meta[key]!r}"
+            ) from e
 
     def __len__(self) -> int:
         return len(self.files)
