@@ -66,6 +66,22 @@ def _not_a_store(path: Path) -> OnedetError:
     )
 
 
+def _check_file_sizes(td_dir: Path) -> None:
+    """Refuse a tensor file shorter than its shape says, before mapping it: mapping would extend it with zeros,
+    which then read as boxes and pixels (or, past the first page, crash the process with SIGBUS)."""
+    try:
+        entries = json.loads((td_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return  # TensorDict.load_memmap reports it
+    for key, entry in entries.items():
+        if not (isinstance(entry, dict) and "shape" in entry and "dtype" in entry):
+            continue
+        file = td_dir / f"{key}.memmap"
+        itemsize = getattr(torch, str(entry["dtype"]).removeprefix("torch."), torch.uint8).itemsize
+        if file.is_file() and file.stat().st_size < int(np.prod(entry["shape"])) * itemsize:
+            raise OnedetError(f"{file}: damaged store, the file is shorter than its tensor; prepare the store again")
+
+
 class Store:
     """One split of a prepared store (`STORE/<split>`), opened memory-mapped: nothing is read until asked."""
 
@@ -84,6 +100,7 @@ class Store:
             raise OnedetError(f"{self.path}: incomplete store (meta.json lacks complete: true); prepare it again")
         if self.meta.get("version") != 1:
             raise OnedetError(f"{self.path}: store version {self.meta.get('version')!r}, this onedet reads version 1")
+        _check_file_sizes(self.path / "td")
         try:
             self.td = TensorDict.load_memmap(self.path / "td")
         except Exception as e:  # any failure to map the files means a damaged store
