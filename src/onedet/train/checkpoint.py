@@ -282,7 +282,10 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
 
     folder = checkpoint_dir(path, which)
     info = read_info(folder)
-    config = ModelConfig.from_dict({**info["model"], "pretrained": None})
+    try:
+        config = ModelConfig.from_dict({**info["model"], "pretrained": None})
+    except (TypeError, ValueError) as err:  # an edited value of the wrong type fails deep in the dataclass
+        raise OnedetError(f"{folder / MODEL_JSON}: 'model' is not a valid model config ({err})") from err
     model = build_detector(config)
     # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
     # without part of it (written before it had its own towers), is complete for prediction and export.
