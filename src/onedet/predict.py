@@ -158,6 +158,8 @@ def predict_files(
     read are skipped, counted and named on stderr (the run fails only when none can be read).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OnedetError(f"{out}: exists and is not a folder; pass another --out")
     not_images: list[Path] = []
     files = expand_sources(sources, not_images)
     if not_images:  # counted and named, not silently dropped
