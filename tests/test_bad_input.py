@@ -10,7 +10,13 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import textwrap
+import time
 import zlib
 from pathlib import Path
 
@@ -397,3 +403,46 @@ def test_store_with_a_truncated_tensor_file(store: Path, capsys: pytest.CaptureF
     cli_error(capsys, ["info", str(store / "train")], "train")
     with pytest.raises(OnedetError, match="train"):
         Store(store / "train")
+
+
+_KILLED_CLI_PREPARE = """
+import sys, time
+from pathlib import Path
+import onedet.data.prepare as P
+from onedet.cli import main
+
+decode, flag = P._decode, Path(sys.argv[3])
+def slow_decode(task):
+    if task[0] == 1:
+        flag.write_text("ok")
+        time.sleep(60)  # killed here, half-way through the train split
+    return decode(task)
+P._decode = slow_decode
+main(["prepare", sys.argv[1], "--out", sys.argv[2], "--image-size", "64", "--workers", "1", "--layout", "compact"])
+"""
+
+
+def test_prepare_killed_while_replacing_a_store_keeps_the_old_one(tmp_path: Path, capsys) -> None:
+    """`onedet prepare` (compact layout) SIGKILLed while it rewrites an existing store: the previous store still
+    opens, whole, and the next run replaces it. (test_prepare kills a first prepare through the Python API.)"""
+    out = tmp_path / "store"
+    prepared_report(capsys, coco_source(tmp_path / "old", {"a.png": _rgb(), "b.png": _rgb(seed=1)}), out)
+    before = Store(out / "train").meta
+    source = coco_source(tmp_path / "new", {f"{i}.png": _rgb(seed=i) for i in range(3)})
+    flag = tmp_path / "flag"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = textwrap.dedent(_KILLED_CLI_PREPARE)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(source), str(out), str(flag)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists(), "the prepare subprocess did not reach its second image"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert sorted(p.name for p in out.iterdir()) == [f".train.tmp-{proc.pid}", "train", "val"]
+    assert Store(out / "train").meta == before and len(Store(out / "train")) == 2
+    prepared_report(capsys, source, out)
+    assert sorted(p.name for p in out.iterdir()) == ["train", "val"]  # the dead run's leftovers removed
+    assert len(Store(out / "train")) == 3 and Store(out / "train").layout == "raw"
