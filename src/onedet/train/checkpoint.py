@@ -290,7 +290,7 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     info = read_info(folder)
     try:
         config = ModelConfig.from_dict({**info["model"], "pretrained": None})
-    except (TypeError, ValueError) as err:  # an edited value of the wrong type fails deep in the dataclass
+    except (OnedetError, TypeError, ValueError) as err:  # an edited key or value (TypeError: deep in the dataclass)
         raise OnedetError(f"{folder / MODEL_JSON}: 'model' is not a valid model config ({err})") from err
     model = build_detector(config)
     # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
