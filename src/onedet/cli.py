@@ -223,8 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OnedetError, FileNotFoundError, NotADirectoryError) as err:
-        # Library code raises these with a message naming the file and what is wrong.
+    except (OnedetError, OSError) as err:
+        # Library code raises OnedetError with a message naming the file and what is wrong; an OSError that no
+        # check turned into one (a folder made read-only, a full disk) names its file too: "[Errno 13] ...: PATH".
         if os.environ.get("ONEDET_DEBUG"):
             raise
         print(f"onedet {args.command}: error: {err}", file=sys.stderr)

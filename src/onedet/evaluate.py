@@ -195,6 +195,8 @@ def evaluate_run(weights: Any, data: Any, batch_size: int = 8) -> dict:
     from onedet.errors import OnedetError
     from onedet.train.checkpoint import load_run
 
+    if batch_size < 1:
+        raise OnedetError(f"--batch-size must be at least 1, got {batch_size}")
     if isinstance(weights, (str, Path)):
         import torch
 

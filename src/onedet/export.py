@@ -359,6 +359,10 @@ def export(
         raise OnedetError(f"{out}: the output file name must end in .onnx")
     if calibration is not None and not int8:
         raise OnedetError("--calibration is for static int8: add --int8")
+    if blocker := next((p for p in out.parents if p.exists() and not p.is_dir()), None):  # before the model loads
+        raise OnedetError(f"{blocker}: exists and is not a folder, so {out} cannot be written")
+    if out.is_dir():
+        raise OnedetError(f"{out}: is a folder; pass the name of the .onnx file to write")
     if isinstance(weights, (str, Path)):
         from onedet.train.checkpoint import load_run
 

@@ -73,20 +73,27 @@ def predict(model: str | Path | Any, images: Any, threshold: float = 0.3) -> Det
     return results[0] if single else results
 
 
-def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
+def expand_sources(sources: Sequence[str | Path], skipped: list[Path] | None = None) -> list[Path]:
     """Image files from files, folders (their images, sorted, not recursive) and globs (`**` allowed), in order.
 
-    A source that names nothing raises OnedetError; a file listed twice is kept once.
+    A source that names nothing raises OnedetError; a file listed twice is kept once. `skipped` receives the
+    other entries of the folders (not sub-folders): notes, labels, broken links and symlink loops.
     """
     found: list[Path] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(path.iterdir())
+            matches = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not matches:
                 raise OnedetError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            if skipped is not None:
+                kept = set(matches)
+                skipped.extend(p for p in entries if p not in kept and not p.is_dir())
         elif path.is_file():
             matches = [path]
+        elif path.is_symlink():
+            raise OnedetError(f"{path}: a symbolic link that loops or points nowhere")
         elif any(c in str(source) for c in "*?["):
             matches = sorted(
                 Path(p) for p in glob.glob(str(source), recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES
@@ -150,9 +157,16 @@ def predict_files(
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name). Images that cannot be
     read are skipped, counted and named on stderr (the run fails only when none can be read).
     """
-    files = expand_sources(sources)
-    detector = load_predictor(model)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OnedetError(f"{out}: exists and is not a folder; pass another --out")
+    not_images: list[Path] = []
+    files = expand_sources(sources, not_images)
+    if not_images:  # counted and named, not silently dropped
+        shown = [p.name + (" (a link that loops or points nowhere)" if not p.exists() else "") for p in not_images]
+        more = f", ... ({len(shown) - 10} more)" if len(shown) > 10 else ""
+        print(f"skipped {len(shown)} non-image file(s): {', '.join(shown[:10])}{more}", file=sys.stderr)
+    detector = load_predictor(model)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []

@@ -159,6 +159,8 @@ class BatchDetector:
 
         Returns one `Detections` per image, in input order, keeping detections with score >= threshold.
         """
+        if not 0.0 <= threshold <= 1.0:  # scores are in 0..1: NaN or 2 would silently return nothing
+            raise OnedetError(f"threshold must be a score in 0..1, got {threshold}")
         arrays = as_image_list(images)
         results: list[Detections | None] = [None] * len(arrays)
         for idx in group_by_size(arrays):

@@ -45,9 +45,17 @@ def _orientation(img: Image.Image) -> int:
 
 def _open(path: Path) -> Image.Image:
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that, then decodes (300 MB for a 10000 x 10000
+            # header on a file of a few bytes); refuse it as Pillow refuses larger ones, before any allocation.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
     except FileNotFoundError as e:
         raise OnedetError(f"{path}: image file not found") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise OnedetError(
+            f"{path}: refused as a possible decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
+        ) from e
     except Exception as e:  # Pillow's plugins raise many types (OSError, SyntaxError, EOFError, struct.error, ...)
         raise OnedetError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 

@@ -216,11 +216,13 @@ def _write_split(
     if split_dir.exists() and not (split_dir / "meta.json").is_file() and any(split_dir.iterdir()):
         raise OnedetError(f"{split_dir}: exists and is not a onedet store; refusing to overwrite it")
     out = split_dir.parent
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out, split_dir.name)
+    if out.exists() and not out.is_dir():
+        raise OnedetError(f"{out}: exists and is not a folder; pass another --out")
     tmp = out / f".{split_dir.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out, split_dir.name)
+        tmp.mkdir()
         digests = _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
         if split_dir.exists():  # a previous store of this split: swap it out, then delete it
             old = out / f".{split_dir.name}.old-{os.getpid()}"
@@ -229,6 +231,8 @@ def _write_split(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, split_dir)
+    except OSError as e:  # unwritable folder, full disk: the split's previous store, if any, is left as it was
+        raise OnedetError(f"{split_dir}: cannot write the store ({e}); nothing of this split was written") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

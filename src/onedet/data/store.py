@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,8 @@ _PER_IMAGE_KEYS = (
 )
 WARNING_KINDS = frozenset({DUPLICATES})
 """Report kinds that are not fixes but something to look at (`format_summary` lists them first, as warnings)."""
+_META_KEYS = ("layout", "format", "image_size", "classes", "category_ids", "num_images", "num_boxes", "files", "report")
+"""meta.json keys every reader needs (docs/design.md)."""
 _UNKNOWN_CROWD_LABEL = -1
 """`crowd_labels` of a crowd region whose class is unknown: an ignore region for every class. Stores written
 before `crowd_labels` existed (same version 1) read as all unknown, which is how they were evaluated."""
@@ -66,6 +69,22 @@ def _not_a_store(path: Path) -> OnedetError:
     )
 
 
+def _check_file_sizes(td_dir: Path) -> None:
+    """Refuse a tensor file shorter than its shape says, before mapping it: mapping would extend it with zeros,
+    which then read as boxes and pixels (or, past the first page, crash the process with SIGBUS)."""
+    try:
+        entries = json.loads((td_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return  # TensorDict.load_memmap reports it
+    for key, entry in entries.items():
+        if not (isinstance(entry, dict) and "shape" in entry and "dtype" in entry):
+            continue
+        file = td_dir / f"{key}.memmap"
+        itemsize = getattr(torch, str(entry["dtype"]).removeprefix("torch."), torch.uint8).itemsize
+        if file.is_file() and file.stat().st_size < int(np.prod(entry["shape"])) * itemsize:
+            raise OnedetError(f"{file}: damaged store, the file is shorter than its tensor; prepare the store again")
+
+
 class Store:
     """One split of a prepared store (`STORE/<split>`), opened memory-mapped: nothing is read until asked."""
 
@@ -78,20 +97,25 @@ class Store:
             self.meta: dict = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
             raise OnedetError(f"{meta_path}: unreadable store metadata ({e})") from e
+        if not isinstance(self.meta, dict):
+            raise OnedetError(f"{meta_path}: not a onedet store's metadata (expected a JSON object)")
         if self.meta.get("complete") is not True:
             raise OnedetError(f"{self.path}: incomplete store (meta.json lacks complete: true); prepare it again")
         if self.meta.get("version") != 1:
             raise OnedetError(f"{self.path}: store version {self.meta.get('version')!r}, this onedet reads version 1")
+        _check_file_sizes(self.path / "td")
         try:
             self.td = TensorDict.load_memmap(self.path / "td")
         except Exception as e:  # any failure to map the files means a damaged store
             raise OnedetError(f"{self.path / 'td'}: cannot open the store's tensors ({e})") from e
+        if missing_meta := [k for k in _META_KEYS if k not in self.meta]:  # an edited meta.json
+            raise OnedetError(f"{meta_path}: damaged store metadata, it lacks {missing_meta}; prepare it again")
         self.layout: str = self.meta["layout"]
-        self.image_size: int = int(self.meta["image_size"])
-        self.classes: list[str] = list(self.meta["classes"])
-        self.category_ids: list[int] = [int(c) for c in self.meta["category_ids"]]
-        self.files: list[str] = list(self.meta["files"])
-        n = int(self.meta["num_images"])
+        self.image_size: int = self._field("image_size", int)
+        self.classes: list[str] = self._field("classes", list)
+        self.category_ids: list[int] = self._field("category_ids", lambda ids: [int(c) for c in ids])
+        self.files: list[str] = self._field("files", list)
+        n = self._field("num_images", int)
         image_keys = ("images",) if self.layout == "raw" else ("encoded", "offsets")
         keys = set(self.td.keys())
         missing = [k for k in (*_PER_IMAGE_KEYS, *image_keys) if k not in keys and k != "crowd_labels"]
@@ -106,6 +130,14 @@ class Store:
         self._images_np = self._tensors["images"].numpy() if self.layout == "raw" else None
         if any(len(self._tensors[k]) != n for k in _PER_IMAGE_KEYS) or len(self.files) != n:
             raise OnedetError(f"{self.path}: damaged store, tensor lengths differ from num_images={n}")
+
+    def _field(self, key: str, convert: Callable[[Any], Any]) -> Any:
+        try:
+            return convert(self.meta[key])
+        except (TypeError, ValueError) as e:
+            raise OnedetError(
+                f"{self.path / 'meta.json'}: damaged store metadata, {key!r} is {self.meta[key]!r}"
+            ) from e
 
     def __len__(self) -> int:
         return len(self.files)

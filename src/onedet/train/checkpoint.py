@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -238,8 +239,13 @@ def read_train_state(folder: Path, map_location: str | torch.device = "cpu") -> 
         raise OnedetError(f"{path}: missing; this checkpoint cannot be resumed")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a corrupt file or one holding arbitrary objects
-        raise OnedetError(f"{path}: cannot load the training state: {err}") from err
+    except pickle.UnpicklingError as err:  # torch's weights_only refusal, in a message of many lines
+        raise OnedetError(
+            f"{path}: cannot load the training state: damaged, or it holds objects other than tensors, numbers "
+            "and containers (which onedet never unpickles)"
+        ) from err
+    except Exception as err:  # a corrupt file (a zip cut short, ...)
+        raise OnedetError(f"{path}: cannot load the training state: {' '.join(str(err).split())}") from err
 
 
 AUX_PREFIX = "head.aux_"
@@ -282,7 +288,10 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
 
     folder = checkpoint_dir(path, which)
     info = read_info(folder)
-    config = ModelConfig.from_dict({**info["model"], "pretrained": None})
+    try:
+        config = ModelConfig.from_dict({**info["model"], "pretrained": None})
+    except (OnedetError, TypeError, ValueError) as err:  # an edited key or value (TypeError: deep in the dataclass)
+        raise OnedetError(f"{folder / MODEL_JSON}: 'model' is not a valid model config ({err})") from err
     model = build_detector(config)
     # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
     # without part of it (written before it had its own towers), is complete for prediction and export.

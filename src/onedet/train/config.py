@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from onedet.errors import OnedetError
+
 
 @dataclass
 class TrainConfig:
@@ -82,6 +84,23 @@ class TrainConfig:
     """Model input size (default: the store's image size)."""
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Model overrides on top of the preset (Python API only), e.g. `{"num_queries": 100}`."""
+
+    def __post_init__(self) -> None:
+        # An out-of-range number fails here, naming its option, not as a ValueError deep in the loader or AdamW.
+        eval_batch = self.eval_batch_size
+        for name, ok, rule in (
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("eval_batch_size", eval_batch is None or eval_batch >= 1, "at least 1"),
+            ("eval_every", self.eval_every >= 1, "at least 1"),
+            ("lora_rank", self.lora_rank >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"),
+            ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "0 or more"),
+        ):
+            if not ok:
+                raise OnedetError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
 
 
 @functools.cache

@@ -128,10 +128,15 @@ class Trainer:
             self.resume_from = checkpoint_dir(self.out, "last") if (self.out / "weights").is_dir() else None
             if self.resume_from is None:
                 raise OnedetError(f"{self.out}: nothing to resume (no weights/last checkpoint)")
-            saved = json.loads((self.out / TRAIN_CONFIG).read_text())
-            merged = {**saved, **{k: getattr(cfg, k) for k in _RESUME_OVERRIDES}}
-            merged["data"], merged["out"] = Path(merged["data"]), Path(merged["out"])
-            cfg = TrainConfig(**merged)
+            try:
+                saved = json.loads((self.out / TRAIN_CONFIG).read_text())
+                merged = {**saved, **{k: getattr(cfg, k) for k in _RESUME_OVERRIDES}}
+                merged["data"], merged["out"] = Path(merged["data"]), Path(merged["out"])
+                cfg = TrainConfig(**merged)
+            except (OSError, ValueError, TypeError, KeyError) as err:  # missing, cut short or edited
+                raise OnedetError(
+                    f"{self.out / TRAIN_CONFIG}: cannot resume with this training config ({err})"
+                ) from err
         elif (last / "model.safetensors").exists() or any(self.out.glob("weights/.last.old-*")):
             raise OnedetError(f"{self.out}: already holds a run; pass --resume to continue it, or choose another --out")
         self.cfg = cfg

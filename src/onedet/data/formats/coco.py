@@ -49,7 +49,9 @@ def find_coco_files(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     candidates = sorted({*source.glob("*.json"), *source.glob("*/*.json")})
-    found = [p for p in candidates if looks_like_coco(p)]
+    # An `instances_*.json` is one by its name: sniffing would silently drop a damaged one (cut short, say) and
+    # with it a split; read, it fails with an error naming it.
+    found = [p for p in candidates if p.name.startswith("instances_") or looks_like_coco(p)]
     instances = [p for p in found if p.name.startswith("instances_")]
     return instances or found
 
