@@ -22,9 +22,9 @@ import torch
 from onedet.config import ModelConfig
 from onedet.data.synthetic import CLASSES, render_synthetic
 from onedet.evaluate import coco_metrics
-from onedet.loss import DetectionLoss, weighted_total
 from onedet.model.detector import build_detector
-from onedet.postprocess import decode_topk
+from onedet.model.loss import DetectionLoss, weighted_total
+from onedet.model.postprocess import decode_topk
 
 SIZE = 256
 

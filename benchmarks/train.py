@@ -246,7 +246,7 @@ def finetune(args: argparse.Namespace) -> None:
 
 def _denormal_steps(args: argparse.Namespace) -> None:
     """(child process) Print the median seconds per step of a trainer on `args.run`'s store and weights."""
-    from onedet.train.checkpoint import read_weights
+    from onedet.checkpoint import read_weights
 
     torch.set_num_threads(args.threads)
     saved = json.loads((Path(args.run) / "train_config.json").read_text())

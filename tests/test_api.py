@@ -26,6 +26,16 @@ def test_import_onedet_and_facade_are_torch_free() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_inference_modules_do_not_import_the_training_package() -> None:
+    code = (
+        "import json, sys\n"
+        "import onedet.evaluate, onedet.export, onedet.predict, onedet.api\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'onedet.train' or m.startswith('onedet.train.'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
 def test_submodule_names_resolve_to_modules_in_any_import_order() -> None:
     code = (
         "import types, onedet\n"
@@ -65,8 +75,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[onedet.OneDet, Pa
 
 @pytest.mark.slow
 def test_facade_trains_predicts_evaluates_and_exports(trained, tmp_path: Path) -> None:
+    from onedet.checkpoint import load_run
     from onedet.data.store import Store
-    from onedet.train.checkpoint import load_run
 
     model, store, result = trained
     assert model.run_dir == Path(result.run) and (Path(result.run) / "weights").is_dir()

@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from train_helpers import make_store, tiny_config
 
+from onedet.checkpoint import read_train_state
 from onedet.data.store import Store
-from onedet.train.checkpoint import read_train_state
 
 WORLD = 2
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from onedet.loss import DetectionLoss, infer_image_size, weighted_total
 from onedet.model.detector import DetectorOutput as Output
 from onedet.model.head import make_points
+from onedet.model.loss import DetectionLoss, infer_image_size, weighted_total
 
 
 def _output(b=2, c=3, aux=True, seed=0, requires_grad=True):

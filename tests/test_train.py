@@ -261,11 +261,11 @@ def test_resume_of_weights_from_another_architecture_is_a_clear_error(
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import onedet.loss
+    import onedet.model.loss
+    from onedet.checkpoint import read_train_state
     from onedet.train import train
-    from onedet.train.checkpoint import read_train_state
 
-    real = onedet.loss.weighted_total
+    real = onedet.model.loss.weighted_total
     calls = []
 
     def explode_on_third_step(terms, weights=None):
@@ -273,7 +273,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         total = real(terms, weights)
         return total * float("nan") if len(calls) == 3 else total
 
-    monkeypatch.setattr(onedet.loss, "weighted_total", explode_on_third_step)
+    monkeypatch.setattr(onedet.model.loss, "weighted_total", explode_on_third_step)
     out = tmp_path / "run"
     with pytest.raises(OnedetError, match=r"non-finite loss at epoch 1, step 3.*last good checkpoint"):
         train(tiny_config(store, out, checkpoint_every_steps=1, epochs=2))

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from onedet.errors import OnedetError
 
 if TYPE_CHECKING:
+    from onedet.checkpoint import LoadedRun
     from onedet.runtime import Detections
-    from onedet.train.checkpoint import LoadedRun
 
 __all__ = ["OneDet"]
 
@@ -55,7 +55,7 @@ class OneDet:
         return self
 
     def _load(self, path: Path, which: str = "best", device: str = "auto") -> None:
-        from onedet.train.checkpoint import load_run
+        from onedet.checkpoint import load_run
 
         self._run = load_run(path, which, device=_device(device))
         self.run_dir = path

@@ -161,7 +161,7 @@ def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = 
     """
     import torch
 
-    from onedet.postprocess import decode_topk, to_original
+    from onedet.model.postprocess import decode_topk, to_original
 
     if k is None:
         k = int(getattr(getattr(model, "config", None), "topk", None) or 100)
@@ -191,9 +191,9 @@ def evaluate_run(weights: Any, data: Any, batch_size: int = 8) -> dict:
 
     `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`.
     """
+    from onedet.checkpoint import load_run
     from onedet.data.store import Store
     from onedet.errors import OnedetError
-    from onedet.train.checkpoint import load_run
 
     if isinstance(weights, (str, Path)):
         import torch

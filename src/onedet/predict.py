@@ -1,6 +1,6 @@
 """Predict on images, folders or globs with a run folder (PyTorch) or an exported `.onnx` file (onnxruntime).
 
-Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.export.EndToEnd` and run
+Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.end_to_end.EndToEnd` and run
 eagerly, an `.onnx` file is that module exported. The ONNX path never imports torch (torch is imported lazily,
 only for run folders), so a serving image needs only onnxruntime, numpy and Pillow.
 """
@@ -30,7 +30,7 @@ class TorchDetector(BatchDetector):
     def __init__(self, run: str | Path | Any, device: str | None = None) -> None:
         import torch
 
-        from onedet.export import build_end_to_end
+        from onedet.end_to_end import build_end_to_end
 
         self.module, self.classes, self.category_ids = build_end_to_end(run)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -23,20 +23,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from onedet.checkpoint import WEIGHTS, checkpoint_dir, load_weights, read_info, read_train_state, read_weights
 from onedet.errors import OnedetError
 from onedet.train import amp, distributed
-from onedet.train.checkpoint import (
-    WEIGHTS,
-    checkpoint_dir,
-    link_checkpoint,
-    load_weights,
-    read_info,
-    read_train_state,
-    read_weights,
-    rng_state,
-    set_rng_state,
-    write_checkpoint,
-)
 from onedet.train.config import TrainConfig, config_to_dict
 from onedet.train.ema import WeightEma
 from onedet.train.features import (
@@ -46,6 +35,7 @@ from onedet.train.features import (
 )
 from onedet.train.logging import RunLog
 from onedet.train.optim import build_optimizer, build_scheduler
+from onedet.train.saving import link_checkpoint, rng_state, set_rng_state, write_checkpoint
 
 TRAIN_CONFIG = "train_config.json"
 # Settings that may differ when resuming (where and how it runs); everything else comes from the saved run.
@@ -113,7 +103,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         from onedet.config import ModelConfig
-        from onedet.loss import DetectionLoss
+        from onedet.model.loss import DetectionLoss
 
         info = distributed.env_info()
         self.device = distributed.select_device(cfg.device, info)
@@ -232,7 +222,7 @@ class Trainer:
         detector.set_backbone_frozen(cfg.finetune != "full")
         self.lora_config = None
         if cfg.finetune == "lora":
-            from onedet.lora import apply_lora
+            from onedet.model.lora import apply_lora
 
             self.lora_config = apply_lora(detector, rank=cfg.lora_rank)
         return detector
@@ -298,7 +288,7 @@ class Trainer:
 
     def _export_weights(self) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         """The EMA weights under plain `Detector` names (LoRA merged), and the EMA adapters alone."""
-        from onedet.lora import adapter_state_dict, merged_state_dict
+        from onedet.model.lora import adapter_state_dict, merged_state_dict
 
         with self._ema_weights() as detector:
             if self.lora_config is not None:
@@ -338,7 +328,7 @@ class Trainer:
             weights, adapter = self._export_weights()
             extra = None
             if adapter is not None:
-                from onedet.lora import save_adapter
+                from onedet.model.lora import save_adapter
 
                 def extra(folder: Path) -> None:
                     save_adapter(self.lora_config, adapter, folder / "adapter")
@@ -378,7 +368,7 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------------------
 
     def _step(self, batch: Any) -> dict[str, float]:
-        from onedet.loss import weighted_total
+        from onedet.model.loss import weighted_total
 
         output = self.step_model(batch.images)
         terms = self.criterion(output, batch.boxes_xyxy, batch.labels, batch.valid)
@@ -523,8 +513,8 @@ class Trainer:
         """Evaluate `best` once more with precision-recall curves; write pr.png and predictions.png."""
         import numpy as np
 
-        from onedet.postprocess import decode_topk
-        from onedet.train.checkpoint import load_run
+        from onedet.checkpoint import load_run
+        from onedet.model.postprocess import decode_topk
         from onedet.train.plots import plot_precision_recall, plot_predictions
 
         best = load_run(self.out, "best", device=self.device).model

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from onedet.boxes import elementwise_generalized_box_iou, normalize_xyxy
-from onedet.matcher import MinCostMatcher
+from onedet.model.matcher import MinCostMatcher
 
 # OneNet's weights; the same numbers weigh the matching cost and the loss.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"focal": 2.0, "l1": 5.0, "giou": 2.0}
