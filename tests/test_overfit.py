@@ -42,7 +42,7 @@ def test_tiny_preset_overfits_a_few_synthetic_images():
     pixels, targets = render_synthetic(NUM_IMAGES, image_size=size, seed=0)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     boxes, labels, valid = _padded_targets(targets)
-    loss_fn = DetectionLoss(cfg)
+    loss_fn = DetectionLoss.from_config(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.05)
 
