@@ -15,7 +15,8 @@ from torch import nn
 from train_helpers import cli_args, make_store, tiny_config
 
 from onedet.errors import OnedetError
-from onedet.train.config import TrainConfig, add_train_arguments, field_docs, train_config_from_args
+from onedet.options import add_arguments, field_docs, from_args
+from onedet.train.config import TrainConfig
 from onedet.train.ema import WeightEma
 from onedet.train.optim import build_optimizer, lr_factor, param_groups
 
@@ -42,7 +43,7 @@ def trained(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_cli_is_generated_from_the_dataclass() -> None:
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
+    add_arguments(parser, TrainConfig)
     args = parser.parse_args(
         [
             "--data",
@@ -60,7 +61,7 @@ def test_cli_is_generated_from_the_dataclass() -> None:
             "none",
         ]
     )
-    cfg = train_config_from_args(args)
+    cfg = from_args(TrainConfig, args)
     assert cfg == TrainConfig(
         data=Path("s"), finetune="lora", lr=3e-4, augment=False, max_minutes=2.5, pretrained=None, workers=None
     )
@@ -68,7 +69,29 @@ def test_cli_is_generated_from_the_dataclass() -> None:
         parser.parse_args(["--data", "s", "--finetune", "everything"])
     helps = {a.dest: a.help for a in parser._actions}
     assert "LoRA rank" in helps["lora_rank"] and "%(default)s" in helps["lora_rank"]
-    assert set(field_docs()) == {f for f in TrainConfig.__dataclass_fields__}
+    assert set(field_docs(TrainConfig)) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+def test_model_fields_are_flags_and_a_subclass_of_train_config_gets_its_cli() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class DistillConfig(TrainConfig):
+        teacher: Path | None = None
+        """The teacher run folder."""
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, DistillConfig)
+    args = parser.parse_args(
+        ["--data", "s", "--teacher", "t", "--model.neck_channels=64", "--model.strides", "8,16", "--model.taps=[1, 3]"]
+    )
+    cfg = from_args(DistillConfig, args)
+    assert cfg.teacher == Path("t") and cfg.lr == TrainConfig.lr
+    assert cfg.model == {"neck_channels": 64, "strides": (8, 16), "taps": (1, 3)}
+    helps = {a.dest: a.help for a in parser._actions}
+    assert "teacher run" in helps["teacher"] and "LoRA rank" in helps["lora_rank"]
+    assert "Channels of every pyramid level" in helps["model.neck_channels"]
+    assert from_args(TrainConfig, parser.parse_args(["--data", "s"])).model == {}
 
 
 # --- optimizer, schedule, EMA ------------------------------------------------------------------------------------
@@ -130,11 +153,11 @@ def test_amp_plan() -> None:
     from onedet.train import amp
 
     cpu = torch.device("cpu")
-    assert amp.plan("off", cpu, True) == (None, None)
-    assert amp.plan("bf16", cpu, False) == (torch.bfloat16, torch.bfloat16)
+    assert amp.plan("off", cpu, True) is None
+    assert amp.plan("bf16", cpu, False) == torch.bfloat16
     native = torch.bfloat16 if amp.cpu_bf16_supported() else None
-    assert amp.plan("auto", cpu, True) == (native, native), "a frozen backbone: bf16 where the CPU has it"
-    assert amp.plan("auto", cpu, False) == (None, None), "a trainable backbone stays fp32 on the CPU"
+    assert amp.plan("auto", cpu, True) == native, "a frozen backbone: bf16 where the CPU has it"
+    assert amp.plan("auto", cpu, False) is None, "a trainable backbone stays fp32 on the CPU"
 
 
 # --- the split forward and cached features ---------------------------------------------------------------------

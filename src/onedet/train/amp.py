@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import NamedTuple
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 
 @functools.cache
@@ -31,25 +32,16 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-class AmpPlan(NamedTuple):
-    backbone: torch.dtype | None
-    """Autocast dtype for the backbone forward (None: fp32)."""
-    rest: torch.dtype | None
-    """Autocast dtype for the neck, head (and a trainable backbone)."""
-
-
-def plan(amp: str, device: torch.device, backbone_frozen: bool) -> AmpPlan:
-    """Which parts run under bf16 autocast for `amp` = auto | bf16 | off."""
+def plan(amp: str, device: torch.device, backbone_frozen: bool) -> torch.dtype | None:
+    """The autocast dtype of the whole forward for `amp` = auto | bf16 | off (None: fp32)."""
     if amp == "off":
-        return AmpPlan(None, None)
+        return None
     if device.type == "cuda":
-        return AmpPlan(torch.bfloat16, torch.bfloat16) if torch.cuda.is_bf16_supported() else AmpPlan(None, None)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if amp == "bf16":
-        return AmpPlan(torch.bfloat16, torch.bfloat16)
+        return torch.bfloat16
     # auto on the CPU: bf16 with a frozen backbone, when the CPU has native bf16; else fp32.
-    if backbone_frozen and cpu_bf16_supported():
-        return AmpPlan(torch.bfloat16, torch.bfloat16)
-    return AmpPlan(None, None)
+    return torch.bfloat16 if backbone_frozen and cpu_bf16_supported() else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -57,3 +49,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class AmpForward(nn.Module):
+    """The detector's forward under autocast `dtype`, from images or (`cached`) from the features `[B, T*C, h, w]`
+    of `Detector.forward_features`. DDP wraps this module, so that its forward is the training step's."""
+
+    def __init__(self, detector: nn.Module, dtype: torch.dtype | None, device: torch.device, cached: bool = False):
+        super().__init__()
+        self.detector, self.dtype, self.device, self.cached = detector, dtype, device, cached
+        self.config = detector.config
+
+    def forward(self, x: Tensor) -> Any:
+        with autocast(self.device, self.dtype):
+            if not self.cached:
+                # A frozen backbone records nothing for autograd (its features are constants to the neck).
+                trains = any(p.requires_grad for p in self.detector.backbone.parameters())
+                with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
+                    x = self.detector.forward_features(x)  # float32 (a LayerNorm's output)
+            return self.detector.forward_head(x)

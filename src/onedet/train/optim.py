@@ -86,3 +86,9 @@ def build_scheduler(
         return lr_factor(step, steps_per_epoch=steps_per_epoch, epochs=total, warmup_epochs=warmup_epochs)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epochs_in_budget(epochs_done: int, max_epochs: int, seconds_left: float, seconds_per_epoch: float) -> int:
+    """How many epochs the schedule should have to end within a time budget at the measured pace: at least one
+    more than `epochs_done`, never more than `max_epochs`."""
+    return min(max_epochs, epochs_done + max(1, int(seconds_left / max(seconds_per_epoch, 1e-9))))

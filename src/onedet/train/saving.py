@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from onedet import __version__
 from onedet.atomic import replace_folder
-from onedet.checkpoint import MODEL_JSON, TRAIN_STATE, WEIGHTS
+from onedet.checkpoint import ADAPTER, MODEL_JSON, TRAIN_STATE, WEIGHTS
 from onedet.errors import OnedetError
 
 
@@ -128,3 +128,61 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- what a trainer saves ----------------------------------------------------------------------------------------
+
+
+def check_writable(out: Path) -> None:
+    """Create the run folder `out` and write a probe file into it, or raise an OnedetError saying why not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OnedetError(f"{out}: the run folder is not writable: {err.strerror or err}") from err
+
+
+def export_weights(
+    detector: torch.nn.Module, lora: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """The detector's weights on the CPU under plain `Detector` names (with `lora`, merged), and its adapters alone."""
+    from onedet.model.lora import adapter_state_dict, merged_state_dict
+
+    if lora:
+        weights = merged_state_dict(detector)
+        adapter = {k: v.detach().clone() for k, v in adapter_state_dict(detector).items()}
+    else:
+        weights, adapter = detector.state_dict(), None
+    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}, adapter
+
+
+def live_tensors(detector: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The detector's tensors that `weights` (model.safetensors) does not already hold: neck/head before EMA, LoRA
+    bases and adapters. With model.safetensors they restore the live weights exactly."""
+    raw = detector.state_dict()
+    return {k: v.detach().cpu() for k, v in raw.items() if k not in weights or not torch.equal(v.cpu(), weights[k])}
+
+
+def save_run_checkpoints(
+    folder: Path,
+    *,
+    weights: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    train_state: dict[str, Any],
+    adapter: tuple[Any, dict[str, torch.Tensor]] | None = None,
+    best: bool = False,
+) -> None:
+    """Write `folder/last` (with `train_state` and, given `(lora_config, adapter_weights)`, peft's `adapter/`), and
+    `folder/best` as links to the same files, less the training state, when `best`."""
+    extra = None
+    if adapter is not None:
+        from onedet.model.lora import save_adapter
+
+        def extra(tmp: Path) -> None:
+            save_adapter(adapter[0], adapter[1], tmp / ADAPTER)
+
+    write_checkpoint(folder / "last", weights=weights, info=info, train_state=train_state, write_extra=extra)
+    if best:
+        link_checkpoint(folder / "last", folder / "best")
