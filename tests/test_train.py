@@ -4,6 +4,7 @@ cached features, bad input (non-finite loss, classes that do not match, an occup
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -319,3 +320,47 @@ def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) 
     result = train(tiny_config(store, tmp_path / "run", epochs=5, max_minutes=1e-4, augment=False))
     assert [r["epoch"] for r in read_metrics(result.run)] == [1], "stopped after the first epoch"
     assert result.metrics is not None, "the last epoch is evaluated and `best` written"
+
+
+def test_a_subclass_trains_extra_modules_through_the_seams(tmp_path: Path) -> None:
+    """`build_criterion` adds a term, `trainable_extras` gives it parameters: optimised, saved under "extras" in
+    train_state.pt, and restored on resume (the seam a distillation trainer builds on)."""
+    from onedet.checkpoint import read_train_state
+    from onedet.train.loop import Trainer
+
+    class ExtraTrainer(Trainer):
+        def trainable_extras(self) -> torch.nn.Module:
+            self.scale = torch.nn.Linear(1, 1)
+            return self.scale
+
+        def build_criterion(self):
+            base = super().build_criterion()
+
+            def criterion(output, batch):
+                terms = base(output, batch)
+                terms["extra"] = (self.scale(output.logits.float().mean().reshape(1, 1)) - 1).square().sum()
+                return terms
+
+            return criterion
+
+    from onedet.config import ModelConfig
+
+    weights = {**ModelConfig().loss_weights, "extra": 1.0}
+    store = make_store(tmp_path, num_images=12)
+    cfg = tiny_config(store, tmp_path / "run", amp="off", ema_decay=0, model={"loss_weights": weights})
+    trainer = ExtraTrainer(cfg)
+    try:
+        start = trainer.scale.weight.detach().clone()
+        assert any(p is trainer.scale.weight for g in trainer.optimizer.param_groups for p in g["params"])
+        trainer.fit()
+        trained = {k: v.detach().clone() for k, v in trainer.scale.state_dict().items()}
+    finally:
+        trainer.close()
+    assert not torch.equal(trained["weight"], start), "the extra module trained"
+    state = read_train_state(tmp_path / "run" / "weights" / "last")
+    torch.testing.assert_close(state["extras"]["weight"], trained["weight"])
+    resumed = ExtraTrainer(dataclasses.replace(cfg, resume=True, epochs=1))
+    try:
+        torch.testing.assert_close(resumed.scale.weight.detach(), trained["weight"])
+    finally:
+        resumed.close()

@@ -19,6 +19,7 @@ import numpy as np
 
 from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
+from onedet.options import PredictOptions
 from onedet.runtime import BatchDetector, Detections, OnnxDetector
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ def load_predictor(model: str | Path | Any) -> OnnxDetector | TorchDetector:
     return TorchDetector(model)
 
 
-def predict(model: str | Path | Any, images: Any, threshold: float = 0.3) -> Detections | list[Detections]:
+def predict(
+    model: str | Path | Any, images: Any, threshold: float = PredictOptions.threshold
+) -> Detections | list[Detections]:
     """Detect objects: one image (uint8 [H, W, 3] RGB array, Pillow image or file path) -> `Detections`;
     a list of them -> a list of `Detections`. `model` is a run folder, an `.onnx` file or a loaded predictor."""
     detector = load_predictor(model)
@@ -142,7 +145,7 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 
 def predict_files(
-    model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = 0.3
+    model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = PredictOptions.threshold
 ) -> list[dict[str, Any]]:
     """Detect objects in every image of `sources`; write annotated PNGs and `detections.json` into `out`.
 
