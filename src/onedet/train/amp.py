@@ -1,12 +1,12 @@
 """Mixed precision choices: bf16 autocast on CUDA, and on CPUs with native bf16 when the backbone is frozen.
 
-On this kind of CPU (AVX512-BF16 / AMX) bf16 autocast runs the ViT-B/16 backbone at 640 px about 1.8 times
-faster with features within about 1% of fp32 (ANCHORS.md), and the neck and head's forward + backward about 2
-times faster; training the neck and head of a frozen backbone in bf16 reached the same val AP as fp32
-(BENCHMARKS.md, Training). A trainable backbone (LoRA, full) stays fp32 on the CPU with `auto`: from random
-weights bf16 trained the quickstart model to a slightly lower AP per epoch, and torch's bf16 attention backward
-is slower there than fp32's, so the whole step gains only 1.3x. `--amp bf16` asks for it anyway; the quickstart
-does, because in its fixed time budget the extra epochs outweigh that. Weights, optimizer state, the loss and
+On CPUs with native bf16 (AVX512-BF16 / AMX) bf16 autocast runs the backbone, and the neck and head's forward +
+backward, markedly faster with features close to fp32's, and training the neck and head of a frozen backbone in
+bf16 reached the same val AP as fp32 (BENCHMARKS.md, Training, with the figures). A trainable backbone (LoRA,
+full) stays fp32 on the CPU with `auto`: from random weights bf16 trained the quickstart model to a slightly lower
+AP per epoch, and torch's bf16 attention backward is slower there than fp32's, so the whole step gains little.
+`--amp bf16` asks for it anyway; the quickstart does, because in its fixed time budget the extra epochs outweigh
+that. Weights, optimizer state, the loss and
 the box decoding stay fp32 in every case (autocast).
 """
 

@@ -1,7 +1,7 @@
 """Cached backbone features (`--cache-features`): with a frozen backbone, run it once per image, not per epoch.
 
 A frozen backbone maps the same image to the same features every epoch, so on a CPU, where the backbone is
-most of a training step (ANCHORS: 4.7 s of 6.0 s for ViT-B at 640), computing its features once and training
+most of a training step (BENCHMARKS.md, Training), computing its features once and training
 the neck and head on them makes epochs many times faster. The cache holds, for every store image, the features
 of the image and of its horizontal flip (ViT features are not flip-equivariant, so the flip is computed, not
 mirrored), as one float16 memmap `[N, 2, T*C, h, w]` (T tapped blocks of C channels) in `RUN/cache/`. The

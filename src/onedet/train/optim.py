@@ -2,8 +2,8 @@
 
 Weight decay is never applied to norms, biases, position embeddings or other 1-d tensors (the usual
 practice since BERT / ViT: decaying a LayerNorm gain towards zero only hurts). The schedule is defined in
-epochs, so the same defaults behave the same on 200 images as on 200,000 (ANCHORS: peers that count
-warm-up in COCO iterations end warm-up late on small sets); it is evaluated per optimizer step.
+epochs, so the same defaults behave the same on 200 images as on 200,000 (schedules that count warm-up in COCO
+iterations end warm-up late on small sets); it is evaluated per optimizer step.
 """
 
 from __future__ import annotations
