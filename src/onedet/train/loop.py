@@ -7,7 +7,8 @@ cosine schedule, gradient clipping, an EMA of the weights, evaluation of the EMA
 torchrun it trains data-parallel (DDP): every rank reads its own shard, rank 0 alone evaluates and writes.
 
 Resuming restores the live weights, optimizer, scheduler, EMA, loader position and RNG states of `last`, so an
-interrupted run ends with the weights an uninterrupted one gets.
+interrupted run ends with the weights an uninterrupted one gets. What the run is built from comes from
+`onedet.train.setup`; how checkpoints are written, from `onedet.train.saving`.
 """
 
 from __future__ import annotations
