@@ -217,6 +217,7 @@ def test_parity_check_can_fail() -> None:
             assert_same_detections(ref, bad)
 
 
+@pytest.mark.slow
 def test_int8_dynamic_and_fp16_run_and_detect(exported: dict) -> None:
     from onedet.checkpoint import load_run
     from onedet.end_to_end import build_end_to_end
@@ -296,6 +297,7 @@ def test_export_errors(exported: dict, tmp_path: Path) -> None:
         export(tmp_path / "missing", tmp_path / "model.onnx")
 
 
+@pytest.mark.slow
 def test_every_conv_weight_is_an_initializer(tmp_path: Path) -> None:
     """The neck computes its fuse conv's weight from parameters (the tap norms folded in); export folds it into an
     initializer even when it is larger than the exporter's own folding limit (262144 elements), so that the int8

@@ -176,6 +176,7 @@ def test_forward_features_then_forward_head_equals_forward() -> None:
     assert torch.equal(whole.logits, split.logits) and torch.equal(whole.boxes_xyxy, split.boxes_xyxy)
 
 
+@pytest.mark.slow
 def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path: Path) -> None:
     from onedet.data.store import Store
     from onedet.train.features import CachedFeatureModel, FeatureCache
@@ -282,6 +283,7 @@ def test_resume_of_weights_from_another_architecture_is_a_clear_error(
         train(tiny_config(store, run, resume=True))
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,6 +315,7 @@ def test_an_unwritable_run_folder_is_a_clear_error(store: Path, tmp_path: Path) 
         train(tiny_config(store, blocker / "run"))
 
 
+@pytest.mark.slow
 def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) -> None:
     from onedet.train import train
     from onedet.train.logging import read_metrics
@@ -322,6 +325,7 @@ def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) 
     assert result.metrics is not None, "the last epoch is evaluated and `best` written"
 
 
+@pytest.mark.slow
 def test_a_subclass_trains_extra_modules_through_the_seams(tmp_path: Path) -> None:
     """`build_criterion` adds a term, `trainable_extras` gives it parameters: optimised, saved under "extras" in
     train_state.pt, and restored on resume (the seam a distillation trainer builds on)."""
