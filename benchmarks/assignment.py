@@ -22,9 +22,9 @@ import torch
 from onedet.config import ModelConfig
 from onedet.data.synthetic import CLASSES, render_synthetic
 from onedet.evaluate import coco_metrics
-from onedet.loss import DetectionLoss, weighted_total
 from onedet.model.detector import build_detector
-from onedet.postprocess import decode_topk
+from onedet.model.loss import DetectionLoss, weighted_total
+from onedet.model.postprocess import decode_topk
 
 SIZE = 256
 
@@ -61,7 +61,7 @@ def _setup(aux: bool, lr: float, aux_scale: float = 1.0):
     cfg.loss_weights = {k: w * (aux_scale if k.startswith("aux_") else 1.0) for k, w in cfg.loss_weights.items()}
     model = build_detector(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    return cfg, model, DetectionLoss(cfg), torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    return cfg, model, DetectionLoss.from_config(cfg), torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
 
 
 def _step(cfg, model, loss_fn, optimizer, images, boxes, labels, valid) -> None:

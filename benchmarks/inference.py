@@ -28,14 +28,10 @@ import torch
 from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 
 from onedet.config import from_preset
-from onedet.export import (
-    _metadata,
-    build_end_to_end,
-    export_onnx,
-    quantize_int8_dynamic,
-    quantize_int8_static,
-)
+from onedet.end_to_end import build_end_to_end
+from onedet.export import _metadata, export_onnx
 from onedet.model.detector import build_detector
+from onedet.quantize import quantize_int8_dynamic, quantize_int8_static
 from onedet.runtime import OnnxDetector
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -161,9 +157,9 @@ def _evaluate_onnx(detector: OnnxDetector, store: object) -> dict:
 
 
 def accuracy(args: argparse.Namespace) -> None:
+    from onedet.checkpoint import load_run
     from onedet.data.store import Store
     from onedet.evaluate import evaluate_model
-    from onedet.train.checkpoint import load_run
 
     run = load_run(args.weights)
     store = Store(args.data)

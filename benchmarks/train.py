@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+from onedet.config import ModelConfig
+from onedet.options import add_nested_arguments, nested_values
 from onedet.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,20 +60,35 @@ def _synthetic_store(folder: Path, size: int, num_images: int) -> Path:
     return folder / "store"
 
 
+class _BackboneOnlyBf16(torch.nn.Module):
+    """The detector with bf16 autocast around its backbone (`forward_features`) alone: the neck and head in fp32."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> Any:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            features = self.detector.forward_features(images)
+        return self.detector.forward_head(features)
+
+
 def _time_steps(
-    cfg: TrainConfig, steps: int, weights: dict[str, torch.Tensor] | None = None, plan: tuple | None = None
+    cfg: TrainConfig, steps: int, weights: dict[str, torch.Tensor] | None = None, backbone_only_bf16: bool = False
 ) -> tuple[float, float, float]:
     """(median wall seconds, median process CPU seconds per step, trainer set-up wall seconds) over `steps` steps
-    after one warm-up step, from `weights` when given, with the autocast `plan` (an `amp.AmpPlan`) instead of
-    the one `cfg.amp` gives when given. CPU seconds count every thread of the process (the loader's included)."""
-    from onedet.train import amp
+    after one warm-up step, from `weights` when given; with `backbone_only_bf16`, the step's forward is
+    `_BackboneOnlyBf16` (through the trainer's `build_forward` seam). CPU seconds count every thread of the process
+    (the loader's included)."""
     from onedet.train.loop import Trainer
 
+    class BackboneOnlyTrainer(Trainer):
+        def build_forward(self) -> torch.nn.Module:
+            return _BackboneOnlyBf16(self.detector)
+
     tick = time.perf_counter()
-    trainer = Trainer(cfg)
+    trainer = (BackboneOnlyTrainer if backbone_only_bf16 else Trainer)(cfg)
     setup = time.perf_counter() - tick
-    if plan is not None:
-        trainer.forward.plan = amp.AmpPlan(*plan)
     try:
         if weights is not None:
             trainer.detector.load_state_dict(weights, strict=False)
@@ -104,26 +121,25 @@ def throughput(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             progress=False,
             epochs=1,
-            model=dict(args.model),
+            model=nested_values(args, "model"),
         )
-        bf16 = torch.bfloat16
-        # name: (TrainConfig options, autocast plan override or None)
+        # name: (TrainConfig options, whether only the backbone runs under bf16 autocast)
         modes = {
-            "frozen fp32": (dict(finetune="frozen", amp="off"), None),
-            "frozen, bf16 backbone only": (dict(finetune="frozen", amp="auto"), (bf16, None)),
-            "frozen (default)": (dict(finetune="frozen", amp="auto"), None),
-            "lora r8": (dict(finetune="lora", lora_rank=8, amp="auto"), None),
-            "full": (dict(finetune="full", amp="auto"), None),
-            "cached fp32": (dict(finetune="frozen", amp="off", cache_features=True), None),
-            "cached (default)": (dict(finetune="frozen", amp="auto", cache_features=True), None),
+            "frozen fp32": (dict(finetune="frozen", amp="off"), False),
+            "frozen, bf16 backbone only": (dict(finetune="frozen", amp="auto"), True),
+            "frozen (default)": (dict(finetune="frozen", amp="auto"), False),
+            "lora r8": (dict(finetune="lora", lora_rank=8, amp="auto"), False),
+            "full": (dict(finetune="full", amp="auto"), False),
+            "cached fp32": (dict(finetune="frozen", amp="off", cache_features=True), False),
+            "cached (default)": (dict(finetune="frozen", amp="auto", cache_features=True), False),
         }
         if args.modes:
             keep = {*args.modes, "frozen fp32", "frozen (default)"}  # the two rows the ratios are to
             modes = {name: mode for name, mode in modes.items() if name in keep}
         rows = []
-        for name, (options, plan) in modes.items():
+        for name, (options, backbone_only) in modes.items():
             cfg = TrainConfig(out=tmp / name.replace(" ", "_").replace(",", ""), **common, **options)
-            wall, cpu, setup = _time_steps(cfg, args.steps, plan=plan)
+            wall, cpu, setup = _time_steps(cfg, args.steps, backbone_only_bf16=backbone_only)
             rows.append((name, args.batch_size / wall, args.batch_size / cpu, setup))
             print(f"  {name}: {wall:.2f} s/step wall, {cpu:.2f} CPU s/step", flush=True)
     from onedet.train.amp import plan as amp_plan
@@ -164,7 +180,7 @@ def epochs(args: argparse.Namespace) -> None:
             run = tmp / name.split()[0]
             cfg = TrainConfig(
                 data=store, out=run, preset="base", pretrained=None, batch_size=args.batch_size, progress=False,
-                epochs=args.epochs, cache_features=cache, model=dict(args.model),
+                epochs=args.epochs, cache_features=cache, model=nested_values(args, "model"),
             )  # fmt: skip
             tick = time.perf_counter()
             train(cfg)
@@ -246,7 +262,7 @@ def finetune(args: argparse.Namespace) -> None:
 
 def _denormal_steps(args: argparse.Namespace) -> None:
     """(child process) Print the median seconds per step of a trainer on `args.run`'s store and weights."""
-    from onedet.train.checkpoint import read_weights
+    from onedet.checkpoint import read_weights
 
     torch.set_num_threads(args.threads)
     saved = json.loads((Path(args.run) / "train_config.json").read_text())
@@ -286,22 +302,6 @@ def denormals(args: argparse.Namespace) -> None:
         print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(values) / base:.2f} |")
 
 
-def _override(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    return key, json.loads(value)
-
-
-def _add_model_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        type=_override,
-        action="append",
-        default=[],
-        metavar="FIELD=JSON",
-        help="a ModelConfig override for every run, e.g. neck_channels=256 (repeatable)",
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -311,7 +311,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", nargs="+", help="only these rows (and the two baseline rows), by name")
-    _add_model_overrides(p)
+    add_nested_arguments(p, "model", ModelConfig)  # --model.FIELD=VALUE, for every run
     p.set_defaults(func=throughput)
     p = sub.add_parser("epochs")
     p.add_argument("--images", type=int, default=50, help="synthetic images (a fifth of them val)")
@@ -319,7 +319,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--threads", type=int, default=2)
-    _add_model_overrides(p)
+    add_nested_arguments(p, "model", ModelConfig)
     p.set_defaults(func=epochs)
     p = sub.add_parser("finetune")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="bccd")

@@ -9,7 +9,7 @@ import torch
 
 from onedet.config import ModelConfig
 from onedet.model.detector import build_detector
-from onedet.train.checkpoint import write_checkpoint
+from onedet.train.saving import write_checkpoint
 
 
 def make_run(

@@ -16,14 +16,22 @@ import onedet
 from onedet.errors import OnedetError
 
 
-def test_import_onedet_and_facade_are_torch_free() -> None:
-    code = (
-        "import json, sys, onedet\n"
-        "onedet.OneDet, onedet.OnnxDetector, onedet.Detections, onedet.ModelConfig\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))))\n"
-    )
+def _modules_imported(code: str, package: str) -> list[str]:
+    """The modules of `package` (itself included) in `sys.modules` after running `code` in a fresh interpreter."""
+    match = f"m == {package!r} or m.startswith({package + '.'!r})"
+    code += f"\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if {match})))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == []
+    return json.loads(out.stdout)
+
+
+def test_import_onedet_and_facade_are_torch_free() -> None:
+    code = "import onedet\nonedet.OneDet, onedet.OnnxDetector, onedet.Detections, onedet.ModelConfig"
+    assert _modules_imported(code, "torch") == []
+
+
+def test_inference_modules_do_not_import_the_training_package() -> None:
+    code = "import onedet.evaluate, onedet.export, onedet.predict, onedet.api"
+    assert _modules_imported(code, "onedet.train") == []
 
 
 def test_submodule_names_resolve_to_modules_in_any_import_order() -> None:
@@ -65,8 +73,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[onedet.OneDet, Pa
 
 @pytest.mark.slow
 def test_facade_trains_predicts_evaluates_and_exports(trained, tmp_path: Path) -> None:
+    from onedet.checkpoint import load_run
     from onedet.data.store import Store
-    from onedet.train.checkpoint import load_run
 
     model, store, result = trained
     assert model.run_dir == Path(result.run) and (Path(result.run) / "weights").is_dir()

@@ -65,6 +65,7 @@ def test_timm_file_gives_timm_features(timm_clip, clip_224):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pos_embed_resized_once_or_on_the_fly(timm_clip, clip_224):
     ref, path = timm_clip
     dynamic = timm.create_model(CLIP_B16, pretrained=False, dynamic_img_size=True, weight_init="skip").eval()
@@ -85,6 +86,7 @@ def test_pos_embed_resized_once_or_on_the_fly(timm_clip, clip_224):
         clip_224.window_size = 14
 
 
+@pytest.mark.slow
 def test_open_clip_file_gives_open_clip_features(tmp_path):
     open_clip = pytest.importorskip("open_clip")
     torch.manual_seed(1)

@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from onedet import atomic
+from onedet.checkpoint import checkpoint_dir, load_run, read_train_state, read_weights
 from onedet.errors import OnedetError
-from onedet.train import checkpoint
-from onedet.train.checkpoint import (
-    checkpoint_dir,
-    link_checkpoint,
-    load_run,
-    read_train_state,
-    read_weights,
-    rng_state,
-    set_rng_state,
-    write_checkpoint,
-)
+from onedet.train import saving
+from onedet.train.saving import link_checkpoint, rng_state, set_rng_state, write_checkpoint
 
 
 def _tiny_config():
@@ -103,7 +96,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: 
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", no_space)
+    monkeypatch.setattr(saving, "save_file", no_space)
     with pytest.raises(OnedetError, match=r"No space left on device.*intact"):
         write_checkpoint(folder, weights={"w": torch.zeros(2)}, info={"v": 2})
     monkeypatch.undo()
@@ -117,7 +110,7 @@ def test_a_failure_while_swapping_restores_the_previous_checkpoint(
 ) -> None:
     folder = tmp_path / "weights" / "last"
     write_checkpoint(folder, weights={"w": torch.ones(2)}, info={})
-    real_replace = checkpoint.os.replace
+    real_replace = atomic.os.replace
     calls = []
 
     def failing_second_rename(src, dst):
@@ -126,7 +119,7 @@ def test_a_failure_while_swapping_restores_the_previous_checkpoint(
             raise OSError(errno.EIO, "I/O error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", failing_second_rename)
+    monkeypatch.setattr(atomic.os, "replace", failing_second_rename)
     with pytest.raises(OnedetError, match="I/O error"):
         write_checkpoint(folder, weights={"w": torch.zeros(2)}, info={})
     monkeypatch.undo()

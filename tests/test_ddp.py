@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from train_helpers import make_store, tiny_config
 
+from onedet.checkpoint import read_train_state
 from onedet.data.store import Store
-from onedet.train.checkpoint import read_train_state
 
 WORLD = 2
 
@@ -31,15 +31,16 @@ def _worker(rank: int, port: int, store: Path, out: Path, records: Path) -> None
     )
     torch.set_num_threads(1)
     import onedet.train.loop as loop
+    import onedet.train.saving as saving
 
     writes: list[str] = []
-    real_write = loop.write_checkpoint
+    real_write = saving.write_checkpoint
 
     def spy(folder, **kwargs):
         writes.append(str(folder))
         return real_write(folder, **kwargs)
 
-    loop.write_checkpoint = spy
+    saving.write_checkpoint = spy
     trainer = loop.Trainer(tiny_config(store, out, epochs=2, batch_size=4, workers=1))
     read: list[int] = []
     real_read = trainer.train_store.read_batch

@@ -134,8 +134,7 @@ def test_onnxruntime_matches_pytorch_on_noise(detectors: tuple) -> None:
 
 def test_in_graph_letterbox_is_the_store_letterbox() -> None:
     """The graph's float letterbox rounds to exactly the store's uint8 pixels (same size, kernel, placement, pad)."""
-    from onedet.data.letterbox import letterbox_torch
-    from onedet.export import letterbox_float
+    from onedet.data.letterbox import letterbox_float, letterbox_torch
 
     rng = np.random.default_rng(0)
     for h, w in [(1, 2000), (37, 91), (300, 400), (256, 256), (100, 60)]:
@@ -166,7 +165,7 @@ def test_separable_resize_is_torchs_antialiased_bilinear(size: tuple[int, int]) 
 
 def test_quantizers_keep_the_letterbox_in_float(exported: dict) -> None:
     """int8 files: the MatMuls that compute the model's input read float pixels, not dequantized int8."""
-    from onedet.export import preprocessing_nodes, quantize_int8_dynamic
+    from onedet.quantize import preprocessing_nodes, quantize_int8_dynamic
 
     fp32 = exported["fp32"]
     meta = OnnxDetector(fp32).metadata
@@ -218,10 +217,13 @@ def test_parity_check_can_fail() -> None:
             assert_same_detections(ref, bad)
 
 
+@pytest.mark.slow
 def test_int8_dynamic_and_fp16_run_and_detect(exported: dict) -> None:
-    from onedet.export import build_end_to_end, export_onnx, quantize_int8_dynamic
+    from onedet.checkpoint import load_run
+    from onedet.end_to_end import build_end_to_end
+    from onedet.export import export_onnx
+    from onedet.quantize import quantize_int8_dynamic
     from onedet.runtime import PRECISION_KEY
-    from onedet.train.checkpoint import load_run
 
     root, fp32 = exported["root"], exported["fp32"]
     meta = OnnxDetector(fp32).metadata
@@ -256,8 +258,8 @@ def test_lora_is_merged_before_export() -> None:
     """A Detector with LoRA adapters is merged (a copy; the caller's model keeps its adapters) and predicts alike."""
     import copy
 
-    from onedet.export import build_end_to_end
-    from onedet.lora import apply_lora, has_lora
+    from onedet.end_to_end import build_end_to_end
+    from onedet.model.lora import apply_lora, has_lora
 
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset("tiny", num_classes=2, depth=2, global_blocks=(1,), taps=(0, 1), image_size=128)
@@ -295,6 +297,7 @@ def test_export_errors(exported: dict, tmp_path: Path) -> None:
         export(tmp_path / "missing", tmp_path / "model.onnx")
 
 
+@pytest.mark.slow
 def test_every_conv_weight_is_an_initializer(tmp_path: Path) -> None:
     """The neck computes its fuse conv's weight from parameters (the tap norms folded in); export folds it into an
     initializer even when it is larger than the exporter's own folding limit (262144 elements), so that the int8

@@ -11,8 +11,8 @@ import torch
 from train_helpers import make_store, tiny_config
 
 from onedet.config import ModelConfig
-from onedet.lora import apply_lora, has_lora, lora_target_names, merge_lora, merged_state_dict
 from onedet.model.detector import Detector
+from onedet.model.lora import apply_lora, has_lora, lora_target_names, merge_lora, merged_state_dict
 
 
 def _detector() -> Detector:
@@ -69,7 +69,7 @@ def test_a_lora_run_saves_merged_weights_and_the_adapters(tmp_path: Path) -> Non
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from onedet.train.checkpoint import load_run, read_train_state
+    from onedet.checkpoint import load_run, read_train_state
     from onedet.train.loop import Trainer
 
     store = make_store(tmp_path, num_images=24)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from onedet.loss import DetectionLoss, infer_image_size, weighted_total
 from onedet.model.detector import DetectorOutput as Output
 from onedet.model.head import make_points
+from onedet.model.loss import DetectionLoss, infer_image_size, weighted_total
 
 
 def _output(b=2, c=3, aux=True, seed=0, requires_grad=True):
@@ -118,3 +118,13 @@ def test_same_terms_under_an_initialised_process_group(tmp_path):
         dist.destroy_process_group()
     for name in alone:
         torch.testing.assert_close(grouped[name], alone[name])
+
+
+def test_from_config_weighs_the_matching_cost_with_the_loss_weights():
+    from onedet.config import ModelConfig
+
+    default = DetectionLoss.from_config(ModelConfig.from_preset("tiny")).matcher
+    assert (default.cost_class, default.cost_bbox, default.cost_giou) == (2.0, 5.0, 2.0)
+    weights = {"focal": 1.0, "l1": 7.0, "giou": 3.0}
+    matcher = DetectionLoss.from_config(ModelConfig.from_preset("tiny", loss_weights=weights)).matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou) == (1.0, 7.0, 3.0)

@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import generalized_box_iou
 
-from onedet.matcher import MinCostMatcher
+from onedet.model.matcher import MinCostMatcher
 
 IMAGE = (64, 96)  # (H, W)
 

@@ -12,9 +12,9 @@ import torch
 from onedet.config import ModelConfig
 from onedet.data.synthetic import CLASSES, render_synthetic
 from onedet.evaluate import coco_metrics
-from onedet.loss import DetectionLoss, weighted_total
 from onedet.model.detector import build_detector
-from onedet.postprocess import decode_topk
+from onedet.model.loss import DetectionLoss, weighted_total
+from onedet.model.postprocess import decode_topk
 
 NUM_IMAGES = 4
 STEPS = 24  # measured at lr 5e-3: AP50 > 0.9 from step 16, 1.0 at step 20 (AP 0.92)
@@ -42,7 +42,7 @@ def test_tiny_preset_overfits_a_few_synthetic_images():
     pixels, targets = render_synthetic(NUM_IMAGES, image_size=size, seed=0)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     boxes, labels, valid = _padded_targets(targets)
-    loss_fn = DetectionLoss(cfg)
+    loss_fn = DetectionLoss.from_config(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.05)
 

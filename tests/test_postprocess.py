@@ -2,7 +2,7 @@
 
 import torch
 
-from onedet.postprocess import decode_topk, to_original
+from onedet.model.postprocess import decode_topk, to_original
 
 
 def _brute_force(logits, k):

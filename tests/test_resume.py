@@ -14,7 +14,7 @@ import pytest
 import torch
 from train_helpers import cli_args, make_store
 
-from onedet.train.checkpoint import read_train_state, read_weights
+from onedet.checkpoint import read_train_state, read_weights
 from onedet.train.logging import read_metrics
 
 EPOCHS = 3

@@ -4,6 +4,7 @@ cached features, bad input (non-finite loss, classes that do not match, an occup
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -15,7 +16,8 @@ from torch import nn
 from train_helpers import cli_args, make_store, tiny_config
 
 from onedet.errors import OnedetError
-from onedet.train.config import TrainConfig, add_train_arguments, field_docs, train_config_from_args
+from onedet.options import add_arguments, field_docs, from_args
+from onedet.train.config import TrainConfig
 from onedet.train.ema import WeightEma
 from onedet.train.optim import build_optimizer, lr_factor, param_groups
 
@@ -42,7 +44,7 @@ def trained(store: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_cli_is_generated_from_the_dataclass() -> None:
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
+    add_arguments(parser, TrainConfig)
     args = parser.parse_args(
         [
             "--data",
@@ -60,7 +62,7 @@ def test_cli_is_generated_from_the_dataclass() -> None:
             "none",
         ]
     )
-    cfg = train_config_from_args(args)
+    cfg = from_args(TrainConfig, args)
     assert cfg == TrainConfig(
         data=Path("s"), finetune="lora", lr=3e-4, augment=False, max_minutes=2.5, pretrained=None, workers=None
     )
@@ -68,7 +70,29 @@ def test_cli_is_generated_from_the_dataclass() -> None:
         parser.parse_args(["--data", "s", "--finetune", "everything"])
     helps = {a.dest: a.help for a in parser._actions}
     assert "LoRA rank" in helps["lora_rank"] and "%(default)s" in helps["lora_rank"]
-    assert set(field_docs()) == {f for f in TrainConfig.__dataclass_fields__}
+    assert set(field_docs(TrainConfig)) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+def test_model_fields_are_flags_and_a_subclass_of_train_config_gets_its_cli() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class DistillConfig(TrainConfig):
+        teacher: Path | None = None
+        """The teacher run folder."""
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, DistillConfig)
+    args = parser.parse_args(
+        ["--data", "s", "--teacher", "t", "--model.neck_channels=64", "--model.strides", "8,16", "--model.taps=[1, 3]"]
+    )
+    cfg = from_args(DistillConfig, args)
+    assert cfg.teacher == Path("t") and cfg.lr == TrainConfig.lr
+    assert cfg.model == {"neck_channels": 64, "strides": (8, 16), "taps": (1, 3)}
+    helps = {a.dest: a.help for a in parser._actions}
+    assert "teacher run" in helps["teacher"] and "LoRA rank" in helps["lora_rank"]
+    assert "Channels of every pyramid level" in helps["model.neck_channels"]
+    assert from_args(TrainConfig, parser.parse_args(["--data", "s"])).model == {}
 
 
 # --- optimizer, schedule, EMA ------------------------------------------------------------------------------------
@@ -130,11 +154,11 @@ def test_amp_plan() -> None:
     from onedet.train import amp
 
     cpu = torch.device("cpu")
-    assert amp.plan("off", cpu, True) == (None, None)
-    assert amp.plan("bf16", cpu, False) == (torch.bfloat16, torch.bfloat16)
+    assert amp.plan("off", cpu, True) is None
+    assert amp.plan("bf16", cpu, False) == torch.bfloat16
     native = torch.bfloat16 if amp.cpu_bf16_supported() else None
-    assert amp.plan("auto", cpu, True) == (native, native), "a frozen backbone: bf16 where the CPU has it"
-    assert amp.plan("auto", cpu, False) == (None, None), "a trainable backbone stays fp32 on the CPU"
+    assert amp.plan("auto", cpu, True) == native, "a frozen backbone: bf16 where the CPU has it"
+    assert amp.plan("auto", cpu, False) is None, "a trainable backbone stays fp32 on the CPU"
 
 
 # --- the split forward and cached features ---------------------------------------------------------------------
@@ -152,6 +176,7 @@ def test_forward_features_then_forward_head_equals_forward() -> None:
     assert torch.equal(whole.logits, split.logits) and torch.equal(whole.boxes_xyxy, split.boxes_xyxy)
 
 
+@pytest.mark.slow
 def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path: Path) -> None:
     from onedet.data.store import Store
     from onedet.train.features import CachedFeatureModel, FeatureCache
@@ -258,14 +283,15 @@ def test_resume_of_weights_from_another_architecture_is_a_clear_error(
         train(tiny_config(store, run, resume=True))
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import onedet.loss
+    import onedet.model.loss
+    from onedet.checkpoint import read_train_state
     from onedet.train import train
-    from onedet.train.checkpoint import read_train_state
 
-    real = onedet.loss.weighted_total
+    real = onedet.model.loss.weighted_total
     calls = []
 
     def explode_on_third_step(terms, weights=None):
@@ -273,7 +299,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         total = real(terms, weights)
         return total * float("nan") if len(calls) == 3 else total
 
-    monkeypatch.setattr(onedet.loss, "weighted_total", explode_on_third_step)
+    monkeypatch.setattr(onedet.model.loss, "weighted_total", explode_on_third_step)
     out = tmp_path / "run"
     with pytest.raises(OnedetError, match=r"non-finite loss at epoch 1, step 3.*last good checkpoint"):
         train(tiny_config(store, out, checkpoint_every_steps=1, epochs=2))
@@ -289,6 +315,7 @@ def test_an_unwritable_run_folder_is_a_clear_error(store: Path, tmp_path: Path) 
         train(tiny_config(store, blocker / "run"))
 
 
+@pytest.mark.slow
 def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) -> None:
     from onedet.train import train
     from onedet.train.logging import read_metrics
@@ -296,3 +323,48 @@ def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) 
     result = train(tiny_config(store, tmp_path / "run", epochs=5, max_minutes=1e-4, augment=False))
     assert [r["epoch"] for r in read_metrics(result.run)] == [1], "stopped after the first epoch"
     assert result.metrics is not None, "the last epoch is evaluated and `best` written"
+
+
+@pytest.mark.slow
+def test_a_subclass_trains_extra_modules_through_the_seams(tmp_path: Path) -> None:
+    """`build_criterion` adds a term, `trainable_extras` gives it parameters: optimised, saved under "extras" in
+    train_state.pt, and restored on resume (the seam a distillation trainer builds on)."""
+    from onedet.checkpoint import read_train_state
+    from onedet.train.loop import Trainer
+
+    class ExtraTrainer(Trainer):
+        def trainable_extras(self) -> torch.nn.Module:
+            self.scale = torch.nn.Linear(1, 1)
+            return self.scale
+
+        def build_criterion(self):
+            base = super().build_criterion()
+
+            def criterion(output, batch):
+                terms = base(output, batch)
+                terms["extra"] = (self.scale(output.logits.float().mean().reshape(1, 1)) - 1).square().sum()
+                return terms
+
+            return criterion
+
+    from onedet.config import ModelConfig
+
+    weights = {**ModelConfig().loss_weights, "extra": 1.0}
+    store = make_store(tmp_path, num_images=12)
+    cfg = tiny_config(store, tmp_path / "run", amp="off", ema_decay=0, model={"loss_weights": weights})
+    trainer = ExtraTrainer(cfg)
+    try:
+        start = trainer.scale.weight.detach().clone()
+        assert any(p is trainer.scale.weight for g in trainer.optimizer.param_groups for p in g["params"])
+        trainer.fit()
+        trained = {k: v.detach().clone() for k, v in trainer.scale.state_dict().items()}
+    finally:
+        trainer.close()
+    assert not torch.equal(trained["weight"], start), "the extra module trained"
+    state = read_train_state(tmp_path / "run" / "weights" / "last")
+    torch.testing.assert_close(state["extras"]["weight"], trained["weight"])
+    resumed = ExtraTrainer(dataclasses.replace(cfg, resume=True, epochs=1))
+    try:
+        torch.testing.assert_close(resumed.scale.weight.detach(), trained["weight"])
+    finally:
+        resumed.close()

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onedet.errors import OnedetError
+from onedet.options import EvalOptions, PredictOptions
 
 if TYPE_CHECKING:
+    from onedet.checkpoint import LoadedRun
     from onedet.runtime import Detections
-    from onedet.train.checkpoint import LoadedRun
 
 __all__ = ["OneDet"]
 
@@ -55,7 +56,7 @@ class OneDet:
         return self
 
     def _load(self, path: Path, which: str = "best", device: str = "auto") -> None:
-        from onedet.train.checkpoint import load_run
+        from onedet.checkpoint import load_run
 
         self._run = load_run(path, which, device=_device(device))
         self.run_dir = path
@@ -105,7 +106,7 @@ class OneDet:
         self._load(Path(result.run), device=cfg.device)
         return result
 
-    def predict(self, images: Any, threshold: float = 0.3) -> Detections | list[Detections]:
+    def predict(self, images: Any, threshold: float = PredictOptions.threshold) -> Detections | list[Detections]:
         """One image (uint8 [H, W, 3] RGB array, Pillow image or path) -> `Detections`; a list -> a list."""
         from onedet.predict import load_predictor, predict
 
@@ -113,7 +114,7 @@ class OneDet:
             self._predictor = load_predictor(self.run)
         return predict(self._predictor, images, threshold=threshold)
 
-    def evaluate(self, data: Any, batch_size: int = 8) -> dict:
+    def evaluate(self, data: Any, batch_size: int = EvalOptions.batch_size) -> dict:
         """COCO metrics on a store split (a path such as `store/val`, or a `Store`)."""
         from onedet.evaluate import evaluate_run
 

@@ -1,46 +1,13 @@
-"""Box conversions and overlap measures.
+"""Box measures the matcher and the loss share: normalisation by the image size, and the elementwise GIoU.
 
-Boxes are `xyxy` pixels unless the name says otherwise (see docs/design.md). Pairwise IoU/GIoU come from
-torchvision.ops; the elementwise GIoU (the loss needs it for matched pairs, torchvision only has the
-pairwise matrix or the loss form) is written here.
+Boxes are `xyxy` pixels unless the name says otherwise (see docs/design.md). The elementwise GIoU of matched
+pairs is written here because torchvision.ops only has the pairwise matrix or the loss form.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert, box_iou, generalized_box_iou
-
-__all__ = [
-    "box_iou",
-    "cxcywh_to_xyxy",
-    "elementwise_generalized_box_iou",
-    "generalized_box_iou",
-    "normalize_xyxy",
-    "xywh_to_xyxy",
-    "xyxy_to_cxcywh",
-    "xyxy_to_xywh",
-]
-
-
-def xyxy_to_cxcywh(boxes_xyxy: Tensor) -> Tensor:
-    """`[..., 4]` corners to centre and size."""
-    return box_convert(boxes_xyxy, "xyxy", "cxcywh")
-
-
-def cxcywh_to_xyxy(boxes_cxcywh: Tensor) -> Tensor:
-    """`[..., 4]` centre and size to corners."""
-    return box_convert(boxes_cxcywh, "cxcywh", "xyxy")
-
-
-def xyxy_to_xywh(boxes_xyxy: Tensor) -> Tensor:
-    """`[..., 4]` corners to COCO's top-left and size."""
-    return box_convert(boxes_xyxy, "xyxy", "xywh")
-
-
-def xywh_to_xyxy(boxes_xywh: Tensor) -> Tensor:
-    """`[..., 4]` COCO's top-left and size to corners."""
-    return box_convert(boxes_xywh, "xywh", "xyxy")
 
 
 def normalize_xyxy(boxes_xyxy: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -18,9 +18,14 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
+LOSS_WEIGHTS: dict[str, float] = {"focal": 2.0, "l1": 5.0, "giou": 2.0}
+"""OneNet's weights of the focal, L1 and GIoU terms: the one source of the loss weights and of the matching cost's
+(`ModelConfig.loss_weights`, `MinCostMatcher`, `DetectionLoss.from_config`)."""
+
+
 def _default_loss_weights() -> dict[str, float]:
-    # OneNet's cost/loss weights (focal 2, L1 5, GIoU 2); the auxiliary one-to-many branch uses the same.
-    return {"focal": 2.0, "l1": 5.0, "giou": 2.0, "aux_focal": 2.0, "aux_l1": 5.0, "aux_giou": 2.0}
+    # The auxiliary one-to-many branch uses the same weights as the one-to-one terms.
+    return {**LOSS_WEIGHTS, **{f"aux_{k}": v for k, v in LOSS_WEIGHTS.items()}}
 
 
 @dataclass
@@ -92,7 +97,8 @@ class ModelConfig:
     topk: int = 100
     """Detections kept per image by the NMS-free decoding."""
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
-    """Weight of each named loss term: `total = sum(w[k] * terms[k])` (OneNet: focal 2, L1 5, GIoU 2)."""
+    """Weight of each named loss term: `total = sum(w[k] * terms[k])` (OneNet: focal 2, L1 5, GIoU 2). The
+    one-to-one matching cost weighs its focal, L1 and GIoU parts with `focal`, `l1` and `giou` too."""
 
     def __post_init__(self) -> None:
         for name in ("pixel_mean", "pixel_std", "global_blocks", "taps", "strides"):

@@ -2,7 +2,7 @@
 
 Once a detector has trained for a while, some activations and gradients (attention probabilities, focal-loss
 terms of confident background) fall below float32's normal range (1.2e-38). x86 CPUs handle such denormal
-numbers in microcode, tens of times slower than normal ones: the quickstart's training steps became 1.4 times
+numbers in microcode, tens of times slower than normal ones: the quickstart's training steps became markedly
 slower after a few epochs for that reason alone (BENCHMARKS.md, Training). Flushing them to zero changes results
 by less than 1e-38 per value; GPUs do the same in their fast modes.
 

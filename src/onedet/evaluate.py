@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from onedet.options import EvalOptions
+
 # COCO's summary order (maxDets 100; area all/small/medium/large).
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -36,26 +38,46 @@ def build_coco_dicts(
     if len(detections) != len(gt):
         raise ValueError(f"{len(detections)} detection entries for {len(gt)} images")
     image_ids = list(range(len(gt))) if image_ids is None else [int(i) for i in image_ids]
+    dataset = {
+        "images": _coco_images(image_ids, orig_sizes),
+        "annotations": _coco_annotations(gt, image_ids, category_ids),
+        "categories": [{"id": int(c), "name": str(c)} for c in category_ids],
+    }
+    return dataset, _coco_results(detections, image_ids, category_ids)
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    """COCO's `[x, y, w, h]` of an xyxy box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def _coco_images(image_ids: list[int], orig_sizes: Sequence[tuple[int, int]] | np.ndarray | None) -> list[dict]:
     images = []
     for i, image_id in enumerate(image_ids):
         entry: dict[str, Any] = {"id": image_id}
         if orig_sizes is not None:
             entry["height"], entry["width"] = int(orig_sizes[i][0]), int(orig_sizes[i][1])
         images.append(entry)
-    categories = [{"id": int(c), "name": str(c)} for c in category_ids]
+    return images
+
+
+def _coco_annotations(
+    gt: Sequence[dict[str, np.ndarray]], image_ids: list[int], category_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Boxes as `iscrowd=0` annotations; each crowd region as `iscrowd=1` of its class (of every class when -1)."""
     annotations: list[dict[str, Any]] = []
 
     def add(image_id: int, box: np.ndarray, category: int, crowd: int) -> None:
-        x0, y0, x1, y1 = (float(v) for v in box)
-        w, h = x1 - x0, y1 - y0
+        bbox = _xywh(box)
         # Annotation ids start at 1: COCOeval uses 0 to mean "unmatched".
         annotations.append(
             {
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": category,
-                "bbox": [x0, y0, w, h],
-                "area": w * h,
+                "bbox": bbox,
+                "area": bbox[2] * bbox[3],
                 "iscrowd": crowd,
             }
         )
@@ -70,22 +92,26 @@ def build_coco_dicts(
         for box, label in zip(crowd, crowd_labels):
             for c in category_ids if label < 0 else [category_ids[int(label)]]:
                 add(image_id, box, int(c), 1)
-    dataset = {"images": images, "annotations": annotations, "categories": categories}
+    return annotations
 
+
+def _coco_results(
+    detections: Sequence[dict[str, np.ndarray]], image_ids: list[int], category_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Detections in `loadRes` form, labels mapped to the dataset's category ids."""
     results: list[dict[str, Any]] = []
     for image_id, d in zip(image_ids, detections):
         boxes = np.asarray(d["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
         for box, score, label in zip(boxes, np.asarray(d["scores"]).reshape(-1), np.asarray(d["labels"]).reshape(-1)):
-            x0, y0, x1, y1 = (float(v) for v in box)
             results.append(
                 {
                     "image_id": image_id,
                     "category_id": int(category_ids[int(label)]),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "bbox": _xywh(box),
                     "score": float(score),
                 }
             )
-    return dataset, results
+    return results
 
 
 def _results_as_annotations(dataset: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,7 +178,9 @@ def ground_truth(batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = None, with_pr: bool = False) -> dict:
+def evaluate_model(
+    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, with_pr: bool = False
+) -> dict:
     """COCO metrics of `model` (a `Detector`, switched to eval mode) over a `Store` split (see `coco_metrics`).
 
     Images are read in batches with `store.read_batch` (uint8), passed as `[0, 1]` floats, decoded with
@@ -161,7 +189,7 @@ def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = 
     """
     import torch
 
-    from onedet.postprocess import decode_topk, to_original
+    from onedet.model.postprocess import decode_topk, to_original
 
     if k is None:
         k = int(getattr(getattr(model, "config", None), "topk", None) or 100)
@@ -186,14 +214,14 @@ def evaluate_model(model: Any, store: Any, batch_size: int = 8, k: int | None = 
     return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes, with_pr=with_pr)
 
 
-def evaluate_run(weights: Any, data: Any, batch_size: int = 8) -> dict:
+def evaluate_run(weights: Any, data: Any, batch_size: int = EvalOptions.batch_size) -> dict:
     """`load_run(weights)` + `Store(data)` + `evaluate_model`, with the run's classes checked against the store's.
 
     `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`.
     """
+    from onedet.checkpoint import load_run
     from onedet.data.store import Store
     from onedet.errors import OnedetError
-    from onedet.train.checkpoint import load_run
 
     if batch_size < 1:
         raise OnedetError(f"--batch-size must be at least 1, got {batch_size}")

@@ -1,6 +1,6 @@
 """Predict on images, folders or globs with a run folder (PyTorch) or an exported `.onnx` file (onnxruntime).
 
-Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.export.EndToEnd` and run
+Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.end_to_end.EndToEnd` and run
 eagerly, an `.onnx` file is that module exported. The ONNX path never imports torch (torch is imported lazily,
 only for run folders), so a serving image needs only onnxruntime, numpy and Pillow.
 """
@@ -19,6 +19,7 @@ import numpy as np
 
 from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
+from onedet.options import PredictOptions
 from onedet.runtime import BatchDetector, Detections, OnnxDetector
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class TorchDetector(BatchDetector):
     def __init__(self, run: str | Path | Any, device: str | None = None) -> None:
         import torch
 
-        from onedet.export import build_end_to_end
+        from onedet.end_to_end import build_end_to_end
 
         self.module, self.classes, self.category_ids = build_end_to_end(run)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -62,7 +63,9 @@ def load_predictor(model: str | Path | Any) -> OnnxDetector | TorchDetector:
     return TorchDetector(model)
 
 
-def predict(model: str | Path | Any, images: Any, threshold: float = 0.3) -> Detections | list[Detections]:
+def predict(
+    model: str | Path | Any, images: Any, threshold: float = PredictOptions.threshold
+) -> Detections | list[Detections]:
     """Detect objects: one image (uint8 [H, W, 3] RGB array, Pillow image or file path) -> `Detections`;
     a list of them -> a list of `Detections`. `model` is a run folder, an `.onnx` file or a loaded predictor."""
     detector = load_predictor(model)
@@ -149,7 +152,7 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 
 def predict_files(
-    model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = 0.3
+    model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = PredictOptions.threshold
 ) -> list[dict[str, Any]]:
     """Detect objects in every image of `sources`; write annotated PNGs and `detections.json` into `out`.
 

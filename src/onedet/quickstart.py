@@ -55,8 +55,8 @@ def quickstart(
     if run.exists():
         shutil.rmtree(run)  # a rerun starts over
     # bf16 autocast where the CPU has native bf16: from random weights it learns a little less per epoch than
-    # fp32 but runs 1.3x as many epochs in the budget (val AP50 0.913 against 0.891, AP 0.682 against 0.646;
-    # BENCHMARKS.md, Training). Elsewhere bf16 would be emulated, i.e. slower: fp32 there.
+    # fp32 but runs more epochs in the budget, and ends higher (BENCHMARKS.md, Training). Elsewhere bf16 would be
+    # emulated, i.e. slower: fp32 there.
     amp = "bf16" if cpu_bf16_supported() else "off"
     _say(
         f"training the tiny preset on the CPU ({'bf16 autocast' if amp == 'bf16' else 'fp32'}) into {run} "
@@ -74,7 +74,7 @@ def quickstart(
             lr=2e-3,
             backbone_lr_scale=1.0,  # random weights: the backbone learns as fast as the rest
             # 8-pixel patches: a 16x16 grid at 128 px instead of 8x8. From random weights this learned much faster
-            # per minute on 2 cores (val AP50 0.80 vs 0.57-0.66 in the same budget; BENCHMARKS.md, Training).
+            # per minute on 2 cores (BENCHMARKS.md, Training).
             model={"patch_size": 8},
             warmup_epochs=1.0,
             amp=amp,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from onedet.errors import OnedetError
+from onedet.options import PredictOptions
 
 # ONNX metadata keys written by `onedet.export` and read here.
 MARKER_KEY = "onedet_model"
@@ -154,7 +155,7 @@ class BatchDetector:
     def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def __call__(self, images: Any, threshold: float = 0.3) -> list[Detections]:
+    def __call__(self, images: Any, threshold: float = PredictOptions.threshold) -> list[Detections]:
         """Detect objects in one image, a list of images (any sizes) or a [B, H, W, 3] batch (uint8 RGB).
 
         Returns one `Detections` per image, in input order, keeping detections with score >= threshold.

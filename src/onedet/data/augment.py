@@ -42,8 +42,8 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _GRAY = torch.tensor([0.299, 0.587, 0.114])
 
 _TILE = 65536
-"""Pixels per colour tile on the CPU: 3 x 64 Ki floats in and out (768 KB each) stay in L2. Measured, 16 x 640 px,
-one thread: 4 Ki 57 ms, 16 Ki 35 ms, 64 Ki 27 ms, whole images 32 ms, untiled `baddbmm` on a fresh tensor 113 ms."""
+"""Pixels per colour tile on the CPU: 3 x 64 Ki floats in and out (768 KB each) stay in L2; the fastest of the
+tile sizes measured (BENCHMARKS.md, Data loading)."""
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:

@@ -27,8 +27,8 @@ from onedet.data.checks import DUPLICATES
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
-# works and is the fastest here (ANCHORS.md). A module-level filter, because `warnings.catch_warnings` is not
-# thread-safe and batches are read in the loader's background thread.
+# works and is the fastest decoder measured (BENCHMARKS.md, Data loading). A module-level filter, because
+# `warnings.catch_warnings` is not thread-safe and batches are read in the loader's background thread.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 _PER_IMAGE_KEYS = (
@@ -237,8 +237,8 @@ class Store:
         if images[0].is_cuda:
             stacked = torch.stack(images)
             return stacked if out is None else out.copy_(stacked)
-        # decode_jpeg returns [3, S, S] views of HWC memory. On this CPU, torch.stack of 16 such images took
-        # ~250 ms (torch 2.14, uint8) against ~10 ms for np.stack of the HWC arrays and ~25 ms for the transpose.
+        # decode_jpeg returns [3, S, S] views of HWC memory: torch.stack of such views is far slower than np.stack
+        # of the HWC arrays and one transpose (BENCHMARKS.md, Data loading).
         hwc = np.stack([im.permute(1, 2, 0).numpy() for im in images])  # (B, S, S, 3)
         if out is not None and out.device.type == "cpu":
             np.copyto(out.numpy(), hwc.transpose(0, 3, 1, 2))

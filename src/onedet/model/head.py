@@ -17,7 +17,7 @@ The optional auxiliary branch (YOLOv10 "dual assignment") is a second pair of to
 the same pyramid maps, trained with a one-to-many assignment: it gives the neck and backbone many more positives
 early in training and is dropped at inference. It has its own towers, as YOLOv10's one-to-many head does: sharing
 them made neighbouring locations look alike to the one-to-one layers (their duplicates were the quickstart's main
-error), and separate towers reached val AP50 0.64 against 0.53 after 8 quickstart epochs (BENCHMARKS.md, Model).
+error), and separate towers reached a clearly higher val AP50 after 8 quickstart epochs (BENCHMARKS.md, Model).
 Checkpoints need not hold the aux weights: inference never reads them.
 
 At inference (eval mode) the one-to-one scores go through a 3x3 per-class peak filter (`peak_filter`): a location
@@ -56,7 +56,7 @@ class HeadOutput(NamedTuple):
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
     # Depthwise-separable 3x3 convs (as YOLOv10's classification branch): at stride 8 a full 3x3 conv of two
-    # towers costs about 10% of ViT-B's FLOPs at 640 px and half of ViT-S's; this is about 9x cheaper.
+    # towers costs a sizeable fraction of the backbone's FLOPs (BENCHMARKS.md, Model); this is several times cheaper.
     layers: list[nn.Module] = []
     for _ in range(num_convs):
         layers += [

@@ -11,9 +11,9 @@ Unlike detectron2 we first fuse the tapped ViT maps (each layer-normed, then con
 The fused map is refined once, at the backbone's own stride, and only then resampled to each level (ViTDet
 refines each level after resampling, with a 1x1 and a 3x3 conv). The ViT has no information finer than its
 patch: a stride-8 level is an upsampled stride-16 map, so refining it separately spent four times the compute of
-stride 16 on the same information. At 640 px that per-level refinement was 60% of the neck and head's cost, and
-the neck and head were a quarter of a frozen-backbone training step, which is what `--cache-features` leaves
-(BENCHMARKS.md, Training). Each level keeps a LayerNorm after its resampling (max-pooling shifts the statistics).
+stride 16 on the same information. That per-level refinement was most of the neck and head's cost, and the
+neck and head are what a `--cache-features` training step leaves (BENCHMARKS.md, Training). Each level keeps a
+LayerNorm after its resampling (max-pooling shifts the statistics).
 
 Mix-FFN (Xie et al. 2021, SegFormer): `x + fc2(GELU(dwconv3x3(fc1(LN(x)))))`. The depthwise 3x3 conv carries
 position information, so the neck needs no position embedding and works at any input size.

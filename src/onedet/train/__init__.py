@@ -5,22 +5,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from onedet.train.config import TrainConfig
+from onedet.train.config import TrainConfig, TrainResult
 
-if TYPE_CHECKING:
-    from onedet.train.loop import TrainResult
-
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 
 def train(cfg: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
-    """Train a detector: `train(TrainConfig(...))` or `train(data=..., out=..., preset=..., ...)`."""
-    from onedet.train.loop import train as run
+    """Train a detector: `train(TrainConfig(...))` or `train(data=..., out=..., preset=..., ...)`; returns the run
+    folder and the best checkpoint's validation metrics."""
+    from onedet.train.loop import Trainer
 
     if cfg is None:
         cfg = TrainConfig(**kwargs)
     elif kwargs:
         raise TypeError("pass a TrainConfig or keyword arguments, not both")
-    return run(cfg)
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,12 +1,12 @@
 """Mixed precision choices: bf16 autocast on CUDA, and on CPUs with native bf16 when the backbone is frozen.
 
-On this kind of CPU (AVX512-BF16 / AMX) bf16 autocast runs the ViT-B/16 backbone at 640 px about 1.8 times
-faster with features within about 1% of fp32 (ANCHORS.md), and the neck and head's forward + backward about 2
-times faster; training the neck and head of a frozen backbone in bf16 reached the same val AP as fp32
-(BENCHMARKS.md, Training). A trainable backbone (LoRA, full) stays fp32 on the CPU with `auto`: from random
-weights bf16 trained the quickstart model to a slightly lower AP per epoch, and torch's bf16 attention backward
-is slower there than fp32's, so the whole step gains only 1.3x. `--amp bf16` asks for it anyway; the quickstart
-does, because in its fixed time budget the extra epochs outweigh that. Weights, optimizer state, the loss and
+On CPUs with native bf16 (AVX512-BF16 / AMX) bf16 autocast runs the backbone, and the neck and head's forward +
+backward, markedly faster with features close to fp32's, and training the neck and head of a frozen backbone in
+bf16 reached the same val AP as fp32 (BENCHMARKS.md, Training, with the figures). A trainable backbone (LoRA,
+full) stays fp32 on the CPU with `auto`: from random weights bf16 trained the quickstart model to a slightly lower
+AP per epoch, and torch's bf16 attention backward is slower there than fp32's, so the whole step gains little.
+`--amp bf16` asks for it anyway; the quickstart does, because in its fixed time budget the extra epochs outweigh
+that. Weights, optimizer state, the loss and
 the box decoding stay fp32 in every case (autocast).
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import NamedTuple
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 
 @functools.cache
@@ -31,25 +32,16 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-class AmpPlan(NamedTuple):
-    backbone: torch.dtype | None
-    """Autocast dtype for the backbone forward (None: fp32)."""
-    rest: torch.dtype | None
-    """Autocast dtype for the neck, head (and a trainable backbone)."""
-
-
-def plan(amp: str, device: torch.device, backbone_frozen: bool) -> AmpPlan:
-    """Which parts run under bf16 autocast for `amp` = auto | bf16 | off."""
+def plan(amp: str, device: torch.device, backbone_frozen: bool) -> torch.dtype | None:
+    """The autocast dtype of the whole forward for `amp` = auto | bf16 | off (None: fp32)."""
     if amp == "off":
-        return AmpPlan(None, None)
+        return None
     if device.type == "cuda":
-        return AmpPlan(torch.bfloat16, torch.bfloat16) if torch.cuda.is_bf16_supported() else AmpPlan(None, None)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if amp == "bf16":
-        return AmpPlan(torch.bfloat16, torch.bfloat16)
+        return torch.bfloat16
     # auto on the CPU: bf16 with a frozen backbone, when the CPU has native bf16; else fp32.
-    if backbone_frozen and cpu_bf16_supported():
-        return AmpPlan(torch.bfloat16, torch.bfloat16)
-    return AmpPlan(None, None)
+    return torch.bfloat16 if backbone_frozen and cpu_bf16_supported() else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -57,3 +49,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class AmpForward(nn.Module):
+    """The detector's forward under autocast `dtype`, from images or (`cached`) from the features `[B, T*C, h, w]`
+    of `Detector.forward_features`. DDP wraps this module, so that its forward is the training step's."""
+
+    def __init__(self, detector: nn.Module, dtype: torch.dtype | None, device: torch.device, cached: bool = False):
+        super().__init__()
+        self.detector, self.dtype, self.device, self.cached = detector, dtype, device, cached
+        self.config = detector.config
+
+    def forward(self, x: Tensor) -> Any:
+        with autocast(self.device, self.dtype):
+            if not self.cached:
+                # A frozen backbone records nothing for autograd (its features are constants to the neck).
+                trains = any(p.requires_grad for p in self.detector.backbone.parameters())
+                with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
+                    x = self.detector.forward_features(x)  # float32 (a LayerNorm's output)
+            return self.detector.forward_head(x)

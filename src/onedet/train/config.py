@@ -1,25 +1,17 @@
-"""Training configuration: one typed dataclass, from which the `onedet train` arguments are generated.
-
-Each field's docstring (the string literal under it) is its `--help` text; its type gives the argument's
-parser (`Literal` becomes choices, `bool` a `--flag/--no-flag` pair, `X | None` accepts `none`). Torch-free, so
-building the command line stays instant.
+"""Training configuration: one typed dataclass, from which `onedet train`'s arguments are generated
+(`onedet.options.add_arguments`: each field's docstring is its `--help` text, its type the argument's parser, and
+`--model.FIELD=VALUE` sets a `ModelConfig` field). Torch-free, so building the command line stays instant.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import functools
-import inspect
-import itertools
-import textwrap
-import types
-import typing
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+from onedet.config import ModelConfig
 from onedet.errors import OnedetError
 
 
@@ -82,8 +74,9 @@ class TrainConfig:
     """Show a progress bar."""
     image_size: int | None = None
     """Model input size (default: the store's image size)."""
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Model overrides on top of the preset (Python API only), e.g. `{"num_queries": 100}`."""
+    model: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"fields_of": ModelConfig})
+    """Model overrides on top of the preset, e.g. `{"neck_channels": 256}`; on the command line
+    `--model.neck_channels=256` (one flag per `ModelConfig` field)."""
 
     def __post_init__(self) -> None:
         # An out-of-range number fails here, naming its option, not as a ValueError deep in the loader or AdamW.
@@ -103,65 +96,42 @@ class TrainConfig:
                 raise OnedetError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
 
 
-@functools.cache
-def field_docs() -> dict[str, str]:
-    """Each TrainConfig field's docstring, read from the class source (the litgpt / jsonargparse convention)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(TrainConfig)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, after in itertools.pairwise(body):
-        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-        if is_field and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value)
-    return docs
-
-
-def _parse_optional(parse: Any) -> Any:
-    def parse_or_none(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else parse(text)
-
-    parse_or_none.__name__ = getattr(parse, "__name__", "value")
-    return parse_or_none
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare one `--flag` per TrainConfig field, typed from its annotation, with its docstring as help."""
-    hints = typing.get_type_hints(TrainConfig)
-    docs = field_docs()
-    for f in dataclasses.fields(TrainConfig):
-        hint = hints[f.name]
-        origin = typing.get_origin(hint)
-        if origin is dict:
-            continue  # Python API only
-        flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        kwargs: dict[str, Any] = {"help": docs.get(f.name, "").replace("%", "%%")}
-        if not required:
-            kwargs["default"] = f.default
-            kwargs["help"] += " (default: %(default)s)"
-        else:
-            kwargs["required"] = True
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = origin in (typing.Union, types.UnionType) and len(args) == 1
-        base = args[0] if optional else hint
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if typing.get_origin(base) is Literal:
-            kwargs["choices"] = list(typing.get_args(base))
-            parse: Any = type(kwargs["choices"][0])
-        else:
-            parse = base
-        kwargs["type"] = _parse_optional(parse) if optional else parse
-        parser.add_argument(flag, **kwargs)
-
-
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of a parsed `onedet train` command line."""
-    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig(**kwargs)
-
-
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """JSON-ready dict of a TrainConfig (paths as strings)."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+class TrainResult(NamedTuple):
+    run: Path
+    """The run folder."""
+    metrics: dict[str, Any] | None
+    """COCO metrics of the `best` checkpoint on `val` (None without a `val` split)."""
+
+
+TRAIN_CONFIG = "train_config.json"
+"""The run folder's copy of its TrainConfig."""
+RESUME_OVERRIDES = ("data", "out", "resume", "device", "workers", "progress", "max_minutes")
+"""Settings that may differ when resuming (where and how it runs); everything else comes from the saved run."""
+
+
+def resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run continues with: the saved run's (`train_config.json`), less `RESUME_OVERRIDES`,
+    which come from `cfg`. Fields a subclass of TrainConfig adds are kept the same way."""
+    merged = {**saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
+    merged["data"], merged["out"] = Path(merged["data"]), Path(merged["out"])
+    return type(cfg)(**merged)
+
+
+def model_config(cfg: TrainConfig, image_size: int, num_classes: int) -> ModelConfig:
+    """The ModelConfig a new run trains: `cfg.preset` with `cfg.model`'s overrides, the backbone weights and
+    freezing `cfg` asks for, and the input size (`cfg.image_size`, else the store's `image_size`) rounded up to
+    the model's input multiple (the detector pads inputs to it)."""
+    overrides = dict(cfg.model)
+    if cfg.pretrained != "preset":
+        overrides["pretrained"] = cfg.pretrained
+    overrides["freeze_backbone"] = cfg.finetune != "full"
+    probe = ModelConfig.from_preset(cfg.preset, **{k: v for k, v in overrides.items() if k != "image_size"})
+    size = cfg.image_size or overrides.get("image_size") or image_size
+    overrides["image_size"] = math.ceil(size / probe.input_multiple) * probe.input_multiple
+    overrides["num_classes"] = num_classes
+    return ModelConfig.from_preset(cfg.preset, **overrides)

@@ -1,7 +1,7 @@
 """Cached backbone features (`--cache-features`): with a frozen backbone, run it once per image, not per epoch.
 
 A frozen backbone maps the same image to the same features every epoch, so on a CPU, where the backbone is
-most of a training step (ANCHORS: 4.7 s of 6.0 s for ViT-B at 640), computing its features once and training
+most of a training step (BENCHMARKS.md, Training), computing its features once and training
 the neck and head on them makes epochs many times faster. The cache holds, for every store image, the features
 of the image and of its horizontal flip (ViT features are not flip-equivariant, so the flip is computed, not
 mirrored), as one float16 memmap `[N, 2, T*C, h, w]` (T tapped blocks of C channels) in `RUN/cache/`. The
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from onedet.atomic import write_json
 from onedet.data.loader import Batch, BatchLoader
 from onedet.train import amp
 from onedet.train.distributed import barrier
@@ -139,9 +139,7 @@ class FeatureCache:
         del array, fingerprints
         barrier()
         if rank == 0:
-            tmp = meta_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"key": key, "shape": list(shape), "format": CACHE_FORMAT}))
-            os.replace(tmp, meta_path)
+            write_json(meta_path, {"key": key, "shape": list(shape), "format": CACHE_FORMAT}, indent=None)
         barrier()
         return cls(folder, name)
 
@@ -228,3 +226,27 @@ class CachedFeatureModel(nn.Module):
         index = self.cache.lookup((images * 255).round().to(torch.uint8).cpu())
         features = self.cache.read(index).to(images.device)
         return self.detector.forward_head(features)
+
+
+def cached_loaders(
+    detector: nn.Module,
+    index_loader: BatchLoader,
+    val_store: Any,
+    folder: Path,
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    flip: float,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> tuple[CachedFeatureLoader, FeatureCache | None]:
+    """The training loader over the feature cache of `index_loader`'s store (computed or reused in `folder`), and
+    the cache of `val_store` (None without one). Features are read in `dtype` (the autocast plan; None: fp32)."""
+    build = dict(batch_size=batch_size, device=device, dtype=dtype, rank=rank, world_size=world_size, progress=progress)
+    store = index_loader.store
+    cache = FeatureCache.build(detector, store, folder, "train", **build)
+    loader = CachedFeatureLoader(cache, store, index_loader, flip=flip, dtype=dtype or torch.float32)
+    val_cache = FeatureCache.build(detector, val_store, folder, "val", **build) if val_store is not None else None
+    return loader, val_cache

@@ -8,12 +8,15 @@ each epoch so that its header can grow when new columns appear and a resumed run
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from onedet.atomic import write_text
 
 METRICS_CSV = "metrics.csv"
 
@@ -88,12 +91,11 @@ class RunLog:
             return
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        tmp = self.run / f".{METRICS_CSV}.tmp"
-        with tmp.open("w", newline="") as fh:
-            out = csv.DictWriter(fh, fieldnames=columns)
-            out.writeheader()
-            out.writerows(self.rows)
-        tmp.replace(self.run / METRICS_CSV)
+        text = io.StringIO(newline="")
+        out = csv.DictWriter(text, fieldnames=columns)
+        out.writeheader()
+        out.writerows(self.rows)
+        write_text(self.run / METRICS_CSV, text.getvalue())
         for name, value in row.items():
             if name not in ("epoch", "step") and not name.startswith("train/"):
                 self.writer.add_scalar(name if "/" in name else f"val/{name}", value, int(row["step"]))
@@ -113,3 +115,44 @@ class RunLog:
 
 
 _SHOWN = ("loss", "lr", "AP", "AP50", "seconds", "images_per_s")
+
+
+class EpochMeter:
+    """One epoch's running sums: step values, steps, images and training seconds (evaluation and checkpoints not
+    counted). Saved in `train_state.pt`, so that the row of an epoch resumed half-way counts the whole epoch."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.images, self.seconds = 0, 0, 0.0
+
+    def add(self, values: dict[str, float], images: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.images += images
+
+    def row(self, epoch: int, step: int, lr: float) -> dict[str, float]:
+        """The epoch's `metrics.csv` row so far: mean loss and terms (`train/NAME`), lr, seconds, images per s."""
+        row: dict[str, float] = {"epoch": epoch, "step": step}
+        for k, v in self.sums.items():
+            row["loss" if k == "loss" else f"train/{k}"] = v / max(1, self.steps)
+        row["lr"] = lr
+        row["seconds"] = self.seconds
+        row["images_per_s"] = self.images / max(self.seconds, 1e-9)
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch_sums": dict(self.sums),
+            "epoch_steps": self.steps,
+            "epoch_images": self.images,
+            "epoch_seconds": float(self.seconds),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: float(v) for k, v in state["epoch_sums"].items()}
+        self.steps, self.images = int(state["epoch_steps"]), int(state["epoch_images"])
+        self.seconds = float(state["epoch_seconds"])

@@ -7,178 +7,83 @@ cosine schedule, gradient clipping, an EMA of the weights, evaluation of the EMA
 torchrun it trains data-parallel (DDP): every rank reads its own shard, rank 0 alone evaluates and writes.
 
 Resuming restores the live weights, optimizer, scheduler, EMA, loader position and RNG states of `last`, so an
-interrupted run ends with the weights an uninterrupted one gets.
+interrupted run ends with the weights an uninterrupted one gets. What the run is built from comes from
+`onedet.train.setup`; how checkpoints are written, from `onedet.train.saving`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from onedet.atomic import write_json
+from onedet.checkpoint import read_train_state
+from onedet.data.loader import Batch
 from onedet.errors import OnedetError
-from onedet.train import amp, distributed
-from onedet.train.checkpoint import (
-    WEIGHTS,
-    checkpoint_dir,
-    link_checkpoint,
-    load_weights,
-    read_info,
-    read_train_state,
-    read_weights,
-    rng_state,
-    set_rng_state,
-    write_checkpoint,
-)
-from onedet.train.config import TrainConfig, config_to_dict
+from onedet.train import amp, distributed, saving
+from onedet.train.config import TRAIN_CONFIG, TrainConfig, TrainResult, config_to_dict
 from onedet.train.ema import WeightEma
-from onedet.train.features import (
-    CachedFeatureLoader,
-    CachedFeatureModel,
-    FeatureCache,
-)
-from onedet.train.logging import RunLog
-from onedet.train.optim import build_optimizer, build_scheduler
-
-TRAIN_CONFIG = "train_config.json"
-# Settings that may differ when resuming (where and how it runs); everything else comes from the saved run.
-_RESUME_OVERRIDES = ("data", "out", "resume", "device", "workers", "progress", "max_minutes")
-
-
-class TrainResult(NamedTuple):
-    run: Path
-    """The run folder."""
-    metrics: dict[str, Any] | None
-    """COCO metrics of the `best` checkpoint on `val` (None without a `val` split)."""
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train as `cfg` says; returns the run folder and the best checkpoint's validation metrics."""
-    trainer = Trainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
-
-
-class AmpForward(nn.Module):
-    """`Detector.forward` with the mixed-precision plan applied per part (and, for cached features, from
-    features `[B, T*C, h, w]` instead of images). DDP wraps this module, so that its forward is the step's."""
-
-    def __init__(self, detector: nn.Module, plan: amp.AmpPlan, device: torch.device, cached: bool = False) -> None:
-        super().__init__()
-        self.detector, self.plan, self.device, self.cached = detector, plan, device, cached
-        self.config = detector.config
-
-    def forward(self, x: Tensor) -> Any:
-        if self.cached:
-            features = x
-        else:
-            # A frozen backbone records nothing for autograd (its features are constants to the neck).
-            trains = any(p.requires_grad for p in self.detector.backbone.parameters())
-            with (
-                amp.autocast(self.device, self.plan.backbone),
-                torch.set_grad_enabled(trains and torch.is_grad_enabled()),
-            ):
-                features = self.detector.forward_features(x)  # float32 (a LayerNorm's output)
-        with amp.autocast(self.device, self.plan.rest):
-            return self.detector.forward_head(features)
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise OnedetError(f"{out}: the run folder is not writable: {err.strerror or err}") from err
-
-
-def _open_store(path: Path) -> Any:
-    from onedet.data.store import Store
-
-    return Store(path)
+from onedet.train.features import CachedFeatureModel
+from onedet.train.logging import EpochMeter, RunLog
+from onedet.train.optim import build_optimizer, build_scheduler, epochs_in_budget
+from onedet.train.setup import build_loaders, build_run_detector, open_splits, resolve_run, run_model_config
 
 
 class Trainer:
-    """One training run; see the module docstring. `fit()` runs it."""
+    """One training run; see the module docstring. `fit()` runs it.
+
+    Subclasses (e.g. distillation) change three seams: `build_forward` (the module DDP wraps), `build_criterion`
+    (unweighted named loss terms of that module's output and the batch, weighted by `loss_weights`), and
+    `trainable_extras` (modules trained beside the detector: optimised, checkpointed and resumed with it).
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from onedet.config import ModelConfig
-        from onedet.loss import DetectionLoss
-
-        info = distributed.env_info()
-        self.device = distributed.select_device(cfg.device, info)
+        self.device = distributed.select_device(cfg.device, distributed.env_info())
         self.dist = distributed.init(self.device)
         self.is_main = self.dist.is_main
         if cfg.workers:
             torch.set_num_threads(cfg.workers)
         self.out = Path(cfg.out)
-        last = self.out / "weights" / "last"
-        self.resume_from: Path | None = None
-        if cfg.resume:
-            self.resume_from = checkpoint_dir(self.out, "last") if (self.out / "weights").is_dir() else None
-            if self.resume_from is None:
-                raise OnedetError(f"{self.out}: nothing to resume (no weights/last checkpoint)")
-            try:
-                saved = json.loads((self.out / TRAIN_CONFIG).read_text())
-                merged = {**saved, **{k: getattr(cfg, k) for k in _RESUME_OVERRIDES}}
-                merged["data"], merged["out"] = Path(merged["data"]), Path(merged["out"])
-                cfg = TrainConfig(**merged)
-            except (OSError, ValueError, TypeError, KeyError) as err:  # missing, cut short or edited
-                raise OnedetError(
-                    f"{self.out / TRAIN_CONFIG}: cannot resume with this training config ({err})"
-                ) from err
-        elif (last / "model.safetensors").exists() or any(self.out.glob("weights/.last.old-*")):
-            raise OnedetError(f"{self.out}: already holds a run; pass --resume to continue it, or choose another --out")
+        cfg, self.resume_from = resolve_run(cfg)
         self.cfg = cfg
         if cfg.cache_features and cfg.finetune != "frozen":
             raise OnedetError("--cache-features needs a frozen backbone (--finetune frozen)")
         if self.is_main:
-            _check_writable(self.out)
+            saving.check_writable(self.out)
         distributed.barrier()
 
-        data = Path(cfg.data)
-        self.train_store = _open_store(data / "train")
-        self.val_store = _open_store(data / "val") if (data / "val" / "meta.json").is_file() else None
+        self.train_store, self.val_store = open_splits(Path(cfg.data))
         self.classes = list(self.train_store.classes)
         self.category_ids = list(self.train_store.category_ids)
-        if self.val_store is not None and list(self.val_store.classes) != self.classes:
-            raise OnedetError(
-                f"{data / 'val'}: classes {self.val_store.classes} differ from the train split's {self.classes}"
-            )
-
         torch.manual_seed(cfg.seed)
-        if self.resume_from is not None:
-            info_json = read_info(self.resume_from)
-            if list(info_json["classes"]) != self.classes:
-                raise OnedetError(
-                    f"{data / 'train'}: the store's classes {self.classes} do not match the checkpoint's "
-                    f"{info_json['classes']} ({self.resume_from}); resume with the store the run was trained on"
-                )
-            self.model_config = ModelConfig.from_dict({**info_json["model"], "pretrained": None})
-        else:
-            self.model_config = self._model_config()
-        self.detector = self._build_detector()
+        self.model_config = run_model_config(cfg, self.train_store, self.resume_from)
+        self.detector, self.lora_config = build_run_detector(
+            self.model_config, cfg.finetune, cfg.lora_rank, self.resume_from
+        )
         self.detector.to(self.device)
-        self.plan = amp.plan(cfg.amp, self.device, backbone_frozen=cfg.finetune == "frozen")
-        self.criterion = DetectionLoss(self.model_config)
+        self.amp_dtype = amp.plan(cfg.amp, self.device, backbone_frozen=cfg.finetune == "frozen")
+        self.criterion = self.build_criterion()
         self.loss_weights = dict(self.model_config.loss_weights)
 
         self.log = RunLog(self.out, enabled=self.is_main, progress=cfg.progress)
-        self._build_loaders()
-        self.forward = AmpForward(self.detector, self.plan, self.device, cached=self.cfg.cache_features)
+        self.loader, self.val_cache = build_loaders(
+            cfg, self.train_store, self.val_store, self.detector, self.amp_dtype, self.device, self.dist, self.is_main
+        )
+        self.forward = self.build_forward()
         self.step_model = distributed.wrap(self.forward, self.device)
+        self.extras = self.trainable_extras()
+        trained = (
+            self.detector if self.extras is None else nn.ModuleDict({"detector": self.detector, "extras": self.extras})
+        )
         self.optimizer = build_optimizer(
-            self.detector,
+            trained,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             backbone_lr_scale=cfg.backbone_lr_scale if cfg.finetune != "frozen" else 1.0,
@@ -192,97 +97,39 @@ class Trainer:
             warmup_epochs=cfg.warmup_epochs,
         )
         self.ema = WeightEma(self.detector, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.params = [p for p in self.detector.parameters() if p.requires_grad]
+        self.params = [p for p in trained.parameters() if p.requires_grad]
         self.global_step = 0
         self.best_ap = -math.inf
         self.elapsed = 0.0
-        self.epoch_sums: dict[str, float] = {}
-        self.epoch_steps = 0
-        self.epoch_images = 0
-        self.epoch_seconds = 0.0
+        self.meter = EpochMeter()
         if self.resume_from is not None:
             self._restore(self.resume_from)
         elif self.is_main:
-            tmp = self.out / f".{TRAIN_CONFIG}.tmp"
-            tmp.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-            os.replace(tmp, self.out / TRAIN_CONFIG)
+            write_json(self.out / TRAIN_CONFIG, config_to_dict(cfg))
+
+    # --- the seams --------------------------------------------------------------------------------------------
+
+    def build_forward(self) -> nn.Module:
+        """The module DDP wraps, called on `batch.images` each step: the detector under the autocast plan."""
+        return amp.AmpForward(self.detector, self.amp_dtype, self.device, cached=self.cfg.cache_features)
+
+    def build_criterion(self) -> Callable[[Any, Batch], dict[str, Tensor]]:
+        """`criterion(output, batch) -> {name: unweighted term}`; `loss_weights` weighs the terms outside."""
+        from onedet.model.loss import DetectionLoss
+
+        loss = DetectionLoss.from_config(self.model_config)
+
+        def criterion(output: Any, batch: Batch) -> dict[str, Tensor]:
+            return loss(output, batch.boxes_xyxy, batch.labels, batch.valid)
+
+        return criterion
+
+    def trainable_extras(self) -> nn.Module | None:
+        """Modules trained beside the detector (their parameters optimised, their state_dict saved in
+        `train_state.pt` under `"extras"` and restored on resume); None by default."""
+        return None
 
     # --- set-up ---------------------------------------------------------------------------------------------------
-
-    def _model_config(self) -> Any:
-        from onedet.config import ModelConfig
-
-        cfg = self.cfg
-        overrides = dict(cfg.model)
-        if cfg.pretrained != "preset":
-            overrides["pretrained"] = cfg.pretrained
-        overrides["freeze_backbone"] = cfg.finetune != "full"
-        probe = ModelConfig.from_preset(cfg.preset, **{k: v for k, v in overrides.items() if k != "image_size"})
-        size = cfg.image_size or overrides.get("image_size") or self.train_store.image_size
-        multiple = probe.input_multiple
-        overrides["image_size"] = math.ceil(size / multiple) * multiple  # the detector pads inputs to it
-        overrides["num_classes"] = len(self.classes)
-        return ModelConfig.from_preset(cfg.preset, **overrides)
-
-    def _build_detector(self) -> nn.Module:
-        from onedet.model.detector import Detector, build_detector
-
-        cfg = self.cfg
-        if self.resume_from is not None:
-            detector = Detector(self.model_config)
-            problem = "cannot resume, the weights do not fit the model"
-            load_weights(detector, read_weights(self.resume_from), self.resume_from / WEIGHTS, problem=problem)
-        else:
-            detector = build_detector(self.model_config)
-        detector.set_backbone_frozen(cfg.finetune != "full")
-        self.lora_config = None
-        if cfg.finetune == "lora":
-            from onedet.lora import apply_lora
-
-            self.lora_config = apply_lora(detector, rank=cfg.lora_rank)
-        return detector
-
-    def _build_loaders(self) -> None:
-        from onedet.data.augment import BatchAugment
-        from onedet.data.loader import BatchLoader
-
-        cfg = self.cfg
-        rank, world = self.dist.rank, self.dist.world_size
-        self.val_cache = None
-        if cfg.cache_features:
-            index_loader = BatchLoader(
-                self.train_store, cfg.batch_size, seed=cfg.seed, device=self.device, rank=rank, world_size=world
-            )
-            cache_dir = self.out / "cache"
-            build = dict(
-                batch_size=cfg.eval_batch_size or cfg.batch_size,
-                device=self.device,
-                dtype=self.plan.backbone,
-                rank=rank,
-                world_size=world,
-                progress=cfg.progress and self.is_main,
-            )
-            cache = FeatureCache.build(self.detector, self.train_store, cache_dir, "train", **build)
-            self.loader: Any = CachedFeatureLoader(
-                cache,
-                self.train_store,
-                index_loader,
-                flip=0.5 if cfg.augment else 0,
-                dtype=self.plan.rest or torch.float32,
-            )
-            if self.val_store is not None:
-                self.val_cache = FeatureCache.build(self.detector, self.val_store, cache_dir, "val", **build)
-        else:
-            augment = BatchAugment() if cfg.augment else None
-            self.loader = BatchLoader(
-                self.train_store,
-                cfg.batch_size,
-                seed=cfg.seed,
-                device=self.device,
-                augment=augment,
-                rank=rank,
-                world_size=world,
-            )
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 
@@ -301,38 +148,21 @@ class Trainer:
             "epochs_done": self.loader.epoch + self.loader.state_dict()["position"] / max(1, self.steps_per_epoch),
         }
 
-    def _export_weights(self) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-        """The EMA weights under plain `Detector` names (LoRA merged), and the EMA adapters alone."""
-        from onedet.lora import adapter_state_dict, merged_state_dict
-
-        with self._ema_weights() as detector:
-            if self.lora_config is not None:
-                weights = merged_state_dict(detector)
-                adapter = {k: v.detach().clone() for k, v in adapter_state_dict(detector).items()}
-            else:
-                weights, adapter = detector.state_dict(), None
-            weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-        return weights, adapter
+    def _stateful(self) -> dict[str, Any]:
+        """The parts whose `state_dict` `train_state.pt` holds under these keys (`ema` and `extras` when present)."""
+        parts = dict(optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema, loader=self.loader)
+        return {k: v for k, v in {**parts, "extras": self.extras}.items() if v is not None}
 
     def _train_state(self, weights: dict[str, Tensor]) -> dict[str, Any]:
-        raw = self.detector.state_dict()
-        # Only the live tensors that model.safetensors does not already hold (neck/head before EMA, LoRA bases...).
-        live = {k: v.detach().cpu() for k, v in raw.items() if k not in weights or not torch.equal(v.cpu(), weights[k])}
         return {
             "global_step": self.global_step,
             "epochs": self.epochs,
-            "model": live,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "loader": dict(self.loader.state_dict()),
-            "rng": rng_state(),
+            "model": saving.live_tensors(self.detector, weights),
+            **{k: dict(v.state_dict()) for k, v in self._stateful().items()},
+            "rng": saving.rng_state(),
             "best_ap": float(self.best_ap),
             "elapsed": float(self.elapsed),
-            "epoch_sums": dict(self.epoch_sums),
-            "epoch_steps": self.epoch_steps,
-            "epoch_images": self.epoch_images,
-            "epoch_seconds": float(self.epoch_seconds),
+            **self.meter.state_dict(),
             "finetune": self.cfg.finetune,
             "classes": list(self.classes),
         }
@@ -340,21 +170,16 @@ class Trainer:
     def save(self, best: bool = False) -> None:
         """Write `last` (with the training state), and `best` too when asked; rank 0 only."""
         if self.is_main:
-            weights, adapter = self._export_weights()
-            extra = None
-            if adapter is not None:
-                from onedet.lora import save_adapter
-
-                def extra(folder: Path) -> None:
-                    save_adapter(self.lora_config, adapter, folder / "adapter")
-
-            info = self._model_info()
-            folder = self.out / "weights"
-            write_checkpoint(
-                folder / "last", weights=weights, info=info, train_state=self._train_state(weights), write_extra=extra
+            with self._ema_weights() as detector:
+                weights, adapter = saving.export_weights(detector, lora=self.lora_config is not None)
+            saving.save_run_checkpoints(
+                self.out / "weights",
+                weights=weights,
+                info=self._model_info(),
+                train_state=self._train_state(weights),
+                adapter=(self.lora_config, adapter) if adapter is not None else None,
+                best=best,
             )
-            if best:  # the same files as last's, less the training state
-                link_checkpoint(folder / "last", folder / "best")
         distributed.barrier()
 
     def _restore(self, folder: Path) -> None:
@@ -364,29 +189,23 @@ class Trainer:
         missing = self.detector.load_state_dict(state["model"], strict=False).unexpected_keys
         if missing:
             raise OnedetError(f"{folder}: training state has weights the model lacks: {missing[:3]}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        for key, part in self._stateful().items():
+            part.load_state_dict(state[key])
+        saving.set_rng_state(state["rng"])
         self.global_step = int(state["global_step"])
         self.epochs = int(state["epochs"])
         self.best_ap = float(state["best_ap"])
         self.elapsed = float(state["elapsed"])
-        self.epoch_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
-        self.epoch_steps = int(state["epoch_steps"])
-        self.epoch_images = int(state["epoch_images"])
-        self.epoch_seconds = float(state["epoch_seconds"])
+        self.meter.load_state_dict(state)
         self.log.message(f"resumed {self.out} at epoch {self.loader.epoch + 1}, step {self.global_step}")
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
-    def _step(self, batch: Any) -> dict[str, float]:
-        from onedet.loss import weighted_total
+    def _step(self, batch: Batch) -> dict[str, float]:
+        from onedet.model.loss import weighted_total
 
         output = self.step_model(batch.images)
-        terms = self.criterion(output, batch.boxes_xyxy, batch.labels, batch.valid)
+        terms = self.criterion(output, batch)
         total = weighted_total(terms, self.loss_weights)
         finite = distributed.all_reduce_mean(torch.isfinite(total.detach()).float().reshape(1))
         if float(finite) < 1:
@@ -424,11 +243,13 @@ class Trainer:
         if model is not None:
             return evaluate_model(model, self.val_store, batch_size=batch_size, with_pr=with_pr)
         with self._ema_weights() as detector:
-            if self.val_cache is not None:
-                eval_model: nn.Module = CachedFeatureModel(detector, self.val_cache)
-            else:
-                eval_model = AmpForward(detector, self.plan, self.device)
-            return evaluate_model(eval_model, self.val_store, batch_size=batch_size, with_pr=with_pr)
+            return evaluate_model(self._eval_model(detector), self.val_store, batch_size=batch_size, with_pr=with_pr)
+
+    def _eval_model(self, detector: nn.Module) -> nn.Module:
+        """`detector` as evaluation runs it: on the cached val features, or under the autocast plan."""
+        if self.val_cache is not None:
+            return CachedFeatureModel(detector, self.val_cache)
+        return amp.AmpForward(detector, self.amp_dtype, self.device)
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -442,19 +263,16 @@ class Trainer:
             tick = time.perf_counter()
             for batch in self.loader:
                 values = self._step(batch)
-                for k, v in values.items():
-                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
-                self.epoch_steps += 1
-                self.epoch_images += len(batch.index) * self.dist.world_size
+                self.meter.add(values, len(batch.index) * self.dist.world_size)
                 lr = self.optimizer.param_groups[-1]["lr"]
                 self.log.step(self.global_step, {**values, "lr": lr})
                 if cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0:
-                    self.epoch_seconds += time.perf_counter() - tick
+                    self.meter.seconds += time.perf_counter() - tick
                     tick = time.perf_counter()
                     self.elapsed = time.perf_counter() - start
                     self.save()
             self.log.end_epoch()
-            self.epoch_seconds += time.perf_counter() - tick
+            self.meter.seconds += time.perf_counter() - tick
             self.elapsed = time.perf_counter() - start
             stop = False
             if cfg.max_minutes is not None:
@@ -474,8 +292,7 @@ class Trainer:
         """Fit the schedule (cosine included) into the time budget at the pace of the last epoch (evaluation
         included), re-judged after every epoch, never beyond `epochs`; rank 0 decides for all. Since it depends
         on the clock, a resumed run may fit differently from an uninterrupted one."""
-        left = max(0.0, budget - self.elapsed)
-        fit = min(self.cfg.epochs, epochs_done + max(1, int(left / max(last_epoch, 1e-9))))
+        fit = epochs_in_budget(epochs_done, self.cfg.epochs, max(0.0, budget - self.elapsed), last_epoch)
         fit = int(distributed.broadcast_object(fit))
         if fit != self.epochs:
             self.log.message(
@@ -485,13 +302,7 @@ class Trainer:
             self.epochs = fit
 
     def _end_epoch(self, epoch: int, evaluate: bool) -> None:
-        row: dict[str, float] = {"epoch": epoch + 1, "step": self.global_step}
-        steps = max(1, self.epoch_steps)
-        for k, v in self.epoch_sums.items():
-            row["loss" if k == "loss" else f"train/{k}"] = v / steps
-        row["lr"] = self.optimizer.param_groups[-1]["lr"]
-        row["seconds"] = self.epoch_seconds
-        row["images_per_s"] = self.epoch_images / max(self.epoch_seconds, 1e-9)
+        row = self.meter.row(epoch + 1, self.global_step, self.optimizer.param_groups[-1]["lr"])
         metrics = None
         if evaluate and self.is_main:
             tick = time.perf_counter()
@@ -499,7 +310,7 @@ class Trainer:
             if metrics is not None:
                 row.update({k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
                 row["eval_seconds"] = time.perf_counter() - tick
-        self.epoch_sums, self.epoch_steps, self.epoch_images, self.epoch_seconds = {}, 0, 0, 0.0
+        self.meter.reset()
         improved = metrics is not None and metrics["AP"] > self.best_ap
         if improved:
             self.best_ap = metrics["AP"]
@@ -515,56 +326,18 @@ class Trainer:
                 plot_curves(self.log.rows, self.out / "curves.png", title=str(self.out.name))
 
     def _finish(self) -> TrainResult:
+        """Evaluate `best` once more with precision-recall curves; write metrics.json, pr.png and predictions.png."""
         metrics = None
         if self.is_main and self.val_store is not None:
-            metrics = self._final_plots()
-            (self.out / "metrics.json").write_text(
-                json.dumps({k: v for k, v in metrics.items() if k != "pr"}, indent=2)
-            )
+            from onedet.checkpoint import load_run
+            from onedet.train.report import write_final_plots
+
+            model = self._eval_model(load_run(self.out, "best", device=self.device).model)
+            metrics = self._evaluate(with_pr=True, model=model)
+            write_final_plots(model, metrics, self.val_store, self.classes, self.out, self.device)
+            write_json(self.out / "metrics.json", {k: v for k, v in metrics.items() if k != "pr"})
         distributed.barrier()
         return TrainResult(self.out, metrics)
-
-    def _final_plots(self) -> dict[str, Any]:
-        """Evaluate `best` once more with precision-recall curves; write pr.png and predictions.png."""
-        import numpy as np
-
-        from onedet.postprocess import decode_topk
-        from onedet.train.checkpoint import load_run
-        from onedet.train.plots import plot_precision_recall, plot_predictions
-
-        best = load_run(self.out, "best", device=self.device).model
-        model = (
-            CachedFeatureModel(best, self.val_cache)
-            if self.val_cache is not None
-            else AmpForward(best, self.plan, self.device)
-        )
-        metrics = self._evaluate(with_pr=True, model=model)
-        pr = metrics.get("pr", {})
-        recall = np.asarray(pr.get("recall", []))
-        curves = {}
-        for name, precision in pr.get("precision", {}).items():
-            precision = np.asarray(precision)
-            if (precision >= 0).any():
-                curves[name] = (recall, np.clip(precision, 0, None))
-        plot_precision_recall(curves, self.out / "pr.png")
-        count = min(8, len(self.val_store))
-        raw = self.val_store.read_batch(np.arange(count))
-        images = torch.as_tensor(raw["images"])
-        model.eval()
-        with torch.inference_mode():
-            out = model(images.to(self.device).float() / 255)
-            boxes, scores, labels = decode_topk(out.logits.float(), out.boxes_xyxy.float(), 20)
-        valid = torch.as_tensor(raw["valid"])
-        plot_predictions(
-            [im.permute(1, 2, 0).numpy() for im in images],
-            boxes.cpu().numpy(),
-            labels.cpu().numpy(),
-            scores.cpu().numpy(),
-            self.classes,
-            self.out / "predictions.png",
-            truth_xyxy=[torch.as_tensor(raw["boxes_xyxy"])[i][valid[i]].numpy() for i in range(count)],
-        )
-        return metrics
 
     def close(self) -> None:
         if hasattr(self, "log"):

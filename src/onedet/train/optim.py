@@ -2,8 +2,8 @@
 
 Weight decay is never applied to norms, biases, position embeddings or other 1-d tensors (the usual
 practice since BERT / ViT: decaying a LayerNorm gain towards zero only hurts). The schedule is defined in
-epochs, so the same defaults behave the same on 200 images as on 200,000 (ANCHORS: peers that count
-warm-up in COCO iterations end warm-up late on small sets); it is evaluated per optimizer step.
+epochs, so the same defaults behave the same on 200 images as on 200,000 (schedules that count warm-up in COCO
+iterations end warm-up late on small sets); it is evaluated per optimizer step.
 """
 
 from __future__ import annotations
@@ -86,3 +86,9 @@ def build_scheduler(
         return lr_factor(step, steps_per_epoch=steps_per_epoch, epochs=total, warmup_epochs=warmup_epochs)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epochs_in_budget(epochs_done: int, max_epochs: int, seconds_left: float, seconds_per_epoch: float) -> int:
+    """How many epochs the schedule should have to end within a time budget at the measured pace: at least one
+    more than `epochs_done`, never more than `max_epochs`."""
+    return min(max_epochs, epochs_done + max(1, int(seconds_left / max(seconds_per_epoch, 1e-9))))

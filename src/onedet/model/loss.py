@@ -19,28 +19,23 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from onedet.boxes import elementwise_generalized_box_iou, normalize_xyxy
-from onedet.matcher import MinCostMatcher
-
-# OneNet's weights; the same numbers weigh the matching cost and the loss.
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"focal": 2.0, "l1": 5.0, "giou": 2.0}
+from onedet.config import LOSS_WEIGHTS, ModelConfig
+from onedet.model.matcher import MinCostMatcher
 
 
 class DetectionLoss(nn.Module):
-    """Loss of a `DetectorOutput` against padded targets.
+    """Loss of a `DetectorOutput` against padded targets, matched by `matcher` (default: OneNet's weights)."""
 
-    Args:
-        cfg: a `ModelConfig`; read only for optional `focal_alpha`, `focal_gamma`, `aux_topk` fields.
-        kwargs: explicit `MinCostMatcher` arguments (cost weights, focal parameters, aux_topk); they win over cfg.
-    """
-
-    def __init__(self, cfg: Any = None, **kwargs: float) -> None:
+    def __init__(self, matcher: MinCostMatcher | None = None) -> None:
         super().__init__()
-        options: dict[str, float] = {}
-        for name in ("cost_class", "cost_bbox", "cost_giou", "focal_alpha", "focal_gamma", "aux_topk"):
-            if cfg is not None and getattr(cfg, name, None) is not None:
-                options[name] = getattr(cfg, name)
-        options.update(kwargs)
-        self.matcher = MinCostMatcher(**options)
+        self.matcher = matcher if matcher is not None else MinCostMatcher()
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> DetectionLoss:
+        """The loss of a model config: its `loss_weights` weigh the matching cost too (`focal`, `l1`, `giou`), so
+        the location a target is matched to is the one the weighted loss prefers."""
+        w = {**LOSS_WEIGHTS, **cfg.loss_weights}
+        return cls(MinCostMatcher(cost_class=w["focal"], cost_bbox=w["l1"], cost_giou=w["giou"]))
 
     def forward(
         self,
@@ -136,7 +131,7 @@ def weighted_total(terms: Mapping[str, Tensor], weights: Mapping[str, float] | N
 
     Raises KeyError for a term that has no weight at all, so a renamed term cannot silently drop out.
     """
-    weights = DEFAULT_LOSS_WEIGHTS if weights is None else weights
+    weights = LOSS_WEIGHTS if weights is None else weights
     total: Tensor | None = None
     for name, value in terms.items():
         if name in weights:

@@ -17,24 +17,25 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from onedet.boxes import elementwise_generalized_box_iou, normalize_xyxy
+from onedet.config import LOSS_WEIGHTS
 
 
 class MinCostMatcher:
     """Costs between predictions and targets, and the assignments derived from them.
 
     Args:
-        cost_class: weight of the focal classification cost (OneNet: 2).
-        cost_bbox: weight of the L1 distance of boxes normalised by the image size (OneNet: 5).
-        cost_giou: weight of the negative GIoU (OneNet: 2).
+        cost_class: weight of the focal classification cost (default: the `focal` loss weight, OneNet's 2).
+        cost_bbox: weight of the L1 distance of boxes normalised by the image size (the `l1` weight, 5).
+        cost_giou: weight of the negative GIoU (the `giou` weight, 2).
         focal_alpha, focal_gamma: the focal cost's parameters, the same as the focal loss's.
         aux_topk: positives per ground-truth box in the one-to-many assignment (TAL / YOLOv10 use 10-13).
     """
 
     def __init__(
         self,
-        cost_class: float = 2.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
+        cost_class: float = LOSS_WEIGHTS["focal"],
+        cost_bbox: float = LOSS_WEIGHTS["l1"],
+        cost_giou: float = LOSS_WEIGHTS["giou"],
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         aux_topk: int = 10,

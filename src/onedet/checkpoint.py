@@ -1,4 +1,7 @@
-"""Checkpoints: writing them atomically, reading them back without unpickling anything, and `load_run`.
+"""Checkpoints: the folder format, reading one back without unpickling anything, and `load_run`.
+
+Evaluation, export, predict and the API load runs through this module, so none of them imports the training
+package (`onedet.train.saving` writes checkpoints).
 
 A checkpoint folder (`RUN/weights/last`, `RUN/weights/best`) holds:
 
@@ -9,13 +12,11 @@ A checkpoint folder (`RUN/weights/last`, `RUN/weights/best`) holds:
   lists and numbers, so it loads with `torch.load(weights_only=True)`: nothing arbitrary is unpickled;
 - with LoRA, `adapter/`: peft's own `adapter_config.json` + `adapter_model.safetensors`.
 
-`best` is `last` without its training state, as hard links to last's files (`link_checkpoint`): the weights are
-written once per epoch, not twice (at 640 px a base checkpoint's 350 MB took about 1.4 s to write here).
+`best` is `last` without its training state, as hard links to last's files (`onedet.train.saving.link_checkpoint`):
+the weights are written once per epoch, not twice (BENCHMARKS.md, Training, says what a base checkpoint costs).
 
-Atomicity: a checkpoint is written into `weights/.NAME.tmp-PID`, every file fsynced, then swapped in with two
-renames (the old folder to `.NAME.old-PID`, the new one to `NAME`) and the old one removed. A crash between the
-two renames leaves `.NAME.old-PID`, which `checkpoint_dir` recovers; a crash before them leaves the previous
-checkpoint untouched. A full disk or an unwritable folder raises `OnedetError` and removes the partial folder.
+A checkpoint is swapped in whole by `onedet.atomic.replace_folder`; a crash between its two renames leaves
+`.NAME.old-PID`, which `checkpoint_dir` recovers.
 """
 
 from __future__ import annotations
@@ -23,17 +24,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from onedet import __version__
 from onedet.errors import OnedetError
 
 WEIGHTS = "model.safetensors"
@@ -47,143 +43,6 @@ class LoadedRun(NamedTuple):
     config: Any  # onedet.config.ModelConfig
     classes: list[str]
     category_ids: list[int]
-
-
-# --- writing ---------------------------------------------------------------------------------------------------
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _contiguous_unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share storage (tied weights); clone the later ones.
-    seen: set[tuple[int, int]] = set()
-    out = {}
-    for name, value in state.items():
-        value = value.detach().cpu().contiguous()
-        key = (value.untyped_storage().data_ptr(), value.storage_offset())
-        if value.numel() and key in seen:
-            value = value.clone()
-        seen.add(key)
-        out[name] = value
-    return out
-
-
-def write_checkpoint(
-    folder: Path,
-    *,
-    weights: dict[str, torch.Tensor],
-    info: dict[str, Any],
-    train_state: dict[str, Any] | None = None,
-    write_extra: Callable[[Path], None] | None = None,
-) -> Path:
-    """Write one checkpoint folder atomically (see the module docstring); returns `folder`.
-
-    `info` is `model.json`'s content (onedet_version is added); `write_extra(tmp_folder)` may add files
-    (e.g. the LoRA adapter).
-    """
-
-    def fill(tmp: Path) -> None:
-        save_file(_contiguous_unshared(weights), tmp / WEIGHTS, metadata={"format": "pt"})
-        (tmp / MODEL_JSON).write_text(json.dumps({**info, "onedet_version": __version__}, indent=2) + "\n")
-        if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE)
-        if write_extra is not None:
-            write_extra(tmp)
-
-    return _replace_folder(Path(folder), fill)
-
-
-def link_checkpoint(source: Path, folder: Path) -> Path:
-    """`folder` as a copy of the checkpoint `source` without its training state, atomically like
-    `write_checkpoint`. Files are hard links where the file system allows (a checkpoint's files are never
-    changed in place: every write makes a new folder), so `best` costs no second write of the weights."""
-
-    def fill(tmp: Path) -> None:
-        for path in sorted(Path(source).rglob("*")):
-            target = tmp / path.relative_to(source)
-            if path.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif path.name != TRAIN_STATE:
-                try:
-                    os.link(path, target)
-                except OSError:
-                    shutil.copy2(path, target)
-
-    return _replace_folder(Path(folder), fill)
-
-
-def _replace_folder(folder: Path, fill: Callable[[Path], None]) -> Path:
-    """Fill `weights/.NAME.tmp-PID`, fsync it, and swap it in for `folder` (see the module docstring)."""
-    parent = folder.parent
-    tmp = parent / f".{folder.name}.tmp-{os.getpid()}"
-    old = parent / f".{folder.name}.old-{os.getpid()}"
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        fill(tmp)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync(path)
-        _fsync(tmp)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        _fsync(parent)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not folder.exists():
-            os.replace(old, folder)  # put the previous checkpoint back
-        raise OnedetError(
-            f"cannot write checkpoint {folder}: {err.strerror or err} (the previous checkpoint, if any, is intact)"
-        ) from err
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-# --- RNG state as tensors (so that train_state.pt stays weights_only-loadable) -----------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU and CUDA) RNG states, as tensors and ints."""
-    version, py_state, gauss = random.getstate()
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": torch.tensor(py_state, dtype=torch.int64),
-        "python_version": int(version),
-        "python_gauss": gauss if gauss is None else float(gauss),
-        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-        "numpy_pos": int(np_pos),
-        "numpy_has_gauss": int(np_has_gauss),
-        "numpy_gauss": float(np_gauss),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
-    np.random.set_state(
-        (
-            "MT19937",
-            state["numpy_keys"].numpy().astype(np.uint32),
-            state["numpy_pos"],
-            state["numpy_has_gauss"],
-            state["numpy_gauss"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --- reading -----------------------------------------------------------------------------------------------------

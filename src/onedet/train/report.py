@@ -1,0 +1,46 @@
+"""The end-of-run figures of the best checkpoint: per-class precision-recall curves (`pr.png`) and its predictions
+on the first validation images (`predictions.png`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from onedet.model.postprocess import decode_topk
+from onedet.train.plots import plot_precision_recall, plot_predictions
+
+
+def write_final_plots(
+    model: nn.Module, metrics: dict[str, Any], val_store: Any, classes: list[str], out: Path, device: torch.device
+) -> None:
+    """`pr.png` from `metrics["pr"]` (evaluated `with_pr`), and `predictions.png` of `model` (images in [0, 1] ->
+    `DetectorOutput`) on up to 8 images of `val_store`, with their true boxes."""
+    pr = metrics.get("pr", {})
+    recall = np.asarray(pr.get("recall", []))
+    curves = {}
+    for name, precision in pr.get("precision", {}).items():
+        precision = np.asarray(precision)
+        if (precision >= 0).any():
+            curves[name] = (recall, np.clip(precision, 0, None))
+    plot_precision_recall(curves, out / "pr.png")
+    count = min(8, len(val_store))
+    raw = val_store.read_batch(np.arange(count))
+    images = torch.as_tensor(raw["images"])
+    model.eval()
+    with torch.inference_mode():
+        output = model(images.to(device).float() / 255)
+        boxes, scores, labels = decode_topk(output.logits.float(), output.boxes_xyxy.float(), 20)
+    valid = torch.as_tensor(raw["valid"])
+    plot_predictions(
+        [im.permute(1, 2, 0).numpy() for im in images],
+        boxes.cpu().numpy(),
+        labels.cpu().numpy(),
+        scores.cpu().numpy(),
+        classes,
+        out / "predictions.png",
+        truth_xyxy=[torch.as_tensor(raw["boxes_xyxy"])[i][valid[i]].numpy() for i in range(count)],
+    )
