@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from onedet.atomic import replace_folder, write_json
 from onedet.cpu import flush_denormals
 from onedet.data.checks import DUPLICATES, check_labels_found, duplicates_across_splits, file_digest
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
-from onedet.data.store_files import close_holes, new_memmap, save_tensordict, write_meta, write_targets
+from onedet.data.store_files import close_holes, new_memmap, save_tensordict, write_targets
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
@@ -218,24 +219,17 @@ def _write_split(
     out = split_dir.parent
     if out.exists() and not out.is_dir():
         raise OnedetError(f"{out}: exists and is not a folder; pass another --out")
-    tmp = out / f".{split_dir.name}.tmp-{os.getpid()}"
+    digests: list[tuple[str | None, str]] = []
+
+    def fill(tmp: Path) -> None:
+        digests.extend(_write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress))
+
     try:
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale(out, split_dir.name)
-        tmp.mkdir()
-        digests = _write_into(tmp, dataset, image_size, skip_bad, workers or _num_cores(), layout, root, progress)
-        if split_dir.exists():  # a previous store of this split: swap it out, then delete it
-            old = out / f".{split_dir.name}.old-{os.getpid()}"
-            os.replace(split_dir, old)
-            os.replace(tmp, split_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, split_dir)
+        replace_folder(split_dir, fill)  # .<split>.tmp-PID, swapped in whole; the previous store is put back on error
     except OSError as e:  # unwritable folder, full disk: the split's previous store, if any, is left as it was
         raise OnedetError(f"{split_dir}: cannot write the store ({e}); nothing of this split was written") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return split_dir, digests
 
 
@@ -350,7 +344,7 @@ def _write_into(
     shapes |= _image_tensors(td_dir, layout, num_source, size, done)
     save_tensordict(td_dir, shapes)
     root_path = Path(root) if root is not None else None
-    write_meta(tmp, _meta(dataset, layout, size, done, report, root_path))
+    write_json(tmp / "meta.json", _meta(dataset, layout, size, done, report, root_path), indent=None)  # last
     return [(d, str(dataset.images[i].path)) for d, i in zip(done.digests, done.kept)]
 
 
@@ -417,7 +411,7 @@ def _report_duplicates(out: Path, digests: dict[str, list[tuple[str | None, str]
         meta = json.loads(meta_path.read_text())
         meta["report"][DUPLICATES] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
         meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
-        write_meta(out / split, meta)
+        write_json(out / split / "meta.json", meta, indent=None)
     if found:  # one line: the first split's note says what, the report of each split says the rest
         first = next(iter(found.values()))[1]
         print(f"warning: {first}; see {DUPLICATES} in the report of {', '.join(found)}", file=sys.stderr)

@@ -1,12 +1,12 @@
 """The files of one store split (docs/design.md, "The store"), written into a folder prepare renames at the end.
 
 prepare decodes and fixes; this module only lays the results out: the per-image target tensors as memmap files,
-tensordict's own metadata over them (no data copied), and meta.json, whose presence makes the folder a store.
+tensordict's own metadata over them (no data copied). prepare writes meta.json last (`onedet.atomic.write_json`):
+its presence makes the folder a store.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -33,13 +33,6 @@ def close_holes(images_file: Path, shape: tuple[int, ...], kept: list[int]) -> N
     images.flush()
     del images
     os.truncate(images_file, len(kept) * int(np.prod(shape[1:])))
-
-
-def write_meta(folder: Path, meta: dict) -> None:
-    """meta.json, replaced atomically (its presence is what makes the folder a store)."""
-    with open(folder / "meta.json.part", "w") as f:
-        json.dump(meta, f)
-    os.replace(folder / "meta.json.part", folder / "meta.json")
 
 
 def write_targets(td_dir: Path, rows: list, images: list[SourceImage], size: int) -> dict:
