@@ -343,6 +343,38 @@ def test_compact_layout_reads_back_raw_images_within_jpeg_tolerance(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def _mapped_file_kib() -> int:
+    """Pages of files this process has mapped and holds resident (RssFile + RssShmem: /tmp may be tmpfs), KiB."""
+    rss = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return sum(int(rss[key].split()[0]) for key in ("RssFile", "RssShmem"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the resident set from /proc (Linux)")
+def test_raw_worker_does_not_keep_the_pixels_it_writes_resident(tmp_path):
+    """A decoding worker's memory must not grow with the store: written through a memmap, every page it wrote
+    stayed in its RSS (10k images at 320 px: 2 GB per worker, BENCHMARKS.md "Store scale")."""
+    import onedet.data.prepare as P
+
+    size, n = 320, 100  # 100 x 300 KB written
+    ds = _source_dataset(tmp_path / "img", 4)
+    images_file, shape = tmp_path / "images.memmap", (n, 3, size, size)
+    np.memmap(images_file, dtype=np.uint8, mode="w+", shape=shape).flush()  # sparse, as prepare makes it
+    P._init_worker(size, "raw", str(images_file))
+    try:
+        assert P._decode((0, str(ds.images[0].path))).error is None  # first call: code and libraries paged in
+        before = _mapped_file_kib()
+        for slot in range(1, n):
+            assert P._decode((slot, str(ds.images[slot % 4].path))).error is None
+        grown_kib = _mapped_file_kib() - before
+    finally:
+        P._worker.clear()
+    assert grown_kib * 1024 < 0.2 * n * 3 * size * size
+    written = np.memmap(images_file, dtype=np.uint8, mode="r", shape=shape)
+    for slot in (0, 1, n - 1):  # the pixels are in their slots all the same
+        expected = letterbox_image(load_image(ds.images[slot % 4].path)[0], size)
+        assert np.array_equal(written[slot], expected), slot
+
+
 # --- the command line -----------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 How it stays fast and safe:
 - Images are decoded and letterboxed by a pool of processes (one per core). In the raw layout each worker writes
-  its letterboxed image straight into its slot of the preallocated `images` memmap and sends back only the
+  its letterboxed image straight into its slot of the preallocated `images` file and sends back only the
   image size, so memory does not grow with the dataset and no pixels cross a pipe. In the compact layout
   workers send back the JPEG bytes (tens of KB) and the parent appends them to one flat file.
 - Boxes are small: they are fixed (scaled from YOLO fractions, clipped, degenerate ones dropped, through the
@@ -63,12 +63,14 @@ class _Decoded(NamedTuple):
 _worker: dict = {}
 
 
-def _init_worker(image_size: int, layout: str, images_file: str | None, shape: tuple[int, ...] | None) -> None:
+def _init_worker(image_size: int, layout: str, images_file: str | None) -> None:
     if mp.current_process().name != "MainProcess":
         torch.set_num_threads(1)  # one process per core already; more threads only contend
     _worker.update(image_size=image_size, layout=layout, images=None)
     if images_file is not None:
-        _worker["images"] = np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape)
+        # Plain writes, not a memmap: pages written through a mapping stay in the writer's RSS (RssFile) until the
+        # kernel evicts them, so each worker's RSS grew with the store (BENCHMARKS.md "Store scale").
+        _worker["images"] = open(images_file, "r+b", buffering=0)  # noqa: SIM115 (closed with the worker)
 
 
 def _decode(task: tuple[int, str]) -> _Decoded:
@@ -83,7 +85,9 @@ def _decode(task: tuple[int, str]) -> _Decoded:
         return _Decoded(slot, (0, 0), [], None, str(e))
     boxed = letterbox_image(pixels, _worker["image_size"])
     if _worker["layout"] == "raw":
-        _worker["images"][slot] = boxed
+        _worker["images"].seek(slot * boxed.nbytes)
+        if _worker["images"].write(np.ascontiguousarray(boxed)) != boxed.nbytes:
+            raise OSError(f"short write of image {slot} to the store")
         return _Decoded(slot, pixels.shape[:2], fixes, None, None, digest)
     jpeg = encode_jpeg(torch.from_numpy(boxed), quality=JPEG_QUALITY).numpy()
     return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None, digest)
@@ -97,7 +101,7 @@ def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_D
         try:
             yield from map(_decode, tasks)
         finally:
-            _worker.clear()  # drop the memmap: the folder is renamed or deleted next
+            _worker.clear()  # close the images file: the folder is renamed or deleted next
         return
     # fork: workers inherit the imported modules (spawn would re-import torch in each); DataLoader does the same.
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
@@ -334,9 +338,9 @@ def _write_into(
     if layout == "raw":
         images_shape = (num_source, 3, size, size)
         new_memmap(td_dir, "images", np.uint8, images_shape).flush()  # sparse file: no pages written yet
-        init_args: tuple = (size, layout, str(td_dir / "images.memmap"), images_shape)
+        init_args: tuple = (size, layout, str(td_dir / "images.memmap"))
     else:
-        init_args = (size, layout, None, None)
+        init_args = (size, layout, None)
     done = _decode_split(dataset, workers, init_args, td_dir, skip_bad, progress, report)
     if not done.kept:
         raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
