@@ -85,15 +85,17 @@ class TrainConfig:
 
 
 @functools.cache
-def field_docs() -> dict[str, str]:
-    """Each TrainConfig field's docstring, read from the class source (the litgpt / jsonargparse convention)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(TrainConfig)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+def field_docs(cls: type = TrainConfig) -> dict[str, str]:
+    """Each field's docstring, read from the class source (the litgpt / jsonargparse convention); a subclass of
+    TrainConfig (`DistillConfig`) adds its own fields' and overrides its bases'."""
     docs: dict[str, str] = {}
-    for node, after in itertools.pairwise(body):
-        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-        if is_field and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value)
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, after in itertools.pairwise(body):
+            is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            if is_field and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                docs[node.target.id] = str(after.value.value)
     return docs
 
 
@@ -105,14 +107,17 @@ def _parse_optional(parse: Any) -> Any:
     return parse_or_none
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare one `--flag` per TrainConfig field, typed from its annotation, with its docstring as help."""
-    hints = typing.get_type_hints(TrainConfig)
-    docs = field_docs()
-    for f in dataclasses.fields(TrainConfig):
+def add_train_arguments(
+    parser: argparse.ArgumentParser, cls: type = TrainConfig, exclude: tuple[str, ...] = ()
+) -> None:
+    """Declare one `--flag` per field of `cls` (TrainConfig or a subclass) but `exclude`, typed from its
+    annotation, with its docstring as help."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
         hint = hints[f.name]
         origin = typing.get_origin(hint)
-        if origin is dict:
+        if origin is dict or f.name in exclude:
             continue  # Python API only
         flag = "--" + f.name.replace("_", "-")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -137,10 +142,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of a parsed `onedet train` command line."""
-    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig(**kwargs)
+def train_config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    """The TrainConfig (or `cls`) of a parsed `onedet train` (or `onedet distill`) command line."""
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**kwargs)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +46,7 @@ from onedet.train.features import (
     FeatureCache,
 )
 from onedet.train.logging import RunLog
-from onedet.train.optim import build_optimizer, build_scheduler
+from onedet.train.optim import build_optimizer, build_scheduler, param_groups
 
 TRAIN_CONFIG = "train_config.json"
 # Settings that may differ when resuming (where and how it runs); everything else comes from the saved run.
@@ -113,7 +114,6 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         from onedet.config import ModelConfig
-        from onedet.loss import DetectionLoss
 
         info = distributed.env_info()
         self.device = distributed.select_device(cfg.device, info)
@@ -131,7 +131,7 @@ class Trainer:
             saved = json.loads((self.out / TRAIN_CONFIG).read_text())
             merged = {**saved, **{k: getattr(cfg, k) for k in _RESUME_OVERRIDES}}
             merged["data"], merged["out"] = Path(merged["data"]), Path(merged["out"])
-            cfg = TrainConfig(**merged)
+            cfg = type(cfg)(**merged)
         elif (last / "model.safetensors").exists() or any(self.out.glob("weights/.last.old-*")):
             raise OnedetError(f"{self.out}: already holds a run; pass --resume to continue it, or choose another --out")
         self.cfg = cfg
@@ -165,12 +165,12 @@ class Trainer:
         self.detector = self._build_detector()
         self.detector.to(self.device)
         self.plan = amp.plan(cfg.amp, self.device, backbone_frozen=cfg.finetune == "frozen")
-        self.criterion = DetectionLoss(self.model_config)
+        self.criterion = self.build_criterion()
         self.loss_weights = dict(self.model_config.loss_weights)
 
         self.log = RunLog(self.out, enabled=self.is_main, progress=cfg.progress)
         self._build_loaders()
-        self.forward = AmpForward(self.detector, self.plan, self.device, cached=self.cfg.cache_features)
+        self.forward = self.build_forward()
         self.step_model = distributed.wrap(self.forward, self.device)
         self.optimizer = build_optimizer(
             self.detector,
@@ -178,6 +178,10 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             backbone_lr_scale=cfg.backbone_lr_scale if cfg.finetune != "frozen" else 1.0,
         )
+        self.extras = self.trainable_extras()
+        if self.extras is not None:
+            for group in param_groups(self.extras, lr=cfg.lr, weight_decay=cfg.weight_decay):
+                self.optimizer.add_param_group(group)
         self.steps_per_epoch = len(self.loader)
         self.epochs = cfg.epochs  # the schedule's length; a time budget may refit it (_fit_to_budget)
         self.scheduler = build_scheduler(
@@ -188,6 +192,8 @@ class Trainer:
         )
         self.ema = WeightEma(self.detector, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.params = [p for p in self.detector.parameters() if p.requires_grad]
+        if self.extras is not None:
+            self.params += [p for p in self.extras.parameters() if p.requires_grad]
         self.global_step = 0
         self.best_ap = -math.inf
         self.elapsed = 0.0
@@ -279,6 +285,27 @@ class Trainer:
                 world_size=world,
             )
 
+    # --- what a step runs (the seam `onedet.train.distill` overrides) ------------------------------------------
+
+    def build_forward(self) -> nn.Module:
+        """The module a step calls on `batch.images` (what DDP wraps): the detector under the AMP plan."""
+        return AmpForward(self.detector, self.plan, self.device, cached=self.cfg.cache_features)
+
+    def build_criterion(self) -> Callable[[Any, Any], dict[str, Tensor]]:
+        """`criterion(output, batch) -> terms`, the unweighted loss terms that `loss_weights` weigh."""
+        from onedet.loss import DetectionLoss
+
+        loss = DetectionLoss(self.model_config)
+
+        def criterion(output: Any, batch: Any) -> dict[str, Tensor]:
+            return loss(output, batch.boxes_xyxy, batch.labels, batch.valid)
+
+        return criterion
+
+    def trainable_extras(self) -> nn.Module | None:
+        """Trainable modules besides the detector (in `forward`): optimised, saved and restored with the run."""
+        return None
+
     # --- checkpoints ------------------------------------------------------------------------------------------
 
     @contextmanager
@@ -320,6 +347,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
+            "extras": {k: v.detach().cpu() for k, v in self.extras.state_dict().items()}
+            if self.extras is not None
+            else {},
             "loader": dict(self.loader.state_dict()),
             "rng": rng_state(),
             "best_ap": float(self.best_ap),
@@ -363,6 +393,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.extras is not None:
+            self.extras.load_state_dict(state["extras"])
         self.loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.global_step = int(state["global_step"])
@@ -381,7 +413,7 @@ class Trainer:
         from onedet.loss import weighted_total
 
         output = self.step_model(batch.images)
-        terms = self.criterion(output, batch.boxes_xyxy, batch.labels, batch.valid)
+        terms = self.criterion(output, batch)
         total = weighted_total(terms, self.loss_weights)
         finite = distributed.all_reduce_mean(torch.isfinite(total.detach()).float().reshape(1))
         if float(finite) < 1:
