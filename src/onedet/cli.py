@@ -115,6 +115,25 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from onedet.train.config import add_train_arguments
+    from onedet.train.distill_config import DistillConfig  # torch-free, like TrainConfig
+
+    p = sub.add_parser("distill", help="train a smaller student from a trained teacher run")
+    # The student, not a preset, says what is built; its image size comes from the teacher (or the spec).
+    add_train_arguments(p, DistillConfig, exclude=("preset", "image_size", "cache_features"))
+    p.set_defaults(func=_run_distill)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from onedet.train.config import train_config_from_args
+    from onedet.train.distill import DistillConfig, distill
+
+    result = distill(train_config_from_args(args, DistillConfig))
+    print(f"student written: {result.run}")
+    return 0
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="COCO metrics of a trained run on a store split")
     p.add_argument("--weights", type=Path, required=True, help="run folder (or its checkpoint folder)")
@@ -199,6 +218,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_presets,
     _add_train,
+    _add_distill,
     _add_eval,
     _add_export,
     _add_predict,
