@@ -150,3 +150,37 @@ def test_clear_errors(store: Path, teacher: Path, tmp_path: Path, capsys: pytest
 
     with pytest.raises(OnedetError, match="has no trained weights to teach"):
         OneDet("tiny").distill(store, student="tiny")
+
+
+def test_paired_batches_mark_unlabelled_images_and_drop_their_boxes() -> None:
+    from onedet.data.loader import Batch
+    from onedet.train.distill import PairedLoader
+
+    def batch(index: list[int], boxes: int) -> Batch:
+        n = len(index)
+        return Batch(
+            torch.rand(n, 3, 8, 8),
+            torch.rand(n, boxes, 4),
+            torch.ones(n, boxes, dtype=torch.long),
+            torch.ones(n, boxes, dtype=torch.bool),
+            torch.tensor(index),
+        )
+
+    class Loader(list):
+        epoch = 0
+
+    subset = torch.tensor([True, False, True, False])
+    paired = PairedLoader(Loader([batch([0, 1], 3)]), Loader([batch([5], 1)]), labeled_subset=subset)
+    (got,) = list(paired)
+    assert got.labeled.tolist() == [True, False, False]
+    assert got.images.shape[0] == 3 and got.boxes_xyxy.shape == (3, 3, 4)
+    assert got.valid.tolist() == [[True, True, True], [False] * 3, [False] * 3]
+
+
+def test_a_labels_only_baseline_runs_no_teacher(store: Path, teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "baseline"
+    zero = [a for w in ("cls", "aux-cls", "box-l1", "box-giou", "feat") for a in (f"--kd-{w}-weight", "0")]
+    assert main(_args(store, teacher, out, "--epochs", "1", "--label-fraction", "0.5", *zero)) == 0
+    row = read_metrics(out)[-1]
+    assert "train/focal" in row and not any(k.startswith("train/kd_") for k in row)
+    assert read_train_state(out / "weights" / "last")["extras"] == {}

@@ -119,3 +119,14 @@ def test_students_at_other_strides_or_padding_are_clear_errors() -> None:
     check_compatible(windowed, cfg, 128)
     with pytest.raises(OnedetError, match="pads its input to 128 px and the teacher to 256 px"):
         check_compatible(windowed, ModelConfig.from_dict({**cfg.to_dict(), "window_size": 16, "image_size": 256}), 100)
+
+
+def test_without_a_teacher_only_the_ground_truth_terms_remain() -> None:
+    teacher = _teacher()
+    forward = DistillForward(
+        copy.deepcopy(teacher), None, build_projectors(96, 96, 0), AmpPlan(None, None), torch.device("cpu")
+    ).train()
+    output = forward(torch.rand(2, 3, 128, 128))
+    assert output.teacher is None and output.student_maps == ()
+    terms = DistillLoss(DetectionLoss(teacher.config))(output, *_targets(), labeled=torch.ones(2, dtype=torch.bool))
+    assert set(terms) == {"focal", "l1", "giou", "aux_focal", "aux_l1", "aux_giou"}

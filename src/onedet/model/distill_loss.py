@@ -106,9 +106,20 @@ class DistillLoss(nn.Module):
         valid: Tensor,
         labeled: Tensor,
     ) -> dict[str, Tensor]:
-        """Terms `kd_cls`, `kd_aux_cls` (when both have the aux branch), `kd_box_l1`, `kd_box_giou`, `kd_feat`, and
-        `gt_loss`'s (`focal`, `l1`, `giou`, `aux_*`) over the images with `labeled [B]` True (targets
-        `boxes_xyxy [B, M, 4]`, `labels [B, M]`, `valid [B, M]`, as `DetectionLoss` takes them)."""
+        """Terms `kd_cls`, `kd_aux_cls` (when both have the aux branch), `kd_box_l1`, `kd_box_giou`, `kd_feat` (when
+        there are projected maps), and `gt_loss`'s (`focal`, `l1`, `giou`, `aux_*`) over the images with
+        `labeled [B]` True (targets `boxes_xyxy [B, M, 4]`, `labels [B, M]`, `valid [B, M]`, as `DetectionLoss`
+        takes them). Without a teacher output (`output.teacher` None: every distillation weight is 0) only the
+        ground-truth terms."""
+        student, teacher = output.student, output.teacher
+        image_size = infer_image_size(student.points, student.strides)
+        terms = {} if teacher is None else self._distill_terms(output, image_size)
+        if self.gt_loss is not None:
+            keep = labeled.bool()
+            terms.update(self.gt_loss(_select(student, keep), boxes_xyxy[keep], labels[keep], valid[keep], image_size))
+        return terms
+
+    def _distill_terms(self, output: DistillOutput, image_size: tuple[int, int]) -> dict[str, Tensor]:
         student, teacher = output.student, output.teacher
         if student.logits.shape != teacher.logits.shape:
             raise OnedetError(
@@ -121,7 +132,6 @@ class DistillLoss(nn.Module):
         if student.aux_logits is not None and teacher.aux_logits is not None:
             terms["kd_aux_cls"] = soft_focal_bce(student.aux_logits, teacher.aux_logits, self.gamma) / objects
 
-        image_size = infer_image_size(teacher.points, teacher.strides)
         weight = confidence * (confidence > self.box_threshold)
         box_norm = _global_mean_count(weight.sum())  # at least 1: a teacher confident nowhere distils no boxes
         picked = weight > 0
@@ -130,11 +140,8 @@ class DistillLoss(nn.Module):
         l1 = (normalize_xyxy(pred, image_size) - normalize_xyxy(target, image_size)).abs().sum(-1)
         terms["kd_box_l1"] = (w * l1).sum() / box_norm
         terms["kd_box_giou"] = (w * (1 - elementwise_generalized_box_iou(pred, target))).sum() / box_norm
-        terms["kd_feat"] = self._feature_term(output.student_maps, output.teacher_maps, confidence)
-
-        if self.gt_loss is not None:
-            keep = labeled.bool()
-            terms.update(self.gt_loss(_select(student, keep), boxes_xyxy[keep], labels[keep], valid[keep], image_size))
+        if output.student_maps:  # no projectors when feature mimicking is off (its weight is 0)
+            terms["kd_feat"] = self._feature_term(output.student_maps, output.teacher_maps, confidence)
         return terms
 
     def _feature_term(

@@ -61,11 +61,9 @@ def _pad_boxes(t: Tensor, m: int, value: float) -> Tensor:
     return t if extra == 0 else torch.cat([t, t.new_full((t.shape[0], extra, *t.shape[2:]), value)], dim=1)
 
 
-def _concat(labeled: Any, unlabeled: Any) -> DistillBatch:
+def _concat(labeled: DistillBatch, unlabeled: Any) -> DistillBatch:
     m = max(labeled.boxes_xyxy.shape[1], unlabeled.boxes_xyxy.shape[1])
-    mask = torch.cat(
-        [torch.ones(len(labeled.index), dtype=torch.bool), torch.zeros(len(unlabeled.index), dtype=torch.bool)]
-    )
+    none = torch.zeros(len(unlabeled.index), dtype=torch.bool, device=labeled.labeled.device)
     return DistillBatch(
         torch.cat([labeled.images, unlabeled.images]),
         torch.cat([_pad_boxes(labeled.boxes_xyxy, m, 0), _pad_boxes(unlabeled.boxes_xyxy, m, 0)]),
@@ -73,7 +71,7 @@ def _concat(labeled: Any, unlabeled: Any) -> DistillBatch:
         # an unlabelled image has no boxes, whatever its store holds
         torch.cat([_pad_boxes(labeled.valid, m, False), torch.zeros_like(_pad_boxes(unlabeled.valid, m, False))]),
         torch.cat([labeled.index, unlabeled.index]),
-        mask.to(labeled.images.device),
+        torch.cat([labeled.labeled, none]),
     )
 
 
@@ -81,11 +79,12 @@ class PairedLoader:
     """The labelled loader, each batch joined by one of the unlabelled loader (which cycles over its own epochs).
 
     Epochs, length and position are the labelled loader's; `state_dict()` adds the unlabelled one's under
-    `"unlabeled"`, so a resumed run draws the same unlabelled batches.
+    `"unlabeled"`, so a resumed run draws the same unlabelled batches. `labeled_subset` (bool `[len(store)]`)
+    marks the labelled store's images whose boxes count; the others become unlabelled images.
     """
 
-    def __init__(self, labeled: Any, unlabeled: Any | None = None) -> None:
-        self.labeled, self.unlabeled = labeled, unlabeled
+    def __init__(self, labeled: Any, unlabeled: Any | None = None, labeled_subset: Tensor | None = None) -> None:
+        self.labeled, self.unlabeled, self.labeled_subset = labeled, unlabeled, labeled_subset
 
     @property
     def epoch(self) -> int:
@@ -117,21 +116,27 @@ class PairedLoader:
     def __iter__(self) -> Iterator[DistillBatch]:
         extra = self._cycle() if self.unlabeled is not None else None
         for batch in self.labeled:
-            if extra is None:
-                yield DistillBatch(*batch, torch.ones(len(batch.index), dtype=torch.bool, device=batch.images.device))
-            else:
-                yield _concat(batch, next(extra))
+            batch = self._mark(batch)
+            yield batch if extra is None else _concat(batch, next(extra))
+
+    def _mark(self, batch: Any) -> DistillBatch:
+        device = batch.images.device
+        if self.labeled_subset is None:
+            return DistillBatch(*batch, torch.ones(len(batch.index), dtype=torch.bool, device=device))
+        mask = self.labeled_subset[batch.index.cpu()].to(device)
+        return DistillBatch(*batch._replace(valid=batch.valid & mask[:, None]), mask)
 
 
 class DistillForward(nn.Module):
     """`forward(images [B, 3, H, W] in [0, 1]) -> DistillOutput`: the student (under the AMP plan, with
-    gradients), its pyramid maps through `projectors`, and the frozen teacher (inference mode, `teacher_dtype`
-    autocast) on the same images."""
+    gradients), its pyramid maps through `projectors` (none: no maps), and the frozen teacher (inference mode,
+    `teacher_dtype` autocast) on the same images; `teacher=None` runs the student alone (a labels-only baseline
+    that pays nothing for a teacher)."""
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None,
         projectors: nn.ModuleList,
         plan: amp.AmpPlan,
         device: torch.device,
@@ -141,13 +146,15 @@ class DistillForward(nn.Module):
         super().__init__()
         self.student, self.teacher, self.projectors = student, teacher, projectors
         self.plan, self.device, self.teacher_dtype, self.teacher_aux = plan, device, teacher_dtype, teacher_aux
-        self.teacher.requires_grad_(False)
-        self.teacher.head.use_peak_filter = False  # targets are the raw scores; the filter is an inference step
-        self.teacher.eval()
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.head.use_peak_filter = False  # targets are the raw scores; the filter is an inference step
+            teacher.eval()
 
     def train(self, mode: bool = True) -> DistillForward:
         super().train(mode)
-        self.teacher.eval()  # whatever the trainer asks: no aux-by-training-mode, no dropout in the targets
+        if self.teacher is not None:
+            self.teacher.eval()  # whatever the trainer asks: no aux-by-training-mode, no dropout in the targets
         return self
 
     def forward(self, images: Tensor) -> DistillOutput:
@@ -159,6 +166,8 @@ class DistillForward(nn.Module):
             maps = student.neck.pyramid(features)
             output = DetectorOutput(*student.head(maps, with_aux=self.training))
             projected = tuple(p(m).float() for p, m in zip(self.projectors, maps))
+        if self.teacher is None:
+            return DistillOutput(output, None, (), ())
         with torch.inference_mode(), amp.autocast(self.device, self.teacher_dtype):
             teacher_maps = self.teacher.neck.pyramid(self.teacher.forward_features(images))
             teacher = DetectorOutput(*self.teacher.head(teacher_maps, with_aux=self.teacher_aux))
@@ -260,7 +269,13 @@ class DistillTrainer(Trainer):
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
             )
-        self.loader = PairedLoader(self.loader, unlabeled)
+        subset = None
+        if cfg.label_fraction < 1:
+            n = len(self.train_store)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+            subset = torch.zeros(n, dtype=torch.bool)
+            subset[order[: max(1, round(cfg.label_fraction * n))]] = True
+        self.loader = PairedLoader(self.loader, unlabeled, subset)
 
     def _model_info(self) -> dict[str, Any]:
         return {**super()._model_info(), "distill": {"teacher": str(self.cfg.teacher), "student": self.cfg.student}}
@@ -270,12 +285,20 @@ class DistillTrainer(Trainer):
     def build_forward(self) -> nn.Module:
         teacher = self.teacher().model
         check_compatible(self.model_config, teacher.config, self.train_store.image_size)
-        projectors = build_projectors(
-            self.model_config.neck_channels, teacher.config.neck_channels, len(teacher.config.strides)
-        ).to(self.device)
+        weights = self.cfg.loss_weights()
+        # Modules the loss would not use are not built: DDP insists that every parameter gets a gradient, and a
+        # labels-only baseline (every weight 0) should not pay for the teacher's forward.
+        levels = len(teacher.config.strides) if weights["kd_feat"] > 0 else 0
+        projectors = build_projectors(self.model_config.neck_channels, teacher.config.neck_channels, levels)
         teacher_dtype = amp.plan(self.cfg.amp, self.device, backbone_frozen=True).backbone
         return DistillForward(
-            self.detector, teacher, projectors, self.plan, self.device, teacher_dtype, teacher_aux=self._teacher_aux
+            self.detector,
+            teacher if any(w > 0 for w in weights.values()) else None,
+            projectors.to(self.device),
+            self.plan,
+            self.device,
+            teacher_dtype,
+            teacher_aux=self._teacher_aux,
         )
 
     def build_criterion(self) -> Any:

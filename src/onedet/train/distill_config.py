@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from onedet.errors import OnedetError
 from onedet.train.config import TrainConfig
 
 
@@ -26,6 +27,9 @@ class DistillConfig(TrainConfig):
     which learn from the teacher only."""
     unlabeled_batch_size: int | None = None
     """Unlabelled images per step (default: `batch_size`)."""
+    label_fraction: float = 1.0
+    """Use the boxes of only this fraction of the train split's images (a subset seeded by `seed`); the others learn
+    from the teacher alone, as unlabelled images do (to measure what distillation gives with few labels)."""
     finetune: Literal["frozen", "lora", "full"] = "full"
     """What trains in the student: everything (default: a derived student's backbone must adapt to its missing
     blocks), LoRA adapters on the backbone, or the neck and head only (frozen backbone)."""
@@ -48,6 +52,8 @@ class DistillConfig(TrainConfig):
         # From JSON (a resumed run's train_config.json) paths arrive as strings.
         self.teacher = Path(self.teacher)
         self.unlabeled = None if self.unlabeled is None else Path(self.unlabeled)
+        if not 0 < self.label_fraction <= 1:
+            raise OnedetError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
 
     def loss_weights(self) -> dict[str, float]:
         """The distillation terms' weights (the ground-truth terms keep the model's, times `gt_weight`)."""
