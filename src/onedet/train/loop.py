@@ -303,7 +303,8 @@ class Trainer:
         return criterion
 
     def trainable_extras(self) -> nn.Module | None:
-        """Trainable modules besides the detector (in `forward`): optimised, saved and restored with the run."""
+        """Trainable modules besides the detector, inside `build_forward()`'s module (so DDP averages their gradients;
+        called after it): optimised with the detector, saved under `train_state.pt["extras"]` and restored."""
         return None
 
     # --- checkpoints ------------------------------------------------------------------------------------------
