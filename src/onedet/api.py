@@ -106,6 +106,21 @@ class OneDet:
         self._load(Path(result.run), device=cfg.device)
         return result
 
+    def distill(self, data: str | Path, student: str, out: str | Path = "runs/onedet-student", **config: Any) -> OneDet:
+        """Distil this trained detector (the teacher) into `student` (a preset, or `"teacher:depth=N"` for a
+        student derived from its own blocks) on the store `data`; returns the student as a `OneDet`.
+
+        `config` takes any other `DistillConfig` field (`epochs`, `unlabeled`, `kd_feat_weight`, ...).
+        """
+        from onedet.train.distill import DistillConfig, distill
+
+        if self.run_dir is None:
+            raise OnedetError(f"this OneDet({self.preset!r}) has no trained weights to teach: use OneDet.from_run(...)")
+        device = config.get("device", "auto")
+        cfg = DistillConfig(data=Path(data), out=Path(out), teacher=Path(self.run_dir), student=student, **config)
+        result = distill(cfg)
+        return OneDet.from_run(result.run, device=device)
+
     def predict(self, images: Any, threshold: float = PredictOptions.threshold) -> Detections | list[Detections]:
         """One image (uint8 [H, W, 3] RGB array, Pillow image or path) -> `Detections`; a list -> a list."""
         from onedet.predict import load_predictor, predict

@@ -30,6 +30,7 @@ from onedet.options import (
     options_dict,
 )
 from onedet.train.config import TrainConfig
+from onedet.train.distill_config import DistillConfig  # torch-free, like TrainConfig
 
 
 def _print_json(obj: object) -> None:
@@ -87,6 +88,14 @@ def _run_train(cfg: TrainConfig) -> int:
     return 0
 
 
+def _run_distill(cfg: DistillConfig) -> int:
+    from onedet.train.distill import distill
+
+    result = distill(cfg)
+    print(f"student written: {result.run}")
+    return 0
+
+
 def _run_eval(opts: EvalOptions) -> int:
     from onedet.evaluate import evaluate_run, format_metrics
 
@@ -137,6 +146,8 @@ class Command(NamedTuple):
     """The options dataclass its arguments are generated from."""
     run: Callable[[Any], int]
     """Called with an instance of `options`."""
+    exclude: tuple[str, ...] = ()
+    """Fields of `options` the command does not take (they keep their defaults)."""
 
 
 COMMANDS: list[Command] = [
@@ -144,6 +155,14 @@ COMMANDS: list[Command] = [
     Command("info", "summarise a prepared store", InfoOptions, _run_info),
     Command("presets", "list the model presets with their parameter counts", PresetsOptions, _run_presets),
     Command("train", "fine-tune a detector on a prepared store", TrainConfig, _run_train),
+    # The student spec, not a preset, says what a distillation builds; the input size is the teacher's.
+    Command(
+        "distill",
+        "train a smaller student from a trained teacher run",
+        DistillConfig,
+        _run_distill,
+        exclude=("preset", "image_size", "cache_features"),
+    ),
     Command("eval", "COCO metrics of a trained run on a store split", EvalOptions, _run_eval),
     Command("export", "one ONNX file from uint8 pixels to boxes in original coordinates", ExportOptions, _run_export),
     Command("predict", "detect objects in images with a run folder or an .onnx file", PredictOptions, _run_predict),
@@ -159,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help)
-        add_arguments(p, command.options)
+        add_arguments(p, command.options, command.exclude)
         p.set_defaults(command_spec=command)
     return parser
 

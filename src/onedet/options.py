@@ -93,11 +93,14 @@ def _split_hint(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Declare one argument per field of the dataclass `cls` (see the module docstring)."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Declare one argument per field of the dataclass `cls` (see the module docstring), less `exclude` (fields a
+    command does not take; they keep their defaults)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         if "fields_of" in f.metadata:
             add_nested_arguments(parser, f.name, f.metadata["fields_of"])
             continue

@@ -39,9 +39,9 @@ from onedet.train.setup import build_loaders, build_run_detector, open_splits, r
 class Trainer:
     """One training run; see the module docstring. `fit()` runs it.
 
-    Subclasses (e.g. distillation) change three seams: `build_forward` (the module DDP wraps), `build_criterion`
-    (unweighted named loss terms of that module's output and the batch, weighted by `loss_weights`), and
-    `trainable_extras` (modules trained beside the detector: optimised, checkpointed and resumed with it).
+    Subclasses (e.g. distillation) change the seams: `build_forward` (the module DDP wraps), `build_criterion`
+    (unweighted named loss terms of its output and the batch, weighted by `loss_weights`), `trainable_extras`
+    (trained beside the detector, checkpointed with it), and `build_model_config`/`build_detector`/`build_loaders`.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -63,19 +63,15 @@ class Trainer:
         self.classes = list(self.train_store.classes)
         self.category_ids = list(self.train_store.category_ids)
         torch.manual_seed(cfg.seed)
-        self.model_config = run_model_config(cfg, self.train_store, self.resume_from)
-        self.detector, self.lora_config = build_run_detector(
-            self.model_config, cfg.finetune, cfg.lora_rank, self.resume_from
-        )
+        self.model_config = self.build_model_config()
+        self.detector, self.lora_config = self.build_detector()
         self.detector.to(self.device)
         self.amp_dtype = amp.plan(cfg.amp, self.device, backbone_frozen=cfg.finetune == "frozen")
         self.criterion = self.build_criterion()
         self.loss_weights = dict(self.model_config.loss_weights)
 
         self.log = RunLog(self.out, enabled=self.is_main, progress=cfg.progress)
-        self.loader, self.val_cache = build_loaders(
-            cfg, self.train_store, self.val_store, self.detector, self.amp_dtype, self.device, self.dist, self.is_main
-        )
+        self.loader, self.val_cache = self.build_loaders()
         self.forward = self.build_forward()
         self.step_model = distributed.wrap(self.forward, self.device)
         self.extras = self.trainable_extras()
@@ -129,7 +125,15 @@ class Trainer:
         `train_state.pt` under `"extras"` and restored on resume); None by default."""
         return None
 
-    # --- set-up ---------------------------------------------------------------------------------------------------
+    def build_model_config(self) -> Any:
+        return run_model_config(self.cfg, self.train_store, self.resume_from)
+
+    def build_detector(self) -> tuple[nn.Module, Any]:  # (the detector to train, its LoRA config or None)
+        return build_run_detector(self.model_config, self.cfg.finetune, self.cfg.lora_rank, self.resume_from)
+
+    def build_loaders(self) -> tuple[Any, Any]:  # (the training loader, the val feature cache or None)
+        args = (self.train_store, self.val_store, self.detector, self.amp_dtype, self.device, self.dist, self.is_main)
+        return build_loaders(self.cfg, *args)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 

@@ -72,13 +72,17 @@ def build_run_detector(
         load_weights(detector, read_weights(resume_from), resume_from / WEIGHTS, problem=problem)
     else:
         detector = build_detector(config)
-    detector.set_backbone_frozen(finetune != "full")
-    lora_config = None
-    if finetune == "lora":
-        from onedet.model.lora import apply_lora
+    return detector, prepare_for_finetune(detector, finetune, lora_rank)
 
-        lora_config = apply_lora(detector, rank=lora_rank)
-    return detector, lora_config
+
+def prepare_for_finetune(detector: nn.Module, finetune: str, lora_rank: int) -> Any:
+    """Freeze the backbone unless `finetune` is `full`; add LoRA adapters for `lora`; returns their config or None."""
+    detector.set_backbone_frozen(finetune != "full")
+    if finetune != "lora":
+        return None
+    from onedet.model.lora import apply_lora
+
+    return apply_lora(detector, rank=lora_rank)
 
 
 def build_loaders(

@@ -1,0 +1,216 @@
+"""Distillation proof driver: a teacher trained on a dataset, then each student x recipe in the same wall-clock
+budget, measured on the test split (val when there is none): AP/AP50, onnxruntime fp32 and int8 (dynamic) latency
+at batch 1 in this process, and file size, as one table and an AP-vs-latency plot.
+
+    python benchmarks/distill.py [--dataset bccd|aquarium|synthetic] [--image-size 320]
+        [--teacher RUN | --teacher-preset base --teacher-minutes 120] [--students teacher:depth=6 small]
+        [--recipes labels distill distill25] [--minutes 30] [--epochs 100] [--batch-size 8] [--threads 2]
+        [--work DIR] [--plot PNG]
+
+Recipes, each for the same student with the same `--minutes` (the trainer's `--max-minutes`) and epoch cap:
+
+- `labels`: the ground-truth loss alone (every distillation weight 0: the teacher does not run, so a step costs
+  what `onedet train`'s does). A derived student still starts from the teacher's blocks: the comparison isolates
+  the distillation signals.
+- `distill`: distillation (default weights) + labels.
+- `distill25`: distillation on every train image, labels on a seeded 25% of them (`label_fraction=0.25`).
+
+Teachers and students train from random weights (`pretrained=None`: nothing can be downloaded here), with full
+fine-tuning. A run folder that already holds `metrics.json` is reused, so an interrupted sweep continues (delete
+the folder to re-run one). Latency: one image (a BCCD photo when ../shared/data is present) through the exported
+end-to-end graph, `--threads` intra-op threads, medians of `--repeats` round-robin runs with the eager model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from inference import _image, _time_variants  # benchmarks/inference.py (scripts run with benchmarks/ on sys.path)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {"bccd": "bccd", "aquarium": "aquarium/aquarium_pretrain"}
+RECIPES: dict[str, dict[str, Any]] = {
+    "labels": {f"kd_{k}_weight": 0.0 for k in ("cls", "aux_cls", "box_l1", "box_giou", "feat")},
+    "distill": {},
+    "distill25": {"label_fraction": 0.25},
+}
+
+
+def _store(args: argparse.Namespace, work: Path) -> Path:
+    from onedet.data.prepare import prepare
+
+    store = work / f"{args.dataset}_{args.image_size}"
+    if (store / "train" / "meta.json").is_file():
+        return store
+    if args.dataset == "synthetic":
+        from onedet.data.synthetic import make_synthetic
+
+        source = make_synthetic(work / "synthetic_source", num_images=args.images, image_size=args.image_size)
+    else:
+        source = SHARED / DATASETS[args.dataset]
+        if not source.is_dir():
+            raise SystemExit(f"{source} not found")
+    prepare(source, store, image_size=args.image_size, progress=False)
+    return store
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "pretrained": None,
+        "finetune": "full",
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": 1e-3,
+        "backbone_lr_scale": 1.0,
+        "progress": False,
+        "workers": args.threads,
+    }
+
+
+def _teacher(args: argparse.Namespace, store: Path, work: Path) -> Path:
+    from onedet.train import TrainConfig, train
+
+    if args.teacher is not None:
+        return args.teacher
+    run = work / f"teacher_{args.teacher_preset}"
+    if not (run / "metrics.json").is_file():
+        print(f"teacher: {args.teacher_preset} for {args.teacher_minutes} min", flush=True)
+        cfg = TrainConfig(
+            data=store, out=run, preset=args.teacher_preset, max_minutes=args.teacher_minutes, **_common(args)
+        )
+        train(cfg)
+    return run
+
+
+def _student(args: argparse.Namespace, store: Path, teacher: Path, spec: str, recipe: str, work: Path) -> Path:
+    from onedet.train.distill import DistillConfig, distill
+
+    run = work / f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{recipe}"
+    if not (run / "metrics.json").is_file():
+        print(f"student {spec}, {recipe}: {args.minutes} min", flush=True)
+        cfg = DistillConfig(
+            data=store,
+            out=run,
+            teacher=teacher,
+            student=spec,
+            max_minutes=args.minutes,
+            **_common(args),
+            **RECIPES[recipe],
+        )
+        distill(cfg)
+    return run
+
+
+def _measure(run: Path, split: Path, image: Any, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """AP/AP50 of the run's best checkpoint on `split`; fp32 and int8 files, their sizes and latencies."""
+    from onedet.checkpoint import load_run
+    from onedet.end_to_end import build_end_to_end
+    from onedet.evaluate import evaluate_run
+    from onedet.export import _metadata, export_onnx
+    from onedet.quantize import quantize_int8_dynamic
+    from onedet.runtime import OnnxDetector
+
+    loaded = load_run(run)
+    metrics = evaluate_run(loaded, split, batch_size=args.batch_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    module, classes, category_ids = build_end_to_end(loaded)
+    meta = _metadata(classes, category_ids, module.image_size, "fp32")
+    files = {"fp32": export_onnx(module, folder / "model.onnx", meta)}
+    files["int8"] = quantize_int8_dynamic(files["fp32"], folder / "int8d.onnx", meta)
+    sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
+    medians, _ = _time_variants(module, sessions, image[None], args.repeats)
+    return {
+        "params": sum(p.numel() for p in loaded.model.parameters()),
+        "depth": loaded.config.depth,
+        "AP": metrics["AP"],
+        "AP50": metrics["AP50"],
+        **{f"{name} ms": medians[name] * 1000 for name in files},
+        **{f"{name} MB": path.stat().st_size / 2**20 for name, path in files.items()},
+    }
+
+
+def _plot(rows: list[tuple[str, str, dict[str, Any]]], path: Path, title: str, split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (model, recipe, r), color in zip(rows, plt.cm.tab10.colors * 3):
+        label = model if recipe == "-" else f"{model} ({recipe})"
+        ax.plot([r["fp32 ms"], r["int8 ms"]], [r["AP"], r["AP"]], "-", color=color, alpha=0.4)
+        ax.scatter([r["fp32 ms"]], [r["AP"]], color=color, marker="o", label=label)
+        ax.scatter([r["int8 ms"]], [r["AP"]], color=color, marker="s")
+    ax.set_xlabel("latency, batch 1 (ms): circle fp32, square int8")
+    ax.set_ylabel(f"AP ({split} split)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=[*DATASETS, "synthetic"], default="bccd")
+    parser.add_argument("--images", type=int, default=60, help="synthetic images (with --dataset synthetic)")
+    parser.add_argument("--image-size", type=int, default=320)
+    parser.add_argument("--teacher", type=Path, default=None, help="an existing teacher run (else one is trained)")
+    parser.add_argument("--teacher-preset", default="base")
+    parser.add_argument("--teacher-minutes", type=float, default=120.0)
+    parser.add_argument("--students", nargs="+", default=["teacher:depth=6", "small"])
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of each student run")
+    parser.add_argument("--epochs", type=int, default=100, help="epoch cap of every run (the budget usually ends it)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onedet-bench-distill")
+    parser.add_argument("--plot", type=Path, default=None, help="AP-vs-latency PNG (default: WORK/ap_latency.png)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+
+    tick = time.perf_counter()
+    store = _store(args, work)
+    split = store / "test" if (store / "test" / "meta.json").is_file() else store / "val"
+    teacher = _teacher(args, store, work)
+    runs = [("teacher", "-", teacher)]
+    for spec in args.students:
+        runs += [(spec, recipe, _student(args, store, teacher, spec, recipe, work)) for recipe in args.recipes]
+    image, image_name = _image(None)
+    rows = []
+    for model, recipe, run in runs:
+        print(f"measuring {model} ({recipe})", flush=True)
+        rows.append((model, recipe, _measure(run, split, image, args, work / "onnx" / run.name)))
+
+    minutes = (time.perf_counter() - tick) / 60
+    title = (
+        f"{args.dataset} at {args.image_size} px, from random weights; students {args.minutes:g} min each; "
+        f"{split.name} split; {args.threads} threads"
+    )
+    print(f"\n{title}; latency on {image_name}, batch 1; whole sweep {minutes:.0f} min wall")
+    print("| model | recipe | blocks | params (M) | AP | AP50 | fp32 ms | int8 ms | fp32 MB | int8 MB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, recipe, r in rows:
+        print(
+            f"| {model} | {recipe} | {r['depth']} | {r['params'] / 1e6:.1f} | {r['AP']:.4f} | {r['AP50']:.4f} "
+            f"| {r['fp32 ms']:.0f} | {r['int8 ms']:.0f} | {r['fp32 MB']:.0f} | {r['int8 MB']:.0f} |"
+        )
+    plot = args.plot or work / "ap_latency.png"
+    _plot(rows, plot, title, split.name)
+    print(f"plot: {plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`DistillConfig`: the training configuration of `onedet distill`, a TrainConfig with a teacher and a student.
+
+Torch-free like `onedet.train.config`, so `onedet distill --help` stays instant; the trainer is
+`onedet.train.distill`. The signal weights are fields, so each signal's contribution is measured by setting its
+weight to 0 (the terms themselves: `onedet.model.distill_loss`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from onedet.errors import OnedetError
+from onedet.train.config import TrainConfig
+
+
+@dataclass(kw_only=True)
+class DistillConfig(TrainConfig):
+    teacher: Path
+    """The teacher's run folder (or checkpoint folder); its `best` weights teach, frozen."""
+    student: str
+    """The student: a preset (`tiny`, `small`, `base`), optionally `PRESET:FIELD=VALUE,...`, or a student derived
+    from the teacher, `teacher:depth=N[,FIELD=VALUE...]` (its weights copied from the teacher's blocks)."""
+    unlabeled: Path | None = None
+    """A store split of images without boxes (or a store with a `train` split): each step adds a batch of them,
+    which learn from the teacher only."""
+    unlabeled_batch_size: int | None = None
+    """Unlabelled images per step (default: `batch_size`)."""
+    label_fraction: float = 1.0
+    """Use the boxes of only this fraction of the train split's images (a subset seeded by `seed`); the others learn
+    from the teacher alone, as unlabelled images do (to measure what distillation gives with few labels)."""
+    finetune: Literal["frozen", "lora", "full"] = "full"
+    """What trains in the student: everything (default: a derived student's backbone must adapt to its missing
+    blocks), LoRA adapters on the backbone, or the neck and head only (frozen backbone)."""
+    gt_weight: float = 1.0
+    """Weight of the ground-truth terms (on labelled images), a factor on the model's own loss weights."""
+    kd_cls_weight: float = 2.0
+    """Weight of the one-to-one branch's soft-target (quality focal) loss against the teacher's scores."""
+    kd_aux_cls_weight: float = 2.0
+    """Weight of the same loss on the auxiliary one-to-many branch."""
+    kd_box_l1_weight: float = 5.0
+    """Weight of the L1 loss to the teacher's boxes where the teacher is confident."""
+    kd_box_giou_weight: float = 2.0
+    """Weight of the GIoU loss to the teacher's boxes where the teacher is confident."""
+    kd_feat_weight: float = 1.0
+    """Weight of the feature mimicking loss (projected pyramid maps, weighted by the teacher's confidence)."""
+    kd_box_threshold: float = 0.3
+    """Teacher top score above which a location's box is distilled."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # From JSON (a resumed run's train_config.json) paths arrive as strings.
+        self.teacher = Path(self.teacher)
+        self.unlabeled = None if self.unlabeled is None else Path(self.unlabeled)
+        if not 0 < self.label_fraction <= 1:
+            raise OnedetError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
+
+    def loss_weights(self) -> dict[str, float]:
+        """The distillation terms' weights (the ground-truth terms keep the model's, times `gt_weight`)."""
+        return {
+            "kd_cls": self.kd_cls_weight,
+            "kd_aux_cls": self.kd_aux_cls_weight,
+            "kd_box_l1": self.kd_box_l1_weight,
+            "kd_box_giou": self.kd_box_giou_weight,
+            "kd_feat": self.kd_feat_weight,
+        }

@@ -1,0 +1,184 @@
+"""`onedet distill` end to end on a tiny synthetic store: a student run folder that eval and export take, an exact
+resume mid-distillation (unlabelled loader and projectors included), and clear errors for bad teachers/students."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from run_helpers import make_run
+from train_helpers import IMAGE_SIZE, make_store
+
+from onedet.api import OneDet
+from onedet.checkpoint import read_train_state, read_weights
+from onedet.cli import main
+from onedet.data.store import Store
+from onedet.errors import OnedetError
+from onedet.train.distill import DistillTrainer
+from onedet.train.logging import read_metrics
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("distill-store"), num_images=12)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of synthetic images without boxes (`onedet prepare DIR --unlabeled`)."""
+    from onedet.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("unlabeled")
+    make_synthetic(root / "source", num_images=6, image_size=IMAGE_SIZE, seed=1)
+    assert main(["prepare", str(root / "source"), "--out", str(root / "store"), "--unlabeled", "--workers", "1",
+                 "--image-size", str(IMAGE_SIZE)]) == 0  # fmt: skip
+    assert not Store(root / "store" / "unlabeled").read_batch(torch.arange(4).numpy())["valid"].any()
+    return root / "store" / "unlabeled"
+
+
+@pytest.fixture(scope="module")
+def teacher(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher run (tiny, 2 blocks, random weights) with the store's classes."""
+    train = Store(store / "train")
+    return make_run(tmp_path_factory.mktemp("teacher") / "run", list(train.classes), list(train.category_ids))
+
+
+def _args(store: Path, teacher: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "distill",
+        "--data",
+        str(store),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--student",
+        "teacher:depth=2",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--workers",
+        "1",
+        *extra,
+    ]
+
+
+def test_distill_cli_writes_a_student_run_that_eval_and_export_take(
+    store: Path, teacher: Path, unlabeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "student"
+    assert main(_args(store, teacher, out, "--epochs", "1", "--unlabeled", str(unlabeled))) == 0
+    info = json.loads((out / "weights" / "best" / "model.json").read_text())
+    assert info["distill"] == {"teacher": str(teacher), "student": "teacher:depth=2"}
+    assert info["model"]["depth"] == 2
+    row = read_metrics(out)[-1]
+    for term in ("kd_cls", "kd_aux_cls", "kd_box_l1", "kd_box_giou", "kd_feat", "focal", "aux_giou"):
+        assert f"train/{term}" in row, term
+    assert (out / "curves.png").is_file() and (out / "metrics.json").is_file()
+    state = read_train_state(out / "weights" / "last")
+    assert state["extras"] and "unlabeled" in state["loader"]
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(out), "--data", str(store / "val"), "--json"]) == 0
+    assert "AP50" in json.loads(capsys.readouterr().out)
+    assert main(["export", "--weights", str(out), "--out", str(tmp_path / "student.onnx")]) == 0
+    assert (tmp_path / "student.onnx").stat().st_size > 0
+
+
+def _live(out: Path) -> dict[str, torch.Tensor]:
+    folder = out / "weights" / "last"
+    weights = read_weights(folder)
+    state = read_train_state(folder)
+    weights.update(state["model"])
+    weights.update({f"extras.{k}": v for k, v in state["extras"].items()})
+    return weights
+
+
+def test_an_interrupted_distillation_resumes_exactly(
+    store: Path, teacher: Path, unlabeled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = {"epochs": 2, "batch_size": 4, "progress": False, "workers": 1, "checkpoint_every_steps": 1}
+    options["unlabeled"], options["unlabeled_batch_size"] = unlabeled, 2  # 5 images: the cycle wraps mid-epoch
+    straight = OneDet.from_run(teacher).distill(store, student="teacher:depth=2", out=tmp_path / "a", **options)
+    assert straight.model.config.depth == 2
+
+    step = DistillTrainer._step
+
+    def interrupted(self: DistillTrainer, batch: object) -> dict[str, float]:
+        if self.global_step == 4:  # epoch 2, step 2 of 3: after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(DistillTrainer, "_step", interrupted)
+    args = _args(store, teacher, tmp_path / "b", "--epochs", "2", "--checkpoint-every-steps", "1")
+    args += ["--unlabeled", str(unlabeled), "--unlabeled-batch-size", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert read_train_state(tmp_path / "b" / "weights" / "last")["global_step"] == 4
+    monkeypatch.setattr(DistillTrainer, "_step", step)
+    assert main([*args, "--resume"]) == 0
+
+    expected, got = _live(tmp_path / "a"), _live(tmp_path / "b")
+    assert expected.keys() == got.keys() and any(k.startswith("extras.") for k in got)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert (
+        read_train_state(tmp_path / "b" / "weights" / "last")["loader"]
+        == read_train_state(tmp_path / "a" / "weights" / "last")["loader"]
+    )
+    rows_a, rows_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["epoch"] for r in rows_b] == [1, 2]
+    assert rows_b[-1]["loss"] == pytest.approx(rows_a[-1]["loss"], rel=1e-5)
+
+
+def test_clear_errors(store: Path, teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(_args(store, tmp_path / "nowhere", tmp_path / "s1", "--epochs", "1")) == 2
+    assert f"{tmp_path / 'nowhere'}: teacher run not found" in capsys.readouterr().err
+
+    other = make_run(tmp_path / "other-teacher", ["cat", "dog", "bird", "fish"], [1, 2, 3, 4])
+    assert main(_args(store, other, tmp_path / "s2", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert f"{store / 'train'}: classes" in err and "differ from the teacher's ['cat', 'dog', 'bird', 'fish']" in err
+
+    bad = _args(store, teacher, tmp_path / "s3", "--epochs", "1")
+    bad[bad.index("--student") + 1] = "tiny:strides=(16,32)"
+    assert main(bad) == 2
+    assert "predicts at strides [16, 32], the teacher at [8, 16, 32]" in capsys.readouterr().err
+
+    with pytest.raises(OnedetError, match="has no trained weights to teach"):
+        OneDet("tiny").distill(store, student="tiny")
+
+
+def test_paired_batches_mark_unlabelled_images_and_drop_their_boxes() -> None:
+    from onedet.data.loader import Batch
+    from onedet.train.distill import PairedLoader
+
+    def batch(index: list[int], boxes: int) -> Batch:
+        n = len(index)
+        return Batch(
+            torch.rand(n, 3, 8, 8),
+            torch.rand(n, boxes, 4),
+            torch.ones(n, boxes, dtype=torch.long),
+            torch.ones(n, boxes, dtype=torch.bool),
+            torch.tensor(index),
+        )
+
+    class Loader(list):
+        epoch = 0
+
+    subset = torch.tensor([True, False, True, False])
+    paired = PairedLoader(Loader([batch([0, 1], 3)]), Loader([batch([5], 1)]), labeled_subset=subset)
+    (got,) = list(paired)
+    assert got.labeled.tolist() == [True, False, False]
+    assert got.images.shape[0] == 3 and got.boxes_xyxy.shape == (3, 3, 4)
+    assert got.valid.tolist() == [[True, True, True], [False] * 3, [False] * 3]
+
+
+def test_a_labels_only_baseline_runs_no_teacher(store: Path, teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "baseline"
+    zero = [a for w in ("cls", "aux-cls", "box-l1", "box-giou", "feat") for a in (f"--kd-{w}-weight", "0")]
+    assert main(_args(store, teacher, out, "--epochs", "1", "--label-fraction", "0.5", *zero)) == 0
+    row = read_metrics(out)[-1]
+    assert "train/focal" in row and not any(k.startswith("train/kd_") for k in row)
+    assert read_train_state(out / "weights" / "last")["extras"] == {}

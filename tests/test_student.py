@@ -1,0 +1,98 @@
+"""Students: the spec grammar, the block selection, and a student derived from the teacher's own weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onedet.config import ModelConfig
+from onedet.errors import OnedetError
+from onedet.model.detector import Detector, build_detector
+from onedet.model.student import derive_student, parse_student, select_blocks, student_config
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Detector:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("tiny", num_classes=3, image_size=128, freeze_backbone=False)
+    return build_detector(cfg).eval()
+
+
+def test_parse_student_specs() -> None:
+    assert parse_student("small") == ("small", {})
+    assert parse_student("teacher:depth=6") == ("teacher", {"depth": 6})
+    spec = parse_student("tiny:neck_channels=64,taps=2,5,act=gelu")
+    assert spec == ("tiny", {"neck_channels": 64, "taps": (2, 5), "act": "gelu"})
+    assert parse_student("teacher:depth=4,window_size=4").derived
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("huge", "neither 'teacher' nor a preset"),
+        ("teacher", "needs depth=N"),
+        ("teacher:depth=0", "needs depth=N"),
+        ("teacher:depth=six", "needs depth=N"),
+        ("teacher:depth=4,embed_dim=96", "cannot change ['embed_dim']"),
+        ("tiny:depth", "is not FIELD=VALUE"),
+    ],
+)
+def test_bad_specs_are_clear_errors(spec: str, message: str) -> None:
+    with pytest.raises(OnedetError, match=f"student {spec!r}.*{message}".replace("[", r"\[").replace("]", r"\]")):
+        parse_student(spec)
+
+
+def test_block_selection_keeps_taps_and_global_blocks_and_spaces_the_rest() -> None:
+    base = (2, 5, 8, 11)
+    assert select_blocks(12, base, base, 6) == [2, 3, 5, 8, 9, 11]
+    assert select_blocks(12, base, base, 4) == [2, 5, 8, 11]
+    assert select_blocks(12, base, base, 12) == list(range(12))
+    assert select_blocks(12, (3, 7), (3,), 5) == [1, 3, 4, 6, 7]  # nothing after the last tap
+    with pytest.raises(OnedetError, match=r"between 4 .* and 12"):
+        select_blocks(12, base, base, 3)
+    with pytest.raises(OnedetError, match=r"between 2 .* and 8"):
+        select_blocks(12, (3, 7), (3,), 9)  # blocks 8..11 never run
+
+
+def test_full_depth_student_is_the_teacher_exactly(teacher: Detector) -> None:
+    student = derive_student(teacher, teacher.config.depth).eval()
+    assert student.config == teacher.config
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected, got = teacher(images), student(images)
+    assert torch.equal(got.logits, expected.logits)
+    assert torch.equal(got.boxes_xyxy, expected.boxes_xyxy)
+
+
+def test_shallow_student_copies_the_kept_blocks(teacher: Detector) -> None:
+    # tiny: 6 blocks, global (2, 5), taps (3, 5); depth 4 keeps the three of those and one evenly spaced other
+    student = derive_student(teacher, 4)
+    kept = [1, 2, 3, 5]
+    assert select_blocks(6, (3, 5), (2, 5), 4) == kept
+    assert len(student.backbone.blocks) == 4
+    assert student.config.taps == (2, 3) and student.config.global_blocks == (1, 3)
+    assert student.backbone.taps == (2, 3) and student.backbone.global_blocks == {1, 3}
+    for new, old in enumerate(kept):
+        for (name, value), (_, source) in zip(
+            student.backbone.blocks[new].state_dict().items(), teacher.backbone.blocks[old].state_dict().items()
+        ):
+            assert torch.equal(value, source), (new, old, name)
+    ours, theirs = student.state_dict(), teacher.state_dict()
+    shared = [k for k in ours if not k.startswith("backbone.blocks.")]
+    assert any(k.startswith("neck.") for k in shared) and any(k.startswith("head.aux_") for k in shared)
+    for key in shared:
+        assert torch.equal(ours[key], theirs[key]), key
+    assert student.backbone.frozen == teacher.backbone.frozen
+
+
+def test_derived_student_at_another_image_size_resamples_the_position_embedding(teacher: Detector) -> None:
+    student = derive_student(teacher, 4, image_size=256)
+    assert student.backbone.grid_size == (16, 16)
+    assert student(torch.rand(1, 3, 256, 256)).logits.shape[-1] == 3
+
+
+def test_preset_student_takes_the_teachers_classes_and_must_keep_its_strides(teacher: Detector) -> None:
+    cfg = student_config(parse_student("tiny:depth=2,taps=(0,1),global_blocks=(1,)"), teacher.config)
+    assert cfg.num_classes == 3 and cfg.image_size == 128 and cfg.depth == 2
+    with pytest.raises(OnedetError, match=r"strides \[16, 32\], the teacher at \[8, 16, 32\]"):
+        student_config(parse_student("tiny:strides=(16,32)"), teacher.config)
