@@ -93,6 +93,23 @@ def coco_source(root: Path, files: dict[str, object], anns: list[dict] | None = 
     return root
 
 
+def read_only_folder(locked: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder made read-only (chmod 0o555). That stops everyone but root, and the tests may run as root, so
+    creating anything in it is also made to fail as the kernel fails it for other users (EACCES), through
+    `Path.mkdir`; `monkeypatch.undo()` lifts that."""
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs) -> None:
+        if self.parent == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    return locked
+
+
 def prepare_args(source: Path, out: Path, *extra: str) -> list[str]:
     return ["prepare", str(source), "--out", str(out), "--image-size", str(SIZE), "--workers", "1", *extra]
 
@@ -321,20 +338,9 @@ def test_output_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 
 def test_read_only_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
-    """chmod 0o555 stops everyone but root; the tests run as root here, so creating anything in the folder is made
-    to fail as the kernel fails it for other users (EACCES), through `Path.mkdir`."""
+    """A read-only --out (`read_only_folder`): one error naming the split's store, nothing left in the folder."""
     source = coco_source(tmp_path / "src", {"a.png": _rgb()})
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    real_mkdir = Path.mkdir
-
-    def mkdir(self: Path, *args, **kwargs) -> None:
-        if self.parent == locked:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        real_mkdir(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    locked = read_only_folder(tmp_path / "locked", monkeypatch)
     cli_error(capsys, prepare_args(source, locked), f"{locked / 'train'}: cannot write the store", "Permission denied")
     monkeypatch.undo()
     locked.chmod(0o755)

@@ -8,7 +8,6 @@ damages it damages a copy.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_bad_input import cli_error
+from test_bad_input import cli_error, read_only_folder
 from train_helpers import cli_args
 
 from onedet.cli import main
@@ -179,18 +178,8 @@ def test_outputs_that_are_files(trained, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_predict_into_a_read_only_folder(trained, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
-    """As in test_bad_input.test_read_only_output_folder: root ignores chmod, so `Path.mkdir` fails as for others."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    real_mkdir = Path.mkdir
-
-    def mkdir(self: Path, *args, **kwargs) -> None:
-        if self.parent == locked:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        real_mkdir(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    """A read-only --out (`test_bad_input.read_only_folder`): the error names it."""
+    locked = read_only_folder(tmp_path / "locked", monkeypatch)
     args = ["predict", "--model", str(trained["run"]), str(trained["images"]), "--out", str(locked / "out")]
     cli_error(capsys, args, "Permission denied", str(locked / "out"))
     locked.chmod(0o755)
