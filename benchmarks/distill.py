@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from inference import _image, _time_variants  # benchmarks/inference.py (scripts run with benchmarks/ on sys.path)
+
+# benchmarks/inference.py (scripts run with benchmarks/ on sys.path)
+from inference import _evaluate_onnx, _image, _time_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -109,8 +111,10 @@ def _student(args: argparse.Namespace, store: Path, teacher: Path, spec: str, re
 
 
 def _measure(run: Path, split: Path, image: Any, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """AP/AP50 of the run's best checkpoint on `split`; fp32 and int8 files, their sizes and latencies."""
+    """AP/AP50 of the run's best checkpoint on `split` (eager, and the int8 file through onnxruntime); fp32 and
+    int8 files, their sizes and latencies."""
     from onedet.checkpoint import load_run
+    from onedet.data.store import Store
     from onedet.end_to_end import build_end_to_end
     from onedet.evaluate import evaluate_run
     from onedet.export import _metadata, export_onnx
@@ -126,11 +130,13 @@ def _measure(run: Path, split: Path, image: Any, args: argparse.Namespace, folde
     files["int8"] = quantize_int8_dynamic(files["fp32"], folder / "int8d.onnx", meta)
     sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
     medians, _ = _time_variants(module, sessions, image[None], args.repeats)
+    int8 = _evaluate_onnx(sessions["int8"], Store(split))
     return {
         "params": sum(p.numel() for p in loaded.model.parameters()),
         "depth": loaded.config.depth,
         "AP": metrics["AP"],
         "AP50": metrics["AP50"],
+        "int8 AP": int8["AP"],
         **{f"{name} ms": medians[name] * 1000 for name in files},
         **{f"{name} MB": path.stat().st_size / 2**20 for name, path in files.items()},
     }
@@ -196,16 +202,18 @@ def main() -> None:
 
     minutes = (time.perf_counter() - tick) / 60
     title = (
-        f"{args.dataset} at {args.image_size} px, from random weights; students {args.minutes:g} min each; "
+        f"{args.dataset} at {args.image_size} px, from random weights; students {args.minutes:g} min or "
+        f"{args.epochs} epochs each; "
         f"{split.name} split; {args.threads} threads"
     )
     print(f"\n{title}; latency on {image_name}, batch 1; whole sweep {minutes:.0f} min wall")
-    print("| model | recipe | blocks | params (M) | AP | AP50 | fp32 ms | int8 ms | fp32 MB | int8 MB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | recipe | blocks | params (M) | AP | AP50 | int8 AP / AP | fp32 ms | int8 ms | fp32 MB | int8 MB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, recipe, r in rows:
         print(
             f"| {model} | {recipe} | {r['depth']} | {r['params'] / 1e6:.1f} | {r['AP']:.4f} | {r['AP50']:.4f} "
-            f"| {r['fp32 ms']:.0f} | {r['int8 ms']:.0f} | {r['fp32 MB']:.0f} | {r['int8 MB']:.0f} |"
+            f"| {r['int8 AP'] / max(r['AP'], 1e-9):.3f} | {r['fp32 ms']:.0f} | {r['int8 ms']:.0f} "
+            f"| {r['fp32 MB']:.0f} | {r['int8 MB']:.0f} |"
         )
     plot = args.plot or work / "ap_latency.png"
     _plot(rows, plot, title, split.name)
