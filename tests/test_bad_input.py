@@ -257,13 +257,14 @@ def test_voc_object_without_a_numeric_box_names_the_xml(
     assert_no_store(tmp_path / "store")
 
 
-def test_yolo_nan_coordinate_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("line", ["0 nan 0.5 0.2 0.2", "0 0.5 0.5 inf 0.2"], ids=["nan", "inf"])
+def test_yolo_nan_coordinate_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture, line: str) -> None:
     root = tmp_path / "yolo"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     Image.fromarray(_rgb()).save(root / "images" / "a.jpg")
-    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n")
-    cli_error(capsys, prepare_args(root, tmp_path / "store"), "a.txt:2:", "'0 nan 0.5 0.2 0.2'")
+    (root / "labels" / "a.txt").write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
+    cli_error(capsys, prepare_args(root, tmp_path / "store"), "a.txt:2: ", "is not a finite number", repr(line))
     assert_no_store(tmp_path / "store")
 
 
