@@ -112,6 +112,13 @@ def test_train_on_a_store_without_train_split(trained, tmp_path: Path, capsys: p
     cli_error(capsys, cli_args(trained["root"] / "source", tmp_path / "out2"), "source/train: not a onedet store")
 
 
+def test_train_and_distill_on_a_split_instead_of_the_store(trained, tmp_path: Path, capsys) -> None:
+    split, what = trained["store"] / "train", f"is a store split; pass the store folder {trained['store']} (which"
+    cli_error(capsys, cli_args(split, tmp_path / "out"), f"{split}: {what}")
+    distill = ["distill", "--data", str(split), "--teacher", str(trained["run"]), "--student", "teacher:depth=1"]
+    cli_error(capsys, [*distill, "--out", str(tmp_path / "student"), "--no-progress"], f"{split}: {what}")
+
+
 def test_train_with_val_classes_other_than_train(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     store = Path(shutil.copytree(trained["store"], tmp_path / "store"))
     meta = json.loads((store / "val" / "meta.json").read_text())

@@ -38,6 +38,10 @@ def open_splits(data: Path) -> tuple[Any, Any]:
     """The store's `train` split and its `val` split (None when absent), which must have the same classes."""
     from onedet.data.store import Store
 
+    if (data / "meta.json").is_file():  # STORE/train itself: Store() would say "STORE/train/train: no such store"
+        raise OnedetError(
+            f"{data}: is a store split; pass the store folder {data.parent} (which holds train/ and val/)"
+        )
     train = Store(data / "train")
     val = Store(data / "val") if (data / "val" / "meta.json").is_file() else None
     if val is not None and list(val.classes) != list(train.classes):
