@@ -252,6 +252,7 @@ def test_eval_and_predict_options_out_of_range(trained, tmp_path: Path, capsys: 
     for threshold in ("nan", "2", "-0.1"):
         args = ["predict", "--model", run, str(trained["images"]), "--out", str(tmp_path / "out"), "--threshold"]
         cli_error(capsys, [*args, threshold], f"threshold must be a score in 0..1, got {float(threshold)}")
+        assert not (tmp_path / "out").exists()  # checked before anything is written
 
 
 # --- ONNX files and OnnxDetector -----------------------------------------------------------------------------
