@@ -151,6 +151,23 @@ def test_resume_of_a_damaged_run(trained, run_copy: Path, capsys: pytest.Capture
     cli_error(capsys, cli_args(trained["store"], run_copy, "--resume"), what)
 
 
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda info: {**info, "model": {**info["model"], "wings": 2}}, "unknown model config keys ['wings']"),
+        (lambda info: {**info, "model": {**info["model"], "depth": "two"}}, "'model' is not a valid model config"),
+        (lambda info: {k: v for k, v in info.items() if k != "classes"}, "missing 'classes'"),
+    ],
+    ids=["unknown-key", "wrong-type", "no-classes"],
+)
+def test_resume_with_an_edited_model_json(trained, run_copy: Path, capsys: pytest.CaptureFixture, edit, what) -> None:
+    path = run_copy / "weights" / "last" / "model.json"
+    info = json.loads(path.read_text())
+    path.unlink()  # hard-linked with best's: write a new file, not through the link
+    path.write_text(json.dumps(edit(info)))
+    cli_error(capsys, cli_args(trained["store"], run_copy, "--resume"), f"{path}: ", what)
+
+
 def test_resume_of_nothing(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cli_error(capsys, cli_args(trained["store"], tmp_path / "empty", "--resume"), "empty: nothing to resume")
 

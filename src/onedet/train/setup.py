@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onedet.checkpoint import WEIGHTS, checkpoint_dir, load_weights, read_info, read_weights
+from onedet.checkpoint import WEIGHTS, checkpoint_dir, load_weights, parse_model_config, read_info, read_weights
 from onedet.config import ModelConfig
 from onedet.errors import OnedetError
 from onedet.train.config import TRAIN_CONFIG, TrainConfig, model_config, resume_config
@@ -60,7 +60,7 @@ def run_model_config(cfg: TrainConfig, train_store: Any, resume_from: Path | Non
             f"{Path(cfg.data) / 'train'}: the store's classes {classes} do not match the checkpoint's "
             f"{info['classes']} ({resume_from}); resume with the store the run was trained on"
         )
-    return ModelConfig.from_dict({**info["model"], "pretrained": None})
+    return parse_model_config(info, resume_from)
 
 
 def build_run_detector(
