@@ -36,8 +36,8 @@ SIZE = 64
 def cli_error(capsys: pytest.CaptureFixture, args: list[str], *needles: str) -> str:
     """Run `onedet ARGS`; assert exit code 2 and one error line `onedet <cmd>: error: ...` holding every needle.
 
-    prepare's progress bar redraws itself with carriage returns on the same line before the error, so what counts
-    is the text after the last carriage return: one line, as a terminal shows it.
+    On a terminal, prepare's progress bar redraws itself with carriage returns on the same line before the error,
+    so what counts is the text after the last carriage return: one line, as a terminal shows it.
     """
     code = main(args)
     err = capsys.readouterr().err
@@ -257,14 +257,21 @@ def test_voc_object_without_a_numeric_box_names_the_xml(
     assert_no_store(tmp_path / "store")
 
 
-def test_yolo_nan_coordinate_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("line", ["0 nan 0.5 0.2 0.2", "0 0.5 0.5 inf 0.2"], ids=["nan", "inf"])
+def test_yolo_nan_coordinate_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture, line: str) -> None:
     root = tmp_path / "yolo"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     Image.fromarray(_rgb()).save(root / "images" / "a.jpg")
-    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n")
-    cli_error(capsys, prepare_args(root, tmp_path / "store"), "a.txt:2:", "'0 nan 0.5 0.2 0.2'")
+    (root / "labels" / "a.txt").write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
+    cli_error(capsys, prepare_args(root, tmp_path / "store"), "a.txt:2: ", "is not a finite number", repr(line))
     assert_no_store(tmp_path / "store")
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = coco_source(tmp_path / "coco", {"a.png": _rgb()})
+    assert main(prepare_args(source, tmp_path / "store")) == 0
+    assert "\r" not in capsys.readouterr().err  # capsys's stderr is not a tty: no bar redraws filling a log
 
 
 def _write_train_json(source: Path, edit) -> None:

@@ -112,6 +112,13 @@ def test_train_on_a_store_without_train_split(trained, tmp_path: Path, capsys: p
     cli_error(capsys, cli_args(trained["root"] / "source", tmp_path / "out2"), "source/train: not a onedet store")
 
 
+def test_train_and_distill_on_a_split_instead_of_the_store(trained, tmp_path: Path, capsys) -> None:
+    split, what = trained["store"] / "train", f"is a store split; pass the store folder {trained['store']} (which"
+    cli_error(capsys, cli_args(split, tmp_path / "out"), f"{split}: {what}")
+    distill = ["distill", "--data", str(split), "--teacher", str(trained["run"]), "--student", "teacher:depth=1"]
+    cli_error(capsys, [*distill, "--out", str(tmp_path / "student"), "--no-progress"], f"{split}: {what}")
+
+
 def test_train_with_val_classes_other_than_train(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     store = Path(shutil.copytree(trained["store"], tmp_path / "store"))
     meta = json.loads((store / "val" / "meta.json").read_text())
@@ -142,6 +149,23 @@ def _cut_in_half(path: Path) -> None:
 def test_resume_of_a_damaged_run(trained, run_copy: Path, capsys: pytest.CaptureFixture, damage, what) -> None:
     damage(run_copy)
     cli_error(capsys, cli_args(trained["store"], run_copy, "--resume"), what)
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda info: {**info, "model": {**info["model"], "wings": 2}}, "unknown model config keys ['wings']"),
+        (lambda info: {**info, "model": {**info["model"], "depth": "two"}}, "'model' is not a valid model config"),
+        (lambda info: {k: v for k, v in info.items() if k != "classes"}, "missing 'classes'"),
+    ],
+    ids=["unknown-key", "wrong-type", "no-classes"],
+)
+def test_resume_with_an_edited_model_json(trained, run_copy: Path, capsys: pytest.CaptureFixture, edit, what) -> None:
+    path = run_copy / "weights" / "last" / "model.json"
+    info = json.loads(path.read_text())
+    path.unlink()  # hard-linked with best's: write a new file, not through the link
+    path.write_text(json.dumps(edit(info)))
+    cli_error(capsys, cli_args(trained["store"], run_copy, "--resume"), f"{path}: ", what)
 
 
 def test_resume_of_nothing(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -245,6 +269,7 @@ def test_eval_and_predict_options_out_of_range(trained, tmp_path: Path, capsys: 
     for threshold in ("nan", "2", "-0.1"):
         args = ["predict", "--model", run, str(trained["images"]), "--out", str(tmp_path / "out"), "--threshold"]
         cli_error(capsys, [*args, threshold], f"threshold must be a score in 0..1, got {float(threshold)}")
+        assert not (tmp_path / "out").exists()  # checked before anything is written
 
 
 # --- ONNX files and OnnxDetector -----------------------------------------------------------------------------

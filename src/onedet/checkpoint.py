@@ -84,6 +84,16 @@ def read_info(folder: Path) -> dict[str, Any]:
     return info
 
 
+def parse_model_config(info: dict[str, Any], folder: Path) -> Any:
+    """The ModelConfig of `read_info(folder)`'s `info`, with `pretrained=None` (the weights are the checkpoint's)."""
+    from onedet.config import ModelConfig
+
+    try:
+        return ModelConfig.from_dict({**info["model"], "pretrained": None})
+    except (OnedetError, TypeError, ValueError) as err:  # an edited key or value (TypeError: deep in the dataclass)
+        raise OnedetError(f"{Path(folder) / MODEL_JSON}: 'model' is not a valid model config ({err})") from err
+
+
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     path = Path(folder) / WEIGHTS
     try:
@@ -142,15 +152,11 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     The model is built from `model.json`'s config with `pretrained=None` (the weights come from
     `model.safetensors`, LoRA already merged) and returned in eval mode on `device`.
     """
-    from onedet.config import ModelConfig
     from onedet.model.detector import build_detector
 
     folder = checkpoint_dir(path, which)
     info = read_info(folder)
-    try:
-        config = ModelConfig.from_dict({**info["model"], "pretrained": None})
-    except (OnedetError, TypeError, ValueError) as err:  # an edited key or value (TypeError: deep in the dataclass)
-        raise OnedetError(f"{folder / MODEL_JSON}: 'model' is not a valid model config ({err})") from err
+    config = parse_model_config(info, folder)
     model = build_detector(config)
     # The auxiliary one-to-many branch only trains (eval mode never runs it), so a checkpoint without it, or
     # without part of it (written before it had its own towers), is complete for prediction and export.

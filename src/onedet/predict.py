@@ -20,7 +20,7 @@ import numpy as np
 from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
 from onedet.options import PredictOptions
-from onedet.runtime import BatchDetector, Detections, OnnxDetector
+from onedet.runtime import BatchDetector, Detections, OnnxDetector, check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def predict_files(
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name). Images that cannot be
     read are skipped, counted and named on stderr (the run fails only when none can be read).
     """
+    check_threshold(threshold)  # before --out is created
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OnedetError(f"{out}: exists and is not a folder; pass another --out")

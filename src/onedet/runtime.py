@@ -87,6 +87,12 @@ class Detections:
         )
 
 
+def check_threshold(threshold: float) -> None:
+    """Refuse a score threshold outside 0..1: scores are in 0..1, so NaN or 2 would silently return nothing."""
+    if not 0.0 <= threshold <= 1.0:
+        raise OnedetError(f"threshold must be a score in 0..1, got {threshold}")
+
+
 def make_detections(
     boxes_xyxy: np.ndarray,
     scores: np.ndarray,
@@ -160,8 +166,7 @@ class BatchDetector:
 
         Returns one `Detections` per image, in input order, keeping detections with score >= threshold.
         """
-        if not 0.0 <= threshold <= 1.0:  # scores are in 0..1: NaN or 2 would silently return nothing
-            raise OnedetError(f"threshold must be a score in 0..1, got {threshold}")
+        check_threshold(threshold)
         arrays = as_image_list(images)
         results: list[Detections | None] = [None] * len(arrays)
         for idx in group_by_size(arrays):

@@ -256,7 +256,8 @@ def _decode_split(
     compact = init_args[1] == "compact"
     encoded_file = open(td_dir / "encoded.memmap", "wb") if compact else None  # noqa: SIM115
     done = _Decoding([], [], [0], [])
-    bar = tqdm(total=len(dataset.images), desc=f"prepare {dataset.name}", unit="img", disable=not progress, leave=False)
+    disable = not progress or not sys.stderr.isatty()  # in a log, every redraw would be one more `\r` line
+    bar = tqdm(total=len(dataset.images), desc=f"prepare {dataset.name}", unit="img", disable=disable, leave=False)
     results = _decode_all([str(im.path) for im in dataset.images], workers, init_args)
     try:
         for result in results:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onedet.checkpoint import WEIGHTS, checkpoint_dir, load_weights, read_info, read_weights
+from onedet.checkpoint import WEIGHTS, checkpoint_dir, load_weights, parse_model_config, read_info, read_weights
 from onedet.config import ModelConfig
 from onedet.errors import OnedetError
 from onedet.train.config import TRAIN_CONFIG, TrainConfig, model_config, resume_config
@@ -38,6 +38,10 @@ def open_splits(data: Path) -> tuple[Any, Any]:
     """The store's `train` split and its `val` split (None when absent), which must have the same classes."""
     from onedet.data.store import Store
 
+    if (data / "meta.json").is_file():  # STORE/train itself: Store() would say "STORE/train/train: no such store"
+        raise OnedetError(
+            f"{data}: is a store split; pass the store folder {data.parent} (which holds train/ and val/)"
+        )
     train = Store(data / "train")
     val = Store(data / "val") if (data / "val" / "meta.json").is_file() else None
     if val is not None and list(val.classes) != list(train.classes):
@@ -56,7 +60,7 @@ def run_model_config(cfg: TrainConfig, train_store: Any, resume_from: Path | Non
             f"{Path(cfg.data) / 'train'}: the store's classes {classes} do not match the checkpoint's "
             f"{info['classes']} ({resume_from}); resume with the store the run was trained on"
         )
-    return ModelConfig.from_dict({**info["model"], "pretrained": None})
+    return parse_model_config(info, resume_from)
 
 
 def build_run_detector(

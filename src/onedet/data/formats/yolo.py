@@ -170,7 +170,10 @@ def parse_label_file(path: Path, num_classes: int | None) -> tuple[np.ndarray, n
             values = [float(t) for t in tokens]
         except ValueError as e:
             raise OnedetError(f"{path}:{lineno}: not numbers: {line.strip()!r}") from e
-        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0) or not np.isfinite(values).all():
+        if not np.isfinite(values).all():  # float() reads 'nan' and 'inf'
+            bad = next(t for t, v in zip(tokens, values) if not np.isfinite(v))
+            raise OnedetError(f"{path}:{lineno}: {bad!r} is not a finite number in {line.strip()!r}")
+        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
             raise OnedetError(f"{path}:{lineno}: expected 'class cx cy w h' (or 'class x1 y1 x2 y2 ...'), got {line!r}")
         cls = values[0]
         if cls != int(cls) or cls < 0 or (num_classes is not None and cls >= num_classes):
