@@ -148,6 +148,8 @@ def test_clear_errors(store: Path, teacher: Path, tmp_path: Path, capsys: pytest
 
     with pytest.raises(OnedetError, match="has no trained weights to teach"):
         OneDet("tiny").distill(store, student="tiny")
+    with pytest.raises(OnedetError, match="give them in the student spec"):  # not silently ignored
+        OneDet.from_run(teacher).distill(store, student="tiny", out=tmp_path / "s4", model={"depth": 1})
 
 
 def test_paired_batches_mark_unlabelled_images_and_drop_their_boxes() -> None:

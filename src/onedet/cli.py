@@ -155,13 +155,13 @@ COMMANDS: list[Command] = [
     Command("info", "summarise a prepared store", InfoOptions, _run_info),
     Command("presets", "list the model presets with their parameter counts", PresetsOptions, _run_presets),
     Command("train", "fine-tune a detector on a prepared store", TrainConfig, _run_train),
-    # The student spec, not a preset, says what a distillation builds; the input size is the teacher's.
+    # The student spec (PRESET:FIELD=VALUE,...), not a preset and --model.FIELD, says what a distillation builds.
     Command(
         "distill",
         "train a smaller student from a trained teacher run",
         DistillConfig,
         _run_distill,
-        exclude=("preset", "image_size", "cache_features"),
+        exclude=("preset", "image_size", "cache_features", "model"),
     ),
     Command("eval", "COCO metrics of a trained run on a store split", EvalOptions, _run_eval),
     Command("export", "one ONNX file from uint8 pixels to boxes in original coordinates", ExportOptions, _run_export),

@@ -196,6 +196,8 @@ class DistillTrainer(Trainer):
     def __init__(self, cfg: DistillConfig) -> None:
         if cfg.cache_features:
             raise OnedetError("--cache-features does not apply to distillation: the student learns on augmented images")
+        if cfg.model:
+            raise OnedetError(f"model overrides {sorted(cfg.model)}: give them in the student spec ('tiny:depth=4')")
         self._teacher_run: LoadedRun | None = None
         self._teacher_aux = False
         super().__init__(cfg)
