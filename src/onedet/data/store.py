@@ -1,14 +1,13 @@
 """`Store`: one prepared split (docs/design.md), its metadata, and fast batch reads; `summarize` for `onedet info`.
 
-Batch reads never index tensordict's `MemoryMappedTensor`: indexing it with an index tensor was measured here at
-~1.4k images/s (640 px, batches of 16) against ~8.8k for `index_select` on a plain `torch.Tensor` view of the
-same memory (numpy memmap fancy indexing: ~7.5k; `index_select` on the `MemoryMappedTensor` itself pays
-`__torch_function__` dispatch: ~4.9k). So the store keeps the tensordict for its file layout and metadata, and
-reads through plain views: the small per-image tensors with `torch.index_select`, the images with `np.take`
-(`mode="clip"`: indices are checked first, and the default mode buffers `out`), which is one memcpy per image
-in the calling thread. Why not `index_select` for the images too: it splits the copy over torch's OpenMP team,
-and on a busy CPU the team waits at barriers for a descheduled thread: 80-350 images/s against 2.4-2.9k for
-`np.take`, measured in the same process (load average 11 on 2 cores).
+Batch reads never index tensordict's `MemoryMappedTensor`: indexing it with an index tensor is several times slower
+than `index_select` on a plain `torch.Tensor` view of the same memory (`index_select` on the `MemoryMappedTensor`
+itself pays `__torch_function__` dispatch; BENCHMARKS.md, "Figures formerly quoted in docstrings"). So the store
+keeps the tensordict for its file layout and metadata, and reads through plain views: the small per-image tensors
+with `torch.index_select`, the images with `np.take` (`mode="clip"`: indices are checked first, and the default
+mode buffers `out`), which is one memcpy per image in the calling thread. Why not `index_select` for the images
+too: it splits the copy over torch's OpenMP team, and on a busy CPU the team waits at barriers for a descheduled
+thread, an order of magnitude slower than `np.take` there.
 """
 
 from __future__ import annotations
