@@ -39,8 +39,8 @@ from onedet.data.store_files import close_holes, new_memmap, save_tensordict, wr
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
-# works and is the fastest decoder measured here (BENCHMARKS.md, Data loading). A module-level filter, because `warnings.catch_warnings` is not
-# thread-safe and batches are read in the loader's background thread.
+# works and is the fastest decoder measured here (BENCHMARKS.md, Data loading). A module-level filter, because
+# `warnings.catch_warnings` is not thread-safe and batches are read in the loader's background thread.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 STORE_VERSION = 1
