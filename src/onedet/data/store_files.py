@@ -1,8 +1,8 @@
 """The files of one store split (docs/design.md, "The store"), written into a folder prepare renames at the end.
 
 prepare decodes and fixes; this module only lays the results out: the per-image target tensors as memmap files,
-tensordict's own metadata over them (no data copied). prepare writes meta.json last (`onedet.atomic.write_json`):
-its presence makes the folder a store.
+written as each image comes back (`TargetWriter`), and tensordict's own metadata over them (no data copied).
+prepare writes meta.json last (`onedet.atomic.write_json`): its presence makes the folder a store.
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ class TargetWriter:
 
 def _narrow(file: Path, dtype: np.dtype, shape: tuple[int, ...], width: int) -> tuple[int, ...]:
     """Rewrite a [N, M, ...] file as [N, width, ...] (rare path: boxes dropped after decoding); the new shape."""
-    if width == shape[1]:
-        return shape
+    if width == shape[1] or shape[0] == 0:  # no image kept: an empty file, which cannot be mapped
+        return (shape[0], width, *shape[2:])
     old = np.memmap(file, dtype=dtype, mode="r", shape=shape)
     kept = np.ascontiguousarray(old[:, :width])  # targets are small: tens of bytes per image
     del old
