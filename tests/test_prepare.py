@@ -375,6 +375,35 @@ def test_raw_worker_does_not_keep_the_pixels_it_writes_resident(tmp_path):
         assert np.array_equal(written[slot], expected), slot
 
 
+def test_prepare_keeps_little_per_image_in_memory(tmp_path):
+    """prepare's own memory must not grow with the split by more than a few hundred bytes per image (the files
+    list of meta.json): it used to keep each image's targets (four arrays) and its task until the end, ~1 KB per
+    image, ~1.7 GB at Objects365's 1.7M images (BENCHMARKS.md "Store scale")."""
+    import tracemalloc
+
+    from onedet.data.prepare import write_split
+
+    Image.fromarray(_smooth_image(np.random.default_rng(0), 40, 40)).save(tmp_path / "a.jpg")
+    jpeg = (tmp_path / "a.jpg").read_bytes()
+    box, label = np.array([[1, 1, 20, 20], [5, 5, 30, 30]], np.float32), np.array([0, 1])
+
+    def peak_bytes(n: int) -> int:
+        for i in range(n):
+            (tmp_path / f"{i:05d}.jpg").write_bytes(jpeg)
+        images = [SourceImage(tmp_path / f"{i:05d}.jpg", box, label, size_hw=(40, 40)) for i in range(n)]
+        ds = SourceDataset("train", "coco", CLASSES, COCO_IDS, images)
+        tracemalloc.start()  # the dataset itself is the caller's, not counted
+        try:
+            write_split(ds, tmp_path / f"out{n}" / "train", image_size=32, workers=1, layout="raw", progress=False)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak_bytes(100)  # first call: lazy imports and caches
+    small, large = peak_bytes(300), peak_bytes(1500)
+    assert (large - small) / 1200 < 500, (small, large)
+
+
 # --- the command line -----------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,9 @@ How it stays fast and safe:
   image size, so memory does not grow with the dataset and no pixels cross a pipe. In the compact layout
   workers send back the JPEG bytes (tens of KB) and the parent appends them to one flat file.
 - Boxes are small: they are fixed (scaled from YOLO fractions, clipped, degenerate ones dropped, through the
-  readers' `clean_boxes`, so each fix is counted once) in the parent and written at the end.
+  readers' `clean_boxes`, so each fix is counted once) in the parent and written as each image comes back
+  (`TargetWriter`), so that nothing per image but its slot and digest is kept: prepare's memory stays flat
+  from 1k to 50k images (BENCHMARKS.md "Store scale").
 - Each split is written into `STORE/.<split>.tmp-<pid>` and renamed to `STORE/<split>` only when complete,
   with `meta.json` (`"complete": true`) written last. An interrupted or failed prepare leaves no
   `STORE/<split>` that `Store` would open; the next run removes the leftovers of dead runs.
@@ -21,7 +23,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +37,7 @@ from onedet.data.checks import DUPLICATES, check_labels_found, duplicates_across
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
-from onedet.data.store_files import close_holes, new_memmap, save_tensordict, write_targets
+from onedet.data.store_files import TargetWriter, close_holes, new_memmap, save_tensordict
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
@@ -93,10 +95,13 @@ def _decode(task: tuple[int, str]) -> _Decoded:
     return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None, digest)
 
 
-def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_Decoded]:
-    """Results in order; in-process for one worker (no fork, easy to debug), else a forked pool."""
-    tasks = list(enumerate(paths))
-    if workers <= 1 or len(paths) <= 1:
+def _decode_all(paths: Iterable[str], count: int, workers: int, init_args: tuple) -> Iterator[_Decoded]:
+    """Results in order; in-process for one worker (no fork, easy to debug), else a forked pool.
+
+    `paths` is consumed lazily (the pool's feeder blocks on its pipe), so no list of tasks is built.
+    """
+    tasks = enumerate(paths)
+    if workers <= 1 or count <= 1:
         _init_worker(*init_args)
         try:
             yield from map(_decode, tasks)
@@ -105,7 +110,7 @@ def _decode_all(paths: list[str], workers: int, init_args: tuple) -> Iterator[_D
         return
     # fork: workers inherit the imported modules (spawn would re-import torch in each); DataLoader does the same.
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
-    chunksize = max(1, min(16, len(tasks) // (workers * 8)))
+    chunksize = max(1, min(16, count // (workers * 8)))
     with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
         yield from pool.imap(_decode, tasks, chunksize=chunksize)
 
@@ -238,31 +243,49 @@ def _write_split(
 
 
 class _Decoding(NamedTuple):
-    """What `_decode_split` gathered, by kept image (unreadable ones skipped)."""
+    """What `_decode_split` gathered, by kept image (unreadable ones skipped), as arrays: no object per image."""
 
-    kept: list[int]
-    """slots (indices into the dataset's images)"""
-    rows: list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    """(size_hw, boxes, labels, crowd boxes, crowd labels)"""
-    offsets: list[int]
-    """compact layout: byte offsets of each JPEG in `encoded` (N + 1)"""
-    digests: list[str | None]
+    kept: np.ndarray
+    """int64 slots (indices into the dataset's images)"""
+    targets: TargetWriter
+    """the kept images' boxes, written as they came, and their counts"""
+    target_shapes: dict
+    """{key: (torch dtype, shape)} of the target files, finished"""
+    offsets: np.ndarray
+    """compact layout: int64 byte offsets of each JPEG in `encoded` (N + 1)"""
+    digests: np.ndarray
+    """the hex digest of each kept image's file, as bytes; b"" when it could not be read"""
+
+
+def _max_count(images: list[SourceImage], field: str) -> int:
+    """The largest number of boxes in `field` over the records: an upper bound of what decoding keeps."""
+    return max((np.size(getattr(im, field)) // 4 for im in images), default=0)
 
 
 def _decode_split(
     dataset: SourceDataset, workers: int, init_args: tuple, td_dir: Path, skip_bad: bool, progress: bool, report: Report
 ) -> _Decoding:
-    """Decode every image through the pool, in order: fixes counted, boxes fixed, JPEGs appended (compact)."""
+    """Decode every image through the pool, in order: fixes counted, boxes fixed and written, JPEGs appended."""
     compact = init_args[1] == "compact"
+    images, num_source = dataset.images, len(dataset.images)
+    targets = TargetWriter(
+        td_dir,
+        init_args[0],
+        _max_count(images, "boxes_xyxy"),
+        _max_count(images, "crowd_boxes_xyxy"),
+        len(dataset.classes),
+    )
     encoded_file = open(td_dir / "encoded.memmap", "wb") if compact else None  # noqa: SIM115
-    done = _Decoding([], [], [0], [])
+    kept, digests = np.zeros(num_source, np.int64), np.zeros(num_source, "S32")
+    offsets = np.zeros(num_source + 1 if compact else 1, np.int64)
+    n = 0
     disable = not progress or not sys.stderr.isatty()  # in a log, every redraw would be one more `\r` line
-    bar = tqdm(total=len(dataset.images), desc=f"prepare {dataset.name}", unit="img", disable=disable, leave=False)
-    results = _decode_all([str(im.path) for im in dataset.images], workers, init_args)
+    bar = tqdm(total=num_source, desc=f"prepare {dataset.name}", unit="img", disable=disable, leave=False)
+    results = _decode_all((str(im.path) for im in images), num_source, workers, init_args)
     try:
         for result in results:
             bar.update(1)
-            image = dataset.images[result.slot]
+            image = images[result.slot]
             if result.error is not None:
                 if not skip_bad:
                     raise OnedetError(f"{result.error} (pass --skip-bad to skip unreadable images)")
@@ -270,18 +293,20 @@ def _decode_split(
                 continue
             for fix in result.fixes:
                 report.add(fix, image.path)
-            done.kept.append(result.slot)
-            done.rows.append((result.size_hw, *_fix_boxes(image, result.size_hw, report)))
-            done.digests.append(result.digest)
+            targets.add(result.size_hw, *_fix_boxes(image, result.size_hw, report), image.image_id)
+            kept[n], digests[n] = result.slot, (result.digest or "").encode()
             if encoded_file is not None:
                 encoded_file.write(result.jpeg.tobytes())
-                done.offsets.append(done.offsets[-1] + len(result.jpeg))
+                offsets[n + 1] = offsets[n] + len(result.jpeg)
+            n += 1
+        target_shapes = targets.finish()
     finally:
         results.close()  # on an error, stop the pool now rather than when the traceback is freed
         bar.close()
+        targets.close()
         if encoded_file is not None:
             encoded_file.close()
-    return done
+    return _Decoding(kept[:n], targets, target_shapes, offsets[: n + 1], digests[:n])
 
 
 def _image_tensors(td_dir: Path, layout: str, num_source: int, size: int, done: _Decoding) -> dict:
@@ -291,15 +316,12 @@ def _image_tensors(td_dir: Path, layout: str, num_source: int, size: int, done: 
         if n < num_source:
             close_holes(td_dir / "images.memmap", (num_source, 3, size, size), done.kept)
         return {"images": (torch.uint8, (n, 3, size, size))}
-    offsets_mm = new_memmap(td_dir, "offsets", np.int64, (n + 1,))
-    offsets_mm[:] = done.offsets
-    offsets_mm.flush()
-    return {"encoded": (torch.uint8, (done.offsets[-1],)), "offsets": (torch.int64, (n + 1,))}
+    done.offsets.tofile(td_dir / "offsets.memmap")
+    return {"encoded": (torch.uint8, (int(done.offsets[-1]),)), "offsets": (torch.int64, (n + 1,))}
 
 
 def _meta(dataset: SourceDataset, layout: str, size: int, done: _Decoding, report: Report, root: Path | None) -> dict:
     """meta.json's contents (docs/design.md, "The store")."""
-    rows = done.rows
     return {
         "version": STORE_VERSION,
         "layout": layout,
@@ -309,11 +331,9 @@ def _meta(dataset: SourceDataset, layout: str, size: int, done: _Decoding, repor
         "classes": list(dataset.classes),
         "category_ids": [int(c) for c in dataset.category_ids],
         "num_images": len(done.kept),
-        "num_boxes": sum(len(r[2]) for r in rows),
-        "max_boxes": max(1, max(len(r[2]) for r in rows)),
-        "boxes_per_class": np.bincount(
-            np.concatenate([r[2] for r in rows]).astype(np.int64), minlength=len(dataset.classes)
-        ).tolist(),
+        "num_boxes": done.targets.num_boxes,
+        "max_boxes": max(1, done.targets.max_kept),
+        "boxes_per_class": done.targets.boxes_per_class.tolist(),
         "files": [_relative(dataset.images[i].path, root) for i in done.kept],
         "report": report.to_json(),
         "complete": True,
@@ -343,14 +363,14 @@ def _write_into(
     else:
         init_args = (size, layout, None)
     done = _decode_split(dataset, workers, init_args, td_dir, skip_bad, progress, report)
-    if not done.kept:
+    if len(done.kept) == 0:
         raise OnedetError(f"split {dataset.name!r}: none of its {num_source} images could be read")
-    shapes = write_targets(td_dir, done.rows, [dataset.images[i] for i in done.kept], size)
+    shapes = dict(done.target_shapes)
     shapes |= _image_tensors(td_dir, layout, num_source, size, done)
     save_tensordict(td_dir, shapes)
     root_path = Path(root) if root is not None else None
     write_json(tmp / "meta.json", _meta(dataset, layout, size, done, report, root_path), indent=None)  # last
-    return [(d, str(dataset.images[i].path)) for d, i in zip(done.digests, done.kept)]
+    return [(d.decode() or None, str(dataset.images[i].path)) for d, i in zip(done.digests, done.kept)]
 
 
 def prepare(

@@ -14,9 +14,23 @@ from pathlib import Path
 import numpy as np
 
 
-@dataclass
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+# One shared empty array for every record without crowd regions (most of them), rather than two new ones each
+# (~220 B per image); read-only, so that no record can change another's.
+_NO_CROWD_BOXES = _read_only(np.zeros((0, 4), np.float32))
+_NO_CROWD_LABELS = _read_only(np.zeros(0, np.int64))
+
+
+@dataclass(slots=True)
 class SourceImage:
-    """One image and its annotations, boxes in the annotation file's pixel coordinates (xyxy)."""
+    """One image and its annotations, boxes in the annotation file's pixel coordinates (xyxy).
+
+    Slots: a dataset holds one per image (1.7M for Objects365), and without them each carries a dict.
+    """
 
     path: Path
     """The image file."""
@@ -24,7 +38,7 @@ class SourceImage:
     """float32 [M, 4], pixels of the image as displayed (EXIF orientation applied)."""
     labels: np.ndarray
     """int64 [M], contiguous labels 0..C-1."""
-    crowd_boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_boxes_xyxy: np.ndarray = field(default_factory=lambda: _NO_CROWD_BOXES)
     """float32 [Mc, 4]: COCO iscrowd regions (VOC difficult objects), kept apart from training boxes: ignore
     regions in evaluation, for the class in `crowd_labels`."""
     image_id: int = -1
@@ -33,7 +47,7 @@ class SourceImage:
     """(height, width) the annotations claim, if they say; checked against the decoded image."""
     normalized: bool = False
     """True when boxes are fractions of the image size (YOLO), to be scaled once the image is decoded."""
-    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    crowd_labels: np.ndarray = field(default_factory=lambda: _NO_CROWD_LABELS)
     """int64 [Mc]: the contiguous label of each crowd region, for which class COCO ignores it. Empty while
     `crowd_boxes_xyxy` is not (a record built without them) means unknown: prepare stores -1, an ignore region
     for every class. After the older fields, so that records built positionally keep their meaning."""
