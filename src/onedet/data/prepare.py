@@ -39,6 +39,7 @@ from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
 from onedet.data.store_files import TargetWriter, close_holes, new_memmap, save_tensordict
 from onedet.errors import OnedetError
+from onedet.options import PrepareOptions
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
 # works and is the fastest decoder measured here (BENCHMARKS.md, Data loading). A module-level filter, because
@@ -197,7 +198,7 @@ def _check_options(image_size: int, layout: str) -> None:
 def write_split(
     dataset: SourceDataset,
     split_dir: str | Path,
-    image_size: int = 640,
+    image_size: int = PrepareOptions.image_size,
     skip_bad: bool = False,
     workers: int | None = None,
     layout: str = "raw",
@@ -377,7 +378,7 @@ def prepare(
     source: str | Path | Sequence[SourceDataset],
     out: str | Path,
     format: str = "auto",
-    image_size: int = 640,
+    image_size: int = PrepareOptions.image_size,
     skip_bad: bool = False,
     workers: int | None = None,
     layout: str = "raw",
