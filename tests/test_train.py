@@ -368,3 +368,19 @@ def test_a_subclass_trains_extra_modules_through_the_seams(tmp_path: Path) -> No
         torch.testing.assert_close(resumed.scale.weight.detach(), trained["weight"])
     finally:
         resumed.close()
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Under capsys stderr is not a terminal: the epoch's progress bar is not drawn (its `\r` redraws would fill a
+    log), while the epoch line still is."""
+    from onedet.train.logging import RunLog
+
+    log = RunLog(tmp_path, progress=True)
+    log.start_epoch(0, 1, steps=3)
+    for step in range(3):
+        log.step(step + 1, {"loss": 1.0})
+    log.end_epoch()
+    log.epoch({"epoch": 1, "step": 3, "loss": 1.0})
+    log.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "epoch 1" in err

@@ -39,7 +39,8 @@ class RunLog:
     def __init__(self, run: Path, *, enabled: bool = True, progress: bool = True) -> None:
         self.run = Path(run)
         self.enabled = enabled
-        self.progress = progress and enabled
+        # Not in a log file or a pipe: there every redraw of the bar would be one more `\r` line.
+        self.progress = progress and enabled and sys.stderr.isatty()
         self.rows: list[dict[str, float]] = read_metrics(self.run) if enabled else []
         self._writer: Any = None
         self._bar: tqdm | None = None
