@@ -173,9 +173,10 @@ class DistillForward(nn.Module):
         with torch.inference_mode(), amp.autocast(self.device, self.teacher_dtype):
             teacher_maps = self.teacher.neck.pyramid(self.teacher.forward_features(images))
             teacher = DetectorOutput(*self.teacher.head(teacher_maps, with_aux=self.teacher_aux))
-        # Inference tensors cannot be saved for backward (the soft BCE saves its target): float32 plain copies.
-        teacher = DetectorOutput(*(None if t is None else t.float().clone() for t in teacher))
-        return DistillOutput(output, teacher, projected, tuple(m.float().clone() for m in teacher_maps))
+        # Inference tensors cannot be saved for backward (the soft BCE saves its target): plain float32 copies, one
+        # copy each (`.float().clone()` copied bf16 outputs twice).
+        teacher = DetectorOutput(*(None if t is None else t.to(torch.float32, copy=True) for t in teacher))
+        return DistillOutput(output, teacher, projected, tuple(m.to(torch.float32, copy=True) for m in teacher_maps))
 
 
 def _open_unlabeled(path: Path) -> Any:
