@@ -14,6 +14,12 @@ Recipes, each for the same student with the same `--minutes` (the trainer's `--m
   the distillation signals.
 - `distill`: distillation (default weights) + labels.
 - `distill25`: distillation on every train image, labels on a seeded 25% of them (`label_fraction=0.25`).
+- `distill-SIGNAL`, `distill25-SIGNAL`: the same without one signal (its weights 0), SIGNAL one of `scores`
+  (kd_cls, kd_aux_cls), `boxes` (kd_box_l1, kd_box_giou), `features` (kd_feat), `pseudo` (pseudo-labels on the
+  images without labels): that signal's contribution is the drop from the full recipe.
+
+`--seeds 0 1 2` repeats every student run with those seeds (the loader order, augmentation, the 25% subset and a
+non-derived student's initialisation), so a difference can be compared with the spread between seeds.
 
 Teachers and students train from random weights (`pretrained=None`: nothing can be downloaded here), with full
 fine-tuning. A run folder that already holds `metrics.json` is reused, so an interrupted sweep continues (delete
@@ -38,11 +44,21 @@ from inference import _evaluate_onnx, _image, _time_variants
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {"bccd": "bccd", "aquarium": "aquarium/aquarium_pretrain"}
+SIGNALS: dict[str, tuple[str, ...]] = {  # each signal of the issue, as the weights that make it
+    "scores": ("kd_cls_weight", "kd_aux_cls_weight"),
+    "boxes": ("kd_box_l1_weight", "kd_box_giou_weight"),
+    "features": ("kd_feat_weight",),
+    "pseudo": ("kd_pseudo_weight",),
+}
 RECIPES: dict[str, dict[str, Any]] = {
-    "labels": {f"kd_{k}_weight": 0.0 for k in ("cls", "aux_cls", "box_l1", "box_giou", "feat")},
+    "labels": {w: 0.0 for weights in SIGNALS.values() for w in weights},
     "distill": {},
     "distill25": {"label_fraction": 0.25},
 }
+# one signal's contribution: the recipe with that signal's weights at 0 ("distill25-pseudo": without pseudo-labels)
+for _base in ("distill", "distill25"):
+    for _signal, _weights in SIGNALS.items():
+        RECIPES[f"{_base}-{_signal}"] = {**RECIPES[_base], **dict.fromkeys(_weights, 0.0)}
 
 
 def _store(args: argparse.Namespace, work: Path) -> Path:
@@ -91,18 +107,21 @@ def _teacher(args: argparse.Namespace, store: Path, work: Path) -> Path:
     return run
 
 
-def _student(args: argparse.Namespace, store: Path, teacher: Path, spec: str, recipe: str, work: Path) -> Path:
+def _student(
+    args: argparse.Namespace, store: Path, teacher: Path, spec: str, recipe: str, seed: int, work: Path
+) -> Path:
     from onedet.train.distill import DistillConfig, distill
 
-    run = work / f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{recipe}"
+    run = work / f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{recipe}" / f"seed{seed}"
     if not (run / "metrics.json").is_file():
-        print(f"student {spec}, {recipe}: {args.minutes} min", flush=True)
+        print(f"student {spec}, {recipe}, seed {seed}: {args.epochs} epochs or {args.minutes} min", flush=True)
         cfg = DistillConfig(
             data=store,
             out=run,
             teacher=teacher,
             student=spec,
             max_minutes=args.minutes,
+            seed=seed,
             **_common(args),
             **RECIPES[recipe],
         )
@@ -142,6 +161,27 @@ def _measure(run: Path, split: Path, image: Any, args: argparse.Namespace, folde
     }
 
 
+def _ap(run: Path, split: Path, args: argparse.Namespace) -> float:
+    from onedet.evaluate import evaluate_run
+
+    return float(evaluate_run(run, split, batch_size=args.batch_size)["AP"])
+
+
+def _print_ratios(rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Each recipe's mean AP against its student's `labels` run (goals b and c), and against the teacher's."""
+    teacher = next(r for model, _, r in rows if model == "teacher")
+    labels = {model: r for model, recipe, r in rows if recipe == "labels"}
+    print("\n| model | recipe | AP / labels alone | AP / teacher | fp32 latency / teacher |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for model, recipe, r in rows:
+        if model == "teacher":
+            continue
+        base = f"{r['AP'] / labels[model]['AP']:.3f}" if model in labels else "-"
+        print(
+            f"| {model} | {recipe} | {base} | {r['AP'] / teacher['AP']:.3f} | {r['fp32 ms'] / teacher['fp32 ms']:.2f} |"
+        )
+
+
 def _plot(rows: list[tuple[str, str, dict[str, Any]]], path: Path, title: str, split: str) -> None:
     import matplotlib
 
@@ -149,7 +189,8 @@ def _plot(rows: list[tuple[str, str, dict[str, Any]]], path: Path, title: str, s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, recipe, r), color in zip(rows, plt.cm.tab10.colors * 3):
+    shown = [row for row in rows if "-" not in row[1] or row[1] == "-"]  # the ablations are in the table only
+    for (model, recipe, r), color in zip(shown, plt.cm.tab10.colors * 3):
         label = model if recipe == "-" else f"{model} ({recipe})"
         ax.plot([r["fp32 ms"], r["int8 ms"]], [r["AP"], r["AP"]], "-", color=color, alpha=0.4)
         ax.scatter([r["fp32 ms"]], [r["AP"]], color=color, marker="o", label=label)
@@ -177,6 +218,13 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of each student run")
     parser.add_argument("--epochs", type=int, default=100, help="epoch cap of every run (the budget usually ends it)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed per student x recipe")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the runs, measure nothing (run several "
+        "such processes side by side, then one without it to measure them all)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -191,30 +239,40 @@ def main() -> None:
     store = _store(args, work)
     split = store / "test" if (store / "test" / "meta.json").is_file() else store / "val"
     teacher = _teacher(args, store, work)
-    runs = [("teacher", "-", teacher)]
+    runs: list[tuple[str, str, list[Path]]] = [("teacher", "-", [teacher])]
     for spec in args.students:
-        runs += [(spec, recipe, _student(args, store, teacher, spec, recipe, work)) for recipe in args.recipes]
+        for recipe in args.recipes:
+            runs.append((spec, recipe, [_student(args, store, teacher, spec, recipe, s, work) for s in args.seeds]))
+    if args.train_only:
+        return
     image, image_name = _image(None)
     rows = []
-    for model, recipe, run in runs:
+    for model, recipe, seeds in runs:
         print(f"measuring {model} ({recipe})", flush=True)
-        rows.append((model, recipe, _measure(run, split, image, args, work / "onnx" / run.name)))
+        # latency, sizes and int8 from the first seed's run (the same graph for every seed); AP from every seed
+        row = _measure(seeds[0], split, image, args, work / "onnx" / seeds[0].parent.name / seeds[0].name)
+        aps = [row["AP"]] + [_ap(run, split, args) for run in seeds[1:]]
+        rows.append((model, recipe, {**row, "APs": aps, "AP": sum(aps) / len(aps)}))
 
     minutes = (time.perf_counter() - tick) / 60
     title = (
-        f"{args.dataset} at {args.image_size} px, from random weights; students {args.minutes:g} min or "
-        f"{args.epochs} epochs each; "
-        f"{split.name} split; {args.threads} threads"
+        f"{args.dataset} at {args.image_size} px, from random weights; students {args.epochs} epochs each "
+        f"(or {args.minutes:g} min), seeds {' '.join(map(str, args.seeds))}; {split.name} split; {args.threads} threads"
     )
     print(f"\n{title}; latency on {image_name}, batch 1; whole sweep {minutes:.0f} min wall")
-    print("| model | recipe | blocks | params (M) | AP | AP50 | int8 AP / AP | fp32 ms | int8 ms | fp32 MB | int8 MB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| model | recipe | blocks | params (M) | AP (mean) | AP per seed | AP50 (seed 1) | int8 AP / AP "
+        "| fp32 ms | int8 ms | fp32 MB | int8 MB |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, recipe, r in rows:
         print(
-            f"| {model} | {recipe} | {r['depth']} | {r['params'] / 1e6:.1f} | {r['AP']:.4f} | {r['AP50']:.4f} "
-            f"| {r['int8 AP'] / max(r['AP'], 1e-9):.3f} | {r['fp32 ms']:.0f} | {r['int8 ms']:.0f} "
+            f"| {model} | {recipe} | {r['depth']} | {r['params'] / 1e6:.1f} | {r['AP']:.4f} "
+            f"| {' / '.join(f'{a:.3f}' for a in r['APs'])} | {r['AP50']:.4f} "
+            f"| {r['int8 AP'] / max(r['APs'][0], 1e-9):.3f} | {r['fp32 ms']:.0f} | {r['int8 ms']:.0f} "
             f"| {r['fp32 MB']:.0f} | {r['int8 MB']:.0f} |"
         )
+    _print_ratios(rows)
     plot = args.plot or work / "ap_latency.png"
     _plot(rows, plot, title, split.name)
     print(f"plot: {plot}")

@@ -179,8 +179,8 @@ def test_paired_batches_mark_unlabelled_images_and_drop_their_boxes() -> None:
 
 def test_a_labels_only_baseline_runs_no_teacher(store: Path, teacher: Path, tmp_path: Path) -> None:
     out = tmp_path / "baseline"
-    zero = [a for w in ("cls", "aux-cls", "box-l1", "box-giou", "feat") for a in (f"--kd-{w}-weight", "0")]
+    zero = [a for w in ("cls", "aux-cls", "box-l1", "box-giou", "feat", "pseudo") for a in (f"--kd-{w}-weight", "0")]
     assert main(_args(store, teacher, out, "--epochs", "1", "--label-fraction", "0.5", *zero)) == 0
     row = read_metrics(out)[-1]
-    assert "train/focal" in row and not any(k.startswith("train/kd_") for k in row)
+    assert "train/focal" in row and not any(k.startswith(("train/kd_", "train/pseudo_")) for k in row)
     assert read_train_state(out / "weights" / "last")["extras"] == {}

@@ -10,9 +10,10 @@ import torch
 
 from onedet.config import ModelConfig
 from onedet.errors import OnedetError
-from onedet.model.detector import Detector, build_detector
-from onedet.model.distill_loss import DistillLoss, build_projectors, check_compatible
+from onedet.model.detector import Detector, DetectorOutput, build_detector
+from onedet.model.distill_loss import DistillLoss, build_projectors, check_compatible, teacher_detections
 from onedet.model.loss import DetectionLoss
+from onedet.model.postprocess import decode_topk
 from onedet.train.distill import DistillForward
 
 KD_TERMS = ("kd_cls", "kd_aux_cls", "kd_box_l1", "kd_box_giou", "kd_feat")
@@ -131,3 +132,48 @@ def test_without_a_teacher_only_the_ground_truth_terms_remain() -> None:
         output, *_targets(), labeled=torch.ones(2, dtype=torch.bool)
     )
     assert set(terms) == {"focal", "l1", "giou", "aux_focal", "aux_l1", "aux_giou"}
+
+
+def test_teacher_detections_are_what_the_teacher_detects_at_inference() -> None:
+    teacher = _teacher()
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        dense = DistillForward(copy.deepcopy(teacher), teacher, build_projectors(96, 96, 0), None, torch.device("cpu"))(
+            images
+        ).teacher  # unfiltered, as distillation reads it
+        teacher.head.use_peak_filter = True
+        inference = teacher.eval()(images)  # the head's own peak filter, per level
+    boxes, scores, labels = decode_topk(inference.logits, inference.boxes_xyxy, 100)
+    threshold = float(scores[0, 10])  # some detections above it, most below
+    got_boxes, got_labels, got_valid = teacher_detections(dense, (128, 128), threshold)
+    torch.testing.assert_close(got_boxes, boxes)
+    assert torch.equal(got_labels, labels)
+    assert torch.equal(got_valid, scores >= threshold)
+    assert 0 < int(got_valid.sum()) < got_valid.numel()
+
+
+def test_unlabelled_images_learn_the_teachers_detections_as_ground_truth() -> None:
+    teacher = _teacher()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.head.cls_pred.bias.add_(0.5)
+    output = _forward(student, teacher)(torch.rand(2, 3, 128, 128))
+    gt = DetectionLoss.from_config(teacher.config)
+    criterion = DistillLoss(gt, pseudo_loss=gt, pseudo_threshold=0.3)
+    terms = criterion(output, *_targets(), labeled=torch.tensor([True, False]))
+    pseudo = {k[len("pseudo_") :]: v for k, v in terms.items() if k.startswith("pseudo_")}
+    assert set(pseudo) == {"focal", "l1", "giou", "aux_focal", "aux_l1", "aux_giou"}
+
+    def image(out: DetectorOutput, i: int) -> DetectorOutput:
+        fields = ("logits", "boxes_xyxy", "aux_logits", "aux_boxes_xyxy")
+        return out._replace(**{f: getattr(out, f)[i : i + 1] for f in fields})
+
+    targets = teacher_detections(image(output.teacher, 1), (128, 128), 0.3)
+    assert int(targets[2].sum()) > 0, "the test needs a teacher that detects something"
+    expected = gt(image(output.student, 1), *targets)
+    for name, value in expected.items():
+        torch.testing.assert_close(pseudo[name], value, msg=name)
+        assert float(value.detach()) > 0, name
+    # a batch without unlabelled images has the terms, at zero
+    all_labelled = criterion(output, *_targets(), labeled=torch.ones(2, dtype=torch.bool))
+    assert all(float(all_labelled[f"pseudo_{k}"].detach()) == 0 for k in pseudo)

@@ -15,8 +15,14 @@ why both must predict at the same strides on the same padded input:
   the MSE between the student's pyramid maps, projected by a 1x1 conv per level (`build_projectors`; identity when
   the widths match, so a student equal to its teacher starts at zero), and the teacher's, weighted per location by
   the teacher's confidence map (top score) and normalised by the sum of that map.
-- The ordinary ground-truth terms of `DetectionLoss` (`focal`, `l1`, `giou`, `aux_*`) on the labelled images only:
-  an unlabelled image contributes the distillation terms alone.
+- The ordinary ground-truth terms of `DetectionLoss` (`focal`, `l1`, `giou`, `aux_*`) on the labelled images only.
+- `pseudo_*`: on the unlabelled images, the same `DetectionLoss` against the teacher's own detections
+  (`teacher_detections`: its one-to-one scores through the inference peak filter, every (location, class) pair
+  scoring at least `pseudo_threshold`) as hard targets, the pseudo-labelling of semi-supervised detection (Sohn et
+  al. 2020, "STAC"; Liu et al. 2021, "Unbiased Teacher"). The dense soft targets above tell the student how much
+  the teacher believes each location; they do not tell a one-to-one head, which must fire at one location per
+  object, *where* its one location is. Minimum-cost matching against the teacher's boxes does, as it does for
+  ground truth. Off when `pseudo_threshold` is None.
 
 The weights are applied outside, by `onedet.model.loss.weighted_total` (`DistillConfig` holds them).
 """
@@ -32,7 +38,9 @@ from torch import Tensor, nn
 
 from onedet.boxes import elementwise_generalized_box_iou, normalize_xyxy
 from onedet.errors import OnedetError
+from onedet.model.head import peak_filter
 from onedet.model.loss import DetectionLoss, _global_mean_count, infer_image_size
+from onedet.model.postprocess import decode_topk
 
 
 class DistillOutput(NamedTuple):
@@ -85,6 +93,31 @@ def soft_focal_bce(student_logits: Tensor, teacher_logits: Tensor, gamma: float 
     return (weight * F.binary_cross_entropy_with_logits(logits, target, reduction="none")).sum()
 
 
+def teacher_detections(
+    output: Any, image_size: tuple[int, int], threshold: float, max_boxes: int = 100
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The teacher's detections as padded targets: its one-to-one logits through the per-class 3x3 peak filter of
+    each level (what inference applies), then the `max_boxes` best (location, class) pairs, those scoring at least
+    `threshold` valid. `output` is a `DetectorOutput` of unfiltered logits `[B, N, C]`; returns `boxes_xyxy
+    [B, K, 4]`, `labels [B, K]`, `valid [B, K]` in `DetectionLoss`'s form."""
+    logits = output.logits.float()
+    b, n, c = logits.shape
+    h_in, w_in = image_size
+    levels, start = [], 0
+    strides, counts = torch.unique_consecutive(output.strides, return_counts=True)
+    for stride, count in zip(strides.tolist(), counts.tolist(), strict=True):
+        h, w = round(h_in / stride), round(w_in / stride)
+        if h * w != count:
+            raise OnedetError(f"stride {stride}: {count} locations are not a {h}x{w} grid of a {h_in}x{w_in} input")
+        level = logits[:, start : start + count].transpose(1, 2).reshape(b, c, h, w)
+        levels.append(peak_filter(level).reshape(b, c, count).transpose(1, 2))
+        start += count
+    if start != n:
+        raise OnedetError(f"the levels hold {start} locations, the logits {n}")
+    boxes, scores, labels = decode_topk(torch.cat(levels, dim=1), output.boxes_xyxy.float(), max_boxes)
+    return boxes, labels, scores >= threshold
+
+
 class DistillLoss(nn.Module):
     """Distillation terms of a `DistillOutput` (module docstring), plus `gt_loss`'s terms on the labelled images.
 
@@ -92,11 +125,23 @@ class DistillLoss(nn.Module):
         gt_loss: the ground-truth criterion (a `DetectionLoss`), or None for distillation alone.
         gamma: the quality focal loss's exponent.
         box_threshold: teacher top score above which a location's box is distilled.
+        pseudo_loss: the criterion of the unlabelled images against the teacher's detections (`pseudo_*` terms),
+            or None for none.
+        pseudo_threshold: the teacher score from which a detection is a pseudo-label.
     """
 
-    def __init__(self, gt_loss: DetectionLoss | None = None, *, gamma: float = 2.0, box_threshold: float = 0.3) -> None:
+    def __init__(
+        self,
+        gt_loss: DetectionLoss | None = None,
+        *,
+        gamma: float = 2.0,
+        box_threshold: float = 0.3,
+        pseudo_loss: DetectionLoss | None = None,
+        pseudo_threshold: float = 0.4,
+    ) -> None:
         super().__init__()
         self.gt_loss, self.gamma, self.box_threshold = gt_loss, gamma, box_threshold
+        self.pseudo_loss, self.pseudo_threshold = pseudo_loss, pseudo_threshold
 
     def forward(
         self,
@@ -109,14 +154,22 @@ class DistillLoss(nn.Module):
         """Terms `kd_cls`, `kd_aux_cls` (when both have the aux branch), `kd_box_l1`, `kd_box_giou`, `kd_feat` (when
         there are projected maps), and `gt_loss`'s (`focal`, `l1`, `giou`, `aux_*`) over the images with
         `labeled [B]` True (targets `boxes_xyxy [B, M, 4]`, `labels [B, M]`, `valid [B, M]`, as `DetectionLoss`
-        takes them). Without a teacher output (`output.teacher` None: every distillation weight is 0) only the
+        takes them), and with a `pseudo_loss` its terms as `pseudo_*` over the other images against the teacher's
+        detections. Without a teacher output (`output.teacher` None: every distillation weight is 0) only the
         ground-truth terms."""
         student, teacher = output.student, output.teacher
         image_size = infer_image_size(student.points, student.strides)
         terms = {} if teacher is None else self._distill_terms(output, image_size)
+        keep = labeled.bool()
         if self.gt_loss is not None:
-            keep = labeled.bool()
             terms.update(self.gt_loss(_select(student, keep), boxes_xyxy[keep], labels[keep], valid[keep], image_size))
+        if self.pseudo_loss is not None and teacher is not None:
+            # Computed when no image of this batch is unlabelled too (an all-false selection: zero terms), so every
+            # step has the same terms: the log's averages and DDP's collectives (the count) see them all.
+            other = ~keep
+            targets = teacher_detections(_select(teacher, other), image_size, self.pseudo_threshold)
+            pseudo = self.pseudo_loss(_select(student, other), *targets, image_size)
+            terms.update({f"pseudo_{k}": v for k, v in pseudo.items()})
         return terms
 
     def _distill_terms(self, output: DistillOutput, image_size: tuple[int, int]) -> dict[str, Tensor]:

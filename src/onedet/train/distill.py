@@ -8,7 +8,8 @@ and the projectors are the trainable extras (optimised, saved in `train_state.pt
 teacher runs in inference mode, under bf16 autocast where the AMP plan has it, with its aux branch on and its
 peak filter off (the dense targets are its raw scores). With `--unlabeled`, every step also takes a batch from a
 second seeded loader over that store (its position is part of the saved loader state) and concatenates it,
-marked unlabelled: those images get the distillation terms only.
+marked unlabelled: those images get the distillation terms only, among them the pseudo-label terms (the teacher's
+detections as their ground truth).
 
 The student's run folder is an ordinary one (`eval`, `export`, `predict` take it); its `model.json` records the
 teacher and the student spec under `"distill"`.
@@ -203,8 +204,9 @@ class DistillTrainer(Trainer):
         self._teacher_aux = False
         super().__init__(cfg)
         cfg = self.cfg  # a resumed run's saved config
-        self.loss_weights = {k: v * cfg.gt_weight for k, v in self.loss_weights.items()}
-        self.loss_weights.update(cfg.loss_weights())
+        model_weights = dict(self.loss_weights)  # focal, l1, giou and their aux_ (ModelConfig's defaults)
+        self.loss_weights = {k: v * cfg.gt_weight for k, v in model_weights.items()}
+        self.loss_weights.update(cfg.loss_weights(model_weights))
 
     # --- the teacher and the student ----------------------------------------------------------------------
 
@@ -293,7 +295,7 @@ class DistillTrainer(Trainer):
         teacher_dtype = amp.plan(self.cfg.amp, self.device, backbone_frozen=True)
         return DistillForward(
             self.detector,
-            teacher if any(w > 0 for w in weights.values()) else None,
+            teacher if self.cfg.uses_teacher() else None,
             projectors.to(self.device),
             self.amp_dtype,
             self.device,
@@ -304,8 +306,12 @@ class DistillTrainer(Trainer):
     def build_criterion(self) -> Any:
         from onedet.model.loss import DetectionLoss
 
-        gt = DetectionLoss.from_config(self.model_config) if self.cfg.gt_weight > 0 else None
-        loss = DistillLoss(gt, box_threshold=self.cfg.kd_box_threshold)
+        cfg = self.cfg
+        gt = DetectionLoss.from_config(self.model_config) if cfg.gt_weight > 0 else None
+        pseudo = DetectionLoss.from_config(self.model_config) if cfg.kd_pseudo_weight > 0 else None
+        loss = DistillLoss(
+            gt, box_threshold=cfg.kd_box_threshold, pseudo_loss=pseudo, pseudo_threshold=cfg.kd_pseudo_threshold
+        )
 
         def criterion(output: DistillOutput, batch: DistillBatch) -> dict[str, Tensor]:
             return loss(output, batch.boxes_xyxy, batch.labels, batch.valid, batch.labeled)

@@ -7,6 +7,7 @@ weight to 0 (the terms themselves: `onedet.model.distill_loss`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,6 +48,11 @@ class DistillConfig(TrainConfig):
     """Weight of the feature mimicking loss (projected pyramid maps, weighted by the teacher's confidence)."""
     kd_box_threshold: float = 0.3
     """Teacher top score above which a location's box is distilled."""
+    kd_pseudo_weight: float = 1.0
+    """Weight of the pseudo-label terms: the images without labels learn the teacher's detections as ground truth
+    (a factor on the model's own loss weights, as `gt_weight` is)."""
+    kd_pseudo_threshold: float = 0.4
+    """Teacher score from which a detection is a pseudo-label."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,13 +61,24 @@ class DistillConfig(TrainConfig):
         self.unlabeled = None if self.unlabeled is None else Path(self.unlabeled)
         if not 0 < self.label_fraction <= 1:
             raise OnedetError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
+        for name in ("kd_box_threshold", "kd_pseudo_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise OnedetError(f"{name} is a score, in [0, 1], not {getattr(self, name)}")
 
-    def loss_weights(self) -> dict[str, float]:
-        """The distillation terms' weights (the ground-truth terms keep the model's, times `gt_weight`)."""
-        return {
+    def loss_weights(self, model_weights: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The distillation terms' weights, and `pseudo_X`'s (`model_weights[X] * kd_pseudo_weight`, `X` a ground-truth
+        term) when `model_weights` is given. The ground-truth terms keep the model's weights, times `gt_weight`."""
+        weights = {
             "kd_cls": self.kd_cls_weight,
             "kd_aux_cls": self.kd_aux_cls_weight,
             "kd_box_l1": self.kd_box_l1_weight,
             "kd_box_giou": self.kd_box_giou_weight,
             "kd_feat": self.kd_feat_weight,
         }
+        for name, value in (model_weights or {}).items():
+            weights[f"pseudo_{name}"] = value * self.kd_pseudo_weight
+        return weights
+
+    def uses_teacher(self) -> bool:
+        """Whether any signal needs the teacher (a labels-only baseline does not run it)."""
+        return self.kd_pseudo_weight > 0 or any(w > 0 for w in self.loss_weights().values())
