@@ -74,7 +74,7 @@ def test_distill_cli_writes_a_student_run_that_eval_and_export_take(
     assert info["distill"] == {"teacher": str(teacher), "student": "teacher:depth=2"}
     assert info["model"]["depth"] == 2
     row = read_metrics(out)[-1]
-    for term in ("kd_cls", "kd_aux_cls", "kd_box_l1", "kd_box_giou", "kd_feat", "focal", "aux_giou"):
+    for term in ("kd_cls", "kd_aux_cls", "kd_box_l1", "kd_box_giou", "kd_feat", "focal", "aux_giou", "pseudo_focal"):
         assert f"train/{term}" in row, term
     assert (out / "curves.png").is_file() and (out / "metrics.json").is_file()
     state = read_train_state(out / "weights" / "last")
@@ -84,6 +84,21 @@ def test_distill_cli_writes_a_student_run_that_eval_and_export_take(
     assert "AP50" in json.loads(capsys.readouterr().out)
     assert main(["export", "--weights", str(out), "--out", str(tmp_path / "student.onnx")]) == 0
     assert (tmp_path / "student.onnx").stat().st_size > 0
+
+
+def test_a_folder_of_bare_images_is_prepared_once_as_the_unlabelled_store(
+    store: Path, teacher: Path, unlabeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = unlabeled.parents[1] / "source"  # the folder the fixture's store was prepared from
+    out = tmp_path / "student"
+    assert main(_args(store, teacher, out, "--epochs", "1", "--unlabeled", str(images))) == 0
+    prepared = Store(out / "unlabeled_store" / "unlabeled")
+    assert len(prepared) == len(Store(unlabeled)) and prepared.image_size == Store(store / "train").image_size
+    assert "unlabeled" in read_train_state(out / "weights" / "last")["loader"]
+    assert f"preparing the images under {images}" in capsys.readouterr().out
+
+    assert main(_args(store, teacher, tmp_path / "s", "--epochs", "1", "--unlabeled", str(tmp_path / "none"))) == 2
+    assert f"{tmp_path / 'none'}: --unlabeled must be a store split or a folder of images" in capsys.readouterr().err
 
 
 def _live(out: Path) -> dict[str, torch.Tensor]:

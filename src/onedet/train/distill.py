@@ -180,16 +180,25 @@ class DistillForward(nn.Module):
         return DistillOutput(output, teacher, projected, tuple(m.to(torch.float32, copy=True) for m in teacher_maps))
 
 
-def _open_unlabeled(path: Path) -> Any:
+def _open_unlabeled(path: Path, out: Path, image_size: int, is_main: bool) -> Any:
+    """The store split at `path` (or its `train` split); a folder of bare images is prepared once, by the main
+    process, into `out/unlabeled_store` at `image_size` (prepare's atomic split write: a failed run leaves nothing
+    that looks complete, and a resumed run reuses it)."""
+    from onedet.data.prepare import prepare
     from onedet.data.store import Store
+    from onedet.train.distributed import barrier
 
     for split in (path, path / "train"):
         if (split / "meta.json").is_file():
             return Store(split)
-    raise OnedetError(
-        f"{path}: not a store split (no meta.json) nor a store with a train split; "
-        "write one from a folder of images with `onedet prepare DIR --unlabeled`"
-    )
+    if not path.is_dir():
+        raise OnedetError(f"{path}: --unlabeled must be a store split or a folder of images, and is neither")
+    prepared = out / "unlabeled_store"
+    if is_main and not (prepared / "unlabeled" / "meta.json").is_file():
+        print(f"preparing the images under {path} into {prepared} (unlabelled, {image_size} px)", flush=True)
+        prepare(path, prepared, image_size=image_size, unlabeled=True, progress=False)
+    barrier()
+    return Store(prepared / "unlabeled")
 
 
 class DistillTrainer(Trainer):
@@ -256,7 +265,7 @@ class DistillTrainer(Trainer):
         loader, val_cache = super().build_loaders()
         cfg, unlabeled = self.cfg, None
         if cfg.unlabeled is not None:
-            store = _open_unlabeled(Path(cfg.unlabeled))
+            store = _open_unlabeled(Path(cfg.unlabeled), Path(cfg.out), self.train_store.image_size, self.is_main)
             if store.image_size != self.train_store.image_size:
                 raise OnedetError(
                     f"{cfg.unlabeled}: images of {store.image_size} px, the train split's are "

@@ -24,8 +24,9 @@ class DistillConfig(TrainConfig):
     """The student: a preset (`tiny`, `small`, `base`), optionally `PRESET:FIELD=VALUE,...`, or a student derived
     from the teacher, `teacher:depth=N[,FIELD=VALUE...]` (its weights copied from the teacher's blocks)."""
     unlabeled: Path | None = None
-    """A store split of images without boxes (or a store with a `train` split): each step adds a batch of them,
-    which learn from the teacher only."""
+    """Images without boxes: a store split (or a store with a `train` split), or a folder of images, which is
+    prepared once into `out/unlabeled_store` at the train split's size. Each step adds a batch of them, which learn
+    from the teacher only."""
     unlabeled_batch_size: int | None = None
     """Unlabelled images per step (default: `batch_size`)."""
     label_fraction: float = 1.0
