@@ -261,7 +261,7 @@ def main() -> None:
     )
     print(f"\n{title}; latency on {image_name}, batch 1; whole sweep {minutes:.0f} min wall")
     print(
-        "| model | recipe | blocks | params (M) | AP (mean) | AP per seed | AP50 (seed 1) | int8 AP / AP "
+        "| model | recipe | blocks | params (M) | AP (mean) | AP per seed | AP50 (first seed) | int8 AP / AP "
         "| fp32 ms | int8 ms | fp32 MB | int8 MB |"
     )
     print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
