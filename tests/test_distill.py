@@ -16,7 +16,7 @@ from onedet.checkpoint import read_train_state, read_weights
 from onedet.cli import main
 from onedet.data.store import Store
 from onedet.errors import OnedetError
-from onedet.train.distill import DistillTrainer
+from onedet.train.distill import DistillConfig, DistillTrainer
 from onedet.train.logging import read_metrics
 
 
@@ -199,3 +199,15 @@ def test_a_labels_only_baseline_runs_no_teacher(store: Path, teacher: Path, tmp_
     row = read_metrics(out)[-1]
     assert "train/focal" in row and not any(k.startswith(("train/kd_", "train/pseudo_")) for k in row)
     assert read_train_state(out / "weights" / "last")["extras"] == {}
+
+
+def test_pseudo_labels_and_the_teacher_run_only_where_some_images_lack_labels(tmp_path: Path) -> None:
+    def config(**fields: object) -> DistillConfig:
+        return DistillConfig(data=tmp_path, out=tmp_path / "out", teacher=tmp_path, student="tiny", **fields)
+
+    assert not config().pseudo_labels()  # every image labelled: no teacher detections to decode and match
+    assert config(label_fraction=0.5).pseudo_labels() and config(unlabeled=tmp_path).pseudo_labels()
+    assert not config(label_fraction=0.5, kd_pseudo_weight=0.0).pseudo_labels()
+    zero = {f"kd_{k}_weight": 0.0 for k in ("cls", "aux_cls", "box_l1", "box_giou", "feat")}
+    assert not config(**zero).uses_teacher()  # kd_pseudo_weight 1, but nothing to pseudo-label
+    assert config(label_fraction=0.5, **zero).uses_teacher()

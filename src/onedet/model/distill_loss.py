@@ -67,9 +67,9 @@ def build_projectors(student_channels: int, teacher_channels: int, num_levels: i
     return projectors
 
 
-def check_compatible(student_cfg: Any, teacher_cfg: Any, image_size: int) -> None:
-    """An OnedetError unless the two models predict at the same locations of an `image_size` input with the
-    same number of classes."""
+def check_compatible(student_cfg: Any, teacher_cfg: Any, image_size: int | None = None) -> None:
+    """An OnedetError unless the two models predict at the same strides with the same number of classes and (given
+    `image_size`) pad that input alike, so they predict at the same locations."""
     if tuple(student_cfg.strides) != tuple(teacher_cfg.strides):
         raise OnedetError(
             f"the student predicts at strides {list(student_cfg.strides)}, the teacher at "
@@ -77,6 +77,8 @@ def check_compatible(student_cfg: Any, teacher_cfg: Any, image_size: int) -> Non
         )
     if student_cfg.num_classes != teacher_cfg.num_classes:
         raise OnedetError(f"the student has {student_cfg.num_classes} classes, the teacher {teacher_cfg.num_classes}")
+    if image_size is None:
+        return
     padded = [-(-image_size // m) * m for m in (student_cfg.input_multiple, teacher_cfg.input_multiple)]
     if padded[0] != padded[1]:
         raise OnedetError(

@@ -20,6 +20,7 @@ from timm.layers import resample_abs_pos_embed
 from onedet.config import PRESETS, ModelConfig
 from onedet.errors import OnedetError
 from onedet.model.detector import Detector
+from onedet.model.distill_loss import check_compatible
 
 TEACHER = "teacher"
 # Fields a derived student may change: none of them changes the shape of a copied weight (the position
@@ -155,15 +156,7 @@ def student_config(spec: StudentSpec, teacher: ModelConfig, **fields: Any) -> Mo
     else:
         base = {"num_classes": teacher.num_classes, "image_size": teacher.image_size, **fields}
         cfg = ModelConfig.from_preset(spec.name, **{**base, **spec.overrides})
-    if cfg.strides != teacher.strides:
-        raise OnedetError(
-            f"student {spec.name}: predicts at strides {list(cfg.strides)}, the teacher at {list(teacher.strides)}; "
-            "distillation compares them location by location, so they must be the same"
-        )
-    if cfg.num_classes != teacher.num_classes:
-        raise OnedetError(
-            f"student {spec.name}: {cfg.num_classes} classes, the teacher has {teacher.num_classes}; they must match"
-        )
+    check_compatible(cfg, teacher)
     return cfg
 
 

@@ -316,10 +316,13 @@ class DistillTrainer(Trainer):
         from onedet.model.loss import DetectionLoss
 
         cfg = self.cfg
-        gt = DetectionLoss.from_config(self.model_config) if cfg.gt_weight > 0 else None
-        pseudo = DetectionLoss.from_config(self.model_config) if cfg.kd_pseudo_weight > 0 else None
+        detection = DetectionLoss.from_config(self.model_config)  # stateless: ground truth and pseudo-labels share it
         loss = DistillLoss(
-            gt, box_threshold=cfg.kd_box_threshold, pseudo_loss=pseudo, pseudo_threshold=cfg.kd_pseudo_threshold
+            detection if cfg.gt_weight > 0 else None,
+            box_threshold=cfg.kd_box_threshold,
+            # a run whose images all have labels pays nothing for them (no decode, no matching of empty selections)
+            pseudo_loss=detection if cfg.pseudo_labels() else None,
+            pseudo_threshold=cfg.kd_pseudo_threshold,
         )
 
         def criterion(output: DistillOutput, batch: DistillBatch) -> dict[str, Tensor]:

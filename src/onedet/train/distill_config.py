@@ -80,6 +80,10 @@ class DistillConfig(TrainConfig):
             weights[f"pseudo_{name}"] = value * self.kd_pseudo_weight
         return weights
 
+    def pseudo_labels(self) -> bool:
+        """Whether the pseudo-label terms apply: their weight is not 0 and some images have no labels."""
+        return self.kd_pseudo_weight > 0 and (self.unlabeled is not None or self.label_fraction < 1)
+
     def uses_teacher(self) -> bool:
         """Whether any signal needs the teacher (a labels-only baseline does not run it)."""
-        return self.kd_pseudo_weight > 0 or any(w > 0 for w in self.loss_weights().values())
+        return self.pseudo_labels() or any(w > 0 for w in self.loss_weights().values())
