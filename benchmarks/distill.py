@@ -17,6 +17,7 @@ Recipes, each for the same student with the same `--minutes` (the trainer's `--m
 - `distill-SIGNAL`, `distill25-SIGNAL`: the same without one signal (its weights 0), SIGNAL one of `scores`
   (kd_cls, kd_aux_cls), `boxes` (kd_box_l1, kd_box_giou), `features` (kd_feat), `pseudo` (pseudo-labels on the
   images without labels): that signal's contribution is the drop from the full recipe.
+- `RECIPE+NAME=VALUE,...`: any recipe with `DistillConfig` fields overridden, for tuning (`distill+kd_cls_weight=0.5`).
 
 `--seeds 0 1 2` repeats every student run with those seeds (the loader order, augmentation, the 25% subset and a
 non-derived student's initialisation), so a difference can be compared with the spread between seeds.
@@ -59,6 +60,25 @@ RECIPES: dict[str, dict[str, Any]] = {
 for _base in ("distill", "distill25"):
     for _signal, _weights in SIGNALS.items():
         RECIPES[f"{_base}-{_signal}"] = {**RECIPES[_base], **dict.fromkeys(_weights, 0.0)}
+
+
+def _recipe(name: str) -> dict[str, Any]:
+    """The `DistillConfig` fields of recipe `name`: `RECIPE` or `RECIPE+NAME=VALUE,...` (numbers, or none)."""
+    from dataclasses import fields
+
+    from onedet.train.distill import DistillConfig
+
+    base, _, overrides = name.partition("+")
+    if base not in RECIPES:
+        raise SystemExit(f"recipe {name!r}: {base!r} is not one of {', '.join(RECIPES)}")
+    known = {f.name for f in fields(DistillConfig)}
+    recipe = dict(RECIPES[base])
+    for item in filter(None, overrides.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"recipe {name!r}: {item!r} is not NAME=VALUE with NAME a DistillConfig field")
+        recipe[key] = None if value.lower() == "none" else float(value)
+    return recipe
 
 
 def _store(args: argparse.Namespace, work: Path) -> Path:
@@ -112,7 +132,8 @@ def _student(
 ) -> Path:
     from onedet.train.distill import DistillConfig, distill
 
-    run = work / f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{recipe}" / f"seed{seed}"
+    folder = f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{re.sub(r'[^A-Za-z0-9.]+', '-', recipe)}"
+    run = work / folder / f"seed{seed}"
     if not (run / "metrics.json").is_file():
         print(f"student {spec}, {recipe}, seed {seed}: {args.epochs} epochs or {args.minutes} min", flush=True)
         cfg = DistillConfig(
@@ -123,7 +144,7 @@ def _student(
             max_minutes=args.minutes,
             seed=seed,
             **_common(args),
-            **RECIPES[recipe],
+            **_recipe(recipe),
         )
         distill(cfg)
     return run
@@ -215,7 +236,9 @@ def main() -> None:
     parser.add_argument("--teacher-preset", default="base")
     parser.add_argument("--teacher-minutes", type=float, default=120.0)
     parser.add_argument("--students", nargs="+", default=["teacher:depth=6", "small"])
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument(
+        "--recipes", nargs="+", default=list(RECIPES), help=f"{', '.join(RECIPES)}; or RECIPE+NAME=VALUE,..."
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of each student run")
     parser.add_argument("--epochs", type=int, default=100, help="epoch cap of every run (the budget usually ends it)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed per student x recipe")
@@ -235,6 +258,8 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
 
+    for recipe in args.recipes:
+        _recipe(recipe)  # a typo fails here, not after hours of training
     tick = time.perf_counter()
     store = _store(args, work)
     split = store / "test" if (store / "test" / "meta.json").is_file() else store / "val"

@@ -211,3 +211,31 @@ def test_pseudo_labels_and_the_teacher_run_only_where_some_images_lack_labels(tm
     zero = {f"kd_{k}_weight": 0.0 for k in ("cls", "aux_cls", "box_l1", "box_giou", "feat")}
     assert not config(**zero).uses_teacher()  # kd_pseudo_weight 1, but nothing to pseudo-label
     assert config(label_fraction=0.5, **zero).uses_teacher()
+
+
+def test_per_class_pseudo_thresholds_are_the_teachers_f1_best_scores_on_val(
+    store: Path, teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from onedet.checkpoint import load_run, read_info
+    from onedet.evaluate import best_f1_scores, evaluate_model
+    from onedet.train.distill_config import PSEUDO_THRESHOLD_FALLBACK
+
+    run = load_run(teacher, "best")  # the teacher as inference runs it (the head's peak filter on)
+    best = best_f1_scores(evaluate_model(run.model, Store(store / "val"), with_pr=True)["pr"])
+    expected = {name: PSEUDO_THRESHOLD_FALLBACK if value is None else value for name, value in best.items()}
+    out = tmp_path / "auto"
+    assert (
+        main(_args(store, teacher, out, "--epochs", "1", "--label-fraction", "0.5", "--kd-pseudo-threshold", "none"))
+        == 0
+    )
+    assert "pseudo-label thresholds (the teacher's F1-best scores on the val split)" in capsys.readouterr().err
+    saved = read_info(out / "weights" / "best")["distill"]["pseudo_thresholds"]
+    assert saved == {name: value if value != float("inf") else None for name, value in expected.items()}
+    assert "train/pseudo_focal" in read_metrics(out)[-1]
+
+    no_val = tmp_path / "no-val"
+    (no_val / "train").parent.mkdir()
+    (no_val / "train").symlink_to(store / "train")
+    args = _args(no_val, teacher, tmp_path / "s", "--epochs", "1", "--label-fraction", "0.5")
+    assert main([*args, "--kd-pseudo-threshold", "none"]) == 2
+    assert f"{no_val}: no val split" in capsys.readouterr().err

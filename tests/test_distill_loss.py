@@ -150,6 +150,10 @@ def test_teacher_detections_are_what_the_teacher_detects_at_inference() -> None:
     assert torch.equal(got_labels, labels)
     assert torch.equal(got_valid, scores >= threshold)
     assert 0 < int(got_valid.sum()) < got_valid.numel()
+    per_class = torch.tensor([threshold, 2.0, 0.0])  # class 1 never, class 2 always
+    _, _, got_valid = teacher_detections(dense, (128, 128), per_class)
+    assert torch.equal(got_valid, scores >= per_class[labels])
+    assert not got_valid[labels == 1].any() and got_valid[labels == 2].all()
 
 
 def test_unlabelled_images_learn_the_teachers_detections_as_ground_truth() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from onedet.evaluate import build_coco_dicts, coco_metrics, format_metrics
+from onedet.evaluate import best_f1_scores, build_coco_dicts, coco_metrics, format_metrics
 
 CLASSES = ["cat", "dog", "bird"]
 CATEGORY_IDS = [3, 17, 42]  # the dataset's own ids, not 0..C-1
@@ -69,6 +69,7 @@ def test_equals_pycocotools(seed):
         p = precision[:, :, k, 0, -1]
         assert ours["per_class"][name] == pytest.approx(p[p > -1].mean(), abs=1e-6)
         np.testing.assert_allclose(ours["pr"]["precision"][name], p[0], atol=1e-6)
+        np.testing.assert_allclose(ours["pr"]["scores"][name], ref.eval["scores"][0, :, k, 0, -1], atol=1e-6)
     np.testing.assert_allclose(ours["pr"]["recall"], ref.params.recThrs)
     assert ours["category_ids"] == CATEGORY_IDS
 
@@ -93,6 +94,33 @@ def test_no_detections_and_classes_without_ground_truth():
     only_cats = [{"boxes_xyxy": g["boxes_xyxy"][g["labels"] == 0], "labels": g["labels"][g["labels"] == 0]} for g in gt]
     metrics = coco_metrics(only_cats, empty, CLASSES, CATEGORY_IDS)
     assert metrics["per_class"]["dog"] == -1  # nothing to measure, as COCO reports it
+
+
+def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
+    """One image, 4 cats and 2 dogs; each detection is either a true box (a true positive) or far from every box (a
+    false positive), so precision and recall at each threshold can be counted by hand."""
+    cats = np.array([[0.0, 0.0, 40, 40], [100, 0, 140, 40], [0, 100, 40, 140], [100, 100, 140, 140]])
+    dogs = np.array([[200.0, 200, 260, 260], [300, 300, 360, 360]])
+    far = np.array([[500.0, 500, 520, 520]]) + np.arange(5)[:, None] * 30  # 5 boxes far from every true one
+    # (score, box, true positive): cats TP TP FP TP FP FP (F1 .40 .67 .57 .75 .67 .60), dogs FP FP; no birds
+    cat_hits = [(0.9, cats[0], 1), (0.8, cats[1], 1), (0.7, far[0], 0), (0.6, cats[2], 1), (0.5, far[1], 0),
+                (0.4, far[2], 0)]  # fmt: skip
+    hits = [(s, b, 0) for s, b, _ in cat_hits] + [(0.95, far[3], 1), (0.85, far[4], 1)]
+    gt = [{"boxes_xyxy": np.concatenate([cats, dogs]), "labels": np.array([0, 0, 0, 0, 1, 1])}]
+    det = [{"boxes_xyxy": np.stack([b for _, b, _ in hits]), "scores": np.array([s for s, _, _ in hits]),
+            "labels": np.array([c for _, _, c in hits])}]  # fmt: skip
+
+    def f1(threshold: float) -> float:  # of the cats, counted by hand
+        kept = [tp for s, _, tp in cat_hits if s >= threshold]
+        precision, recall = sum(kept) / len(kept), sum(kept) / len(cats)
+        return 2 * precision * recall / (precision + recall)
+
+    expected = max((s for s, _, _ in cat_hits), key=f1)
+    assert expected == 0.6
+    best = best_f1_scores(coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True)["pr"])
+    assert best["cat"] == pytest.approx(expected)
+    assert best["dog"] == float("inf")  # boxes, but no score finds one
+    assert best["bird"] is None  # no boxes to judge by
 
 
 def test_format_metrics_shows_dataset_ids_and_names():

@@ -9,6 +9,7 @@ from a store written before the store kept crowd labels) becomes one such annota
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,9 @@ def coco_metrics(
     """COCO box metrics: `AP, AP50, AP75, APs, APm, APl` (fractions 0..1; -1 where COCO has nothing to
     measure, e.g. no small boxes) and `per_class {name: AP}` (-1 for a class without ground truth).
 
-    With `with_pr`, also `pr`: `{"recall": [R], "precision": {name: [R]}}` at IoU 0.5, all areas, 100
-    detections (COCO's 101 recall points; precision -1 where the class has no ground truth).
+    With `with_pr`, also `pr`: `{"recall": [R], "precision": {name: [R]}, "scores": {name: [R]}}` at IoU 0.5, all
+    areas, 100 detections (COCO's 101 recall points; precision -1 where the class has no ground truth; `scores`: the
+    detection score at which each recall is reached, 0 where it is not).
     See `build_coco_dicts` for the per-image arrays.
     """
     from faster_coco_eval import COCO, COCOeval_faster
@@ -151,19 +153,42 @@ def coco_metrics(
     evaluator.summarize()
     metrics: dict[str, Any] = {name: float(v) for name, v in zip(_STAT_NAMES, evaluator.stats)}
     precision = np.asarray(evaluator.eval["precision"])  # (T iou, R recall, K class, A area, M maxDets)
+    scores = np.asarray(evaluator.eval["scores"])  # the same shape
     order = list(evaluator.params.catIds)
     per_class: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
+    score_curves: dict[str, list[float]] = {}
     for name, category in zip(classes, category_ids):
         p = precision[:, :, order.index(int(category)), 0, -1]
         defined = p[p > -1]
         per_class[str(name)] = float(defined.mean()) if defined.size else -1.0
         curves[str(name)] = p[0].tolist()
+        score_curves[str(name)] = scores[0, :, order.index(int(category)), 0, -1].tolist()
     metrics["per_class"] = per_class
     metrics["category_ids"] = [int(c) for c in category_ids]
     if with_pr:
-        metrics["pr"] = {"recall": list(map(float, evaluator.params.recThrs)), "precision": curves}
+        recall = list(map(float, evaluator.params.recThrs))
+        metrics["pr"] = {"recall": recall, "precision": curves, "scores": score_curves}
     return metrics
+
+
+def best_f1_scores(pr: dict[str, Any]) -> dict[str, float | None]:
+    """Per class, the detection score at which F1 at IoU 0.5 is best along `coco_metrics`' `pr` curves: a
+    threshold for "is this detection an object". `math.inf` for a class with ground truth but no true positive (no
+    score is good enough), None for a class without ground truth (nothing to judge by).
+
+    Read at COCO's 101 recall points, with COCO's interpolated precision (the best at this recall or more).
+    """
+    recall = np.asarray(pr["recall"], dtype=np.float64)
+    best: dict[str, float | None] = {}
+    for name, curve in pr["precision"].items():
+        precision, scores = np.asarray(curve, dtype=np.float64), np.asarray(pr["scores"][name], dtype=np.float64)
+        if (precision < 0).all():
+            best[name] = None
+            continue
+        f1 = np.where(precision > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        best[name] = float(scores[int(f1.argmax())]) if f1.max() > 0 else math.inf
+    return best
 
 
 def ground_truth(batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:

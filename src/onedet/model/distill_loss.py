@@ -18,11 +18,11 @@ why both must predict at the same strides on the same padded input:
 - The ordinary ground-truth terms of `DetectionLoss` (`focal`, `l1`, `giou`, `aux_*`) on the labelled images only.
 - `pseudo_*`: on the unlabelled images, the same `DetectionLoss` against the teacher's own detections
   (`teacher_detections`: its one-to-one scores through the inference peak filter, every (location, class) pair
-  scoring at least `pseudo_threshold`) as hard targets, the pseudo-labelling of semi-supervised detection (Sohn et
-  al. 2020, "STAC"; Liu et al. 2021, "Unbiased Teacher"). The dense soft targets above tell the student how much
-  the teacher believes each location; they do not tell a one-to-one head, which must fire at one location per
-  object, *where* its one location is. Minimum-cost matching against the teacher's boxes does, as it does for
-  ground truth. Off when `pseudo_threshold` is None.
+  scoring at least `pseudo_threshold`, one score or one per class) as hard targets, the pseudo-labelling of
+  semi-supervised detection (Sohn et al. 2020, "STAC"; Liu et al. 2021, "Unbiased Teacher"). The dense soft
+  targets above tell the student how much the teacher believes each location; they do not tell a one-to-one head,
+  which must fire at one location per object, *where* its one location is. Minimum-cost matching against the
+  teacher's boxes does, as it does for ground truth. Off without a `pseudo_loss`.
 
 The weights are applied outside, by `onedet.model.loss.weighted_total` (`DistillConfig` holds them).
 """
@@ -96,12 +96,12 @@ def soft_focal_bce(student_logits: Tensor, teacher_logits: Tensor, gamma: float 
 
 
 def teacher_detections(
-    output: Any, image_size: tuple[int, int], threshold: float, max_boxes: int = 100
+    output: Any, image_size: tuple[int, int], threshold: float | Tensor, max_boxes: int = 100
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The teacher's detections as padded targets: its one-to-one logits through the per-class 3x3 peak filter of
     each level (what inference applies), then the `max_boxes` best (location, class) pairs, those scoring at least
-    `threshold` valid. `output` is a `DetectorOutput` of unfiltered logits `[B, N, C]`; returns `boxes_xyxy
-    [B, K, 4]`, `labels [B, K]`, `valid [B, K]` in `DetectionLoss`'s form."""
+    `threshold` (a score, or a `[C]` tensor of one per class) valid. `output` is a `DetectorOutput` of unfiltered
+    logits `[B, N, C]`; returns `boxes_xyxy [B, K, 4]`, `labels [B, K]`, `valid [B, K]` in `DetectionLoss`'s form."""
     logits = output.logits.float()
     b, n, c = logits.shape
     h_in, w_in = image_size
@@ -117,6 +117,8 @@ def teacher_detections(
     if start != n:
         raise OnedetError(f"the levels hold {start} locations, the logits {n}")
     boxes, scores, labels = decode_topk(torch.cat(levels, dim=1), output.boxes_xyxy.float(), max_boxes)
+    if isinstance(threshold, Tensor):
+        threshold = threshold.to(scores.device, scores.dtype)[labels]
     return boxes, labels, scores >= threshold
 
 
@@ -129,7 +131,8 @@ class DistillLoss(nn.Module):
         box_threshold: teacher top score above which a location's box is distilled.
         pseudo_loss: the criterion of the unlabelled images against the teacher's detections (`pseudo_*` terms),
             or None for none.
-        pseudo_threshold: the teacher score from which a detection is a pseudo-label.
+        pseudo_threshold: the teacher score from which a detection is a pseudo-label, or a `[C]` tensor of one per
+            class.
     """
 
     def __init__(
@@ -139,7 +142,7 @@ class DistillLoss(nn.Module):
         gamma: float = 2.0,
         box_threshold: float = 0.3,
         pseudo_loss: DetectionLoss | None = None,
-        pseudo_threshold: float = 0.4,
+        pseudo_threshold: float | Tensor = 0.4,
     ) -> None:
         super().__init__()
         self.gt_loss, self.gamma, self.box_threshold = gt_loss, gamma, box_threshold

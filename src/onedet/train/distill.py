@@ -17,6 +17,7 @@ teacher and the student spec under `"distill"`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,9 +30,9 @@ from onedet.errors import OnedetError
 from onedet.model.detector import DetectorOutput
 from onedet.model.distill_loss import DistillLoss, DistillOutput, build_projectors, check_compatible
 from onedet.model.student import build_student, parse_student, student_config
-from onedet.train import amp
+from onedet.train import amp, distributed
 from onedet.train.config import TrainResult
-from onedet.train.distill_config import DistillConfig
+from onedet.train.distill_config import PSEUDO_THRESHOLD_FALLBACK, DistillConfig
 from onedet.train.loop import Trainer
 from onedet.train.setup import prepare_for_finetune
 
@@ -211,7 +212,11 @@ class DistillTrainer(Trainer):
             raise OnedetError(f"model overrides {sorted(cfg.model)}: give them in the student spec ('tiny:depth=4')")
         self._teacher_run: LoadedRun | None = None
         self._teacher_aux = False
+        self.pseudo_thresholds: dict[str, float] | None = None  # per class, when chosen from the teacher's F1
         super().__init__(cfg)
+        if self.pseudo_thresholds is not None:
+            shown = ", ".join(f"{name} {value:.3g}" for name, value in self.pseudo_thresholds.items())
+            self.log.message(f"pseudo-label thresholds (the teacher's F1-best scores on the val split): {shown}")
         cfg = self.cfg  # a resumed run's saved config
         model_weights = dict(self.loss_weights)  # focal, l1, giou and their aux_ (ModelConfig's defaults)
         self.loss_weights = {k: v * cfg.gt_weight for k, v in model_weights.items()}
@@ -289,7 +294,11 @@ class DistillTrainer(Trainer):
         return PairedLoader(loader, unlabeled, subset), val_cache
 
     def _model_info(self) -> dict[str, Any]:
-        return {**super()._model_info(), "distill": {"teacher": str(self.cfg.teacher), "student": self.cfg.student}}
+        distill: dict[str, Any] = {"teacher": str(self.cfg.teacher), "student": self.cfg.student}
+        if self.pseudo_thresholds is not None:  # JSON has no infinity: null for a class without pseudo-labels
+            thresholds = self.pseudo_thresholds.items()
+            distill["pseudo_thresholds"] = {k: v if math.isfinite(v) else None for k, v in thresholds}
+        return {**super()._model_info(), "distill": distill}
 
     # --- the seam ----------------------------------------------------------------------------------------------
 
@@ -317,18 +326,42 @@ class DistillTrainer(Trainer):
 
         cfg = self.cfg
         detection = DetectionLoss.from_config(self.model_config)  # stateless: ground truth and pseudo-labels share it
+        threshold: float | Tensor = PSEUDO_THRESHOLD_FALLBACK
+        if cfg.pseudo_labels():
+            threshold = cfg.kd_pseudo_threshold
+            if threshold is None:
+                self.pseudo_thresholds = distributed.broadcast_object(self._f1_thresholds() if self.is_main else None)
+                threshold = torch.tensor([self.pseudo_thresholds[c] for c in self.classes], dtype=torch.float32)
         loss = DistillLoss(
             detection if cfg.gt_weight > 0 else None,
             box_threshold=cfg.kd_box_threshold,
             # a run whose images all have labels pays nothing for them (no decode, no matching of empty selections)
             pseudo_loss=detection if cfg.pseudo_labels() else None,
-            pseudo_threshold=cfg.kd_pseudo_threshold,
+            pseudo_threshold=threshold,
         )
 
         def criterion(output: DistillOutput, batch: DistillBatch) -> dict[str, Tensor]:
             return loss(output, batch.boxes_xyxy, batch.labels, batch.valid, batch.labeled)
 
         return criterion
+
+    def _f1_thresholds(self) -> dict[str, float]:
+        """Per class, the score at which the teacher's F1 on the val split is best (`kd_pseudo_threshold` none)."""
+        from onedet.evaluate import best_f1_scores, evaluate_model
+
+        if self.val_store is None:
+            raise OnedetError(
+                f"{self.cfg.data}: no val split, so the per-class pseudo-label thresholds (--kd-pseudo-threshold none) "
+                "cannot be chosen; give a score, e.g. --kd-pseudo-threshold 0.4"
+            )
+        teacher = self.teacher().model
+        filtered, teacher.head.use_peak_filter = teacher.head.use_peak_filter, True  # judge it as inference runs it
+        try:
+            metrics = evaluate_model(teacher, self.val_store, with_pr=True)
+        finally:
+            teacher.head.use_peak_filter = filtered
+        best = best_f1_scores(metrics["pr"])
+        return {name: PSEUDO_THRESHOLD_FALLBACK if best[name] is None else best[name] for name in self.classes}
 
     def trainable_extras(self) -> nn.Module | None:
         return self.forward.projectors

@@ -15,6 +15,9 @@ from typing import Literal
 from onedet.errors import OnedetError
 from onedet.train.config import TrainConfig
 
+PSEUDO_THRESHOLD_FALLBACK = 0.4
+"""The pseudo-label threshold of a class the val split has no boxes of (with `kd_pseudo_threshold` none)."""
+
 
 @dataclass(kw_only=True)
 class DistillConfig(TrainConfig):
@@ -52,8 +55,10 @@ class DistillConfig(TrainConfig):
     kd_pseudo_weight: float = 1.0
     """Weight of the pseudo-label terms: the images without labels learn the teacher's detections as ground truth
     (a factor on the model's own loss weights, as `gt_weight` is)."""
-    kd_pseudo_threshold: float = 0.4
-    """Teacher score from which a detection is a pseudo-label."""
+    kd_pseudo_threshold: float | None = 0.4
+    """Teacher score from which a detection is a pseudo-label; `none`: one per class, chosen when the run starts as
+    the score at which the teacher's F1 (IoU 0.5) on the val split is best (`PSEUDO_THRESHOLD_FALLBACK` for a class
+    without boxes there, none of a class the teacher never finds there)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,7 +68,7 @@ class DistillConfig(TrainConfig):
         if not 0 < self.label_fraction <= 1:
             raise OnedetError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
         for name in ("kd_box_threshold", "kd_pseudo_threshold"):
-            if not 0 <= getattr(self, name) <= 1:
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
                 raise OnedetError(f"{name} is a score, in [0, 1], not {getattr(self, name)}")
 
     def loss_weights(self, model_weights: Mapping[str, float] | None = None) -> dict[str, float]:
