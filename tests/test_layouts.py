@@ -166,7 +166,7 @@ def _cvat_voc(root: Path, names: list[str], split_file: str = "default") -> None
     (root / "ImageSets" / "Main" / f"dog_{split_file}.txt").write_text("".join(f"{n} 1\n" for n in names))
 
 
-@pytest.mark.parametrize("split_file", ["default", "batch1"])
+@pytest.mark.parametrize("split_file", ["default", "batch1", "Subset_1"])  # an underscore, yet not a per-class list
 def test_voc_single_unknown_split_file_is_train_with_held_out_val(tmp_path: Path, split_file: str) -> None:
     _cvat_voc(tmp_path, [f"frame_{k:06d}" for k in range(20)], split_file)
     splits = read_dataset(tmp_path)

@@ -165,11 +165,22 @@ def find_voc_layouts(source: Path) -> list[VocLayout]:
     return []
 
 
+def _is_class_list(path: Path) -> bool:
+    """Whether an ImageSets/Main file is a per-class list (`dog_train.txt`: lines `ID FLAG`, FLAG -1, 0 or 1) rather
+    than a split (`train.txt`, CVAT's `Subset_1.txt`: lines `ID`). Judged by the first line: a split's name may have
+    an underscore too."""
+    if "_" not in path.stem:
+        return False
+    with path.open(errors="replace") as f:
+        first = next((line.split() for line in f if line.strip()), [])
+    return len(first) == 2 and first[1] in ("-1", "0", "1")
+
+
 def _split_lists(layout: VocLayout, report: Report) -> dict[str, list[str]]:
     if layout.split is not None:
         return {layout.split: sorted(p.stem for p in layout.annotations.glob("*.xml"))}
     main = layout.root / "ImageSets" / "Main"
-    files = {p.stem: p for p in sorted(main.glob("*.txt")) if "_" not in p.stem} if main.is_dir() else {}
+    files = {p.stem: p for p in sorted(main.glob("*.txt")) if not _is_class_list(p)} if main.is_dir() else {}
     if "train" in files or "val" in files:
         files.pop("trainval", None)  # the union of train and val
     elif "trainval" in files:
