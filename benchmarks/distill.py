@@ -63,7 +63,7 @@ for _base in ("distill", "distill25"):
 
 
 def _recipe(name: str) -> dict[str, Any]:
-    """The `DistillConfig` fields of recipe `name`: `RECIPE` or `RECIPE+NAME=VALUE,...` (numbers, or none)."""
+    """The `DistillConfig` fields of recipe `name`: `RECIPE` or `RECIPE+NAME=VALUE,...` (number, none, true, false)."""
     from dataclasses import fields
 
     from onedet.train.distill import DistillConfig
@@ -77,7 +77,8 @@ def _recipe(name: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
             raise SystemExit(f"recipe {name!r}: {item!r} is not NAME=VALUE with NAME a DistillConfig field")
-        recipe[key] = None if value.lower() == "none" else float(value)
+        words = {"none": None, "true": True, "false": False}
+        recipe[key] = words[value.lower()] if value.lower() in words else float(value)
     return recipe
 
 

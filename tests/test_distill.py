@@ -211,6 +211,7 @@ def test_pseudo_labels_and_the_teacher_run_only_where_some_images_lack_labels(tm
     zero = {f"kd_{k}_weight": 0.0 for k in ("cls", "aux_cls", "box_l1", "box_giou", "feat")}
     assert not config(**zero).uses_teacher()  # kd_pseudo_weight 1, but nothing to pseudo-label
     assert config(label_fraction=0.5, **zero).uses_teacher()
+    assert config(kd_assign=True, **zero).uses_teacher()  # the teacher's predictions assign the labels
 
 
 def test_per_class_pseudo_thresholds_are_the_teachers_f1_best_scores_on_val(

@@ -181,3 +181,32 @@ def test_unlabelled_images_learn_the_teachers_detections_as_ground_truth() -> No
     # a batch without unlabelled images has the terms, at zero
     all_labelled = criterion(output, *_targets(), labeled=torch.ones(2, dtype=torch.bool))
     assert all(float(all_labelled[f"pseudo_{k}"].detach()) == 0 for k in pseudo)
+
+
+def test_assignment_by_the_teacher_matches_the_ground_truth_to_the_teachers_predictions() -> None:
+    teacher = _teacher()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for conv in (student.head.cls_pred, student.head.box_pred):  # a student that prefers other locations
+            conv.weight.add_(torch.randn_like(conv.weight) * 0.5)
+    output = _forward(student, teacher)(torch.rand(2, 3, 128, 128))
+    gt = DetectionLoss.from_config(teacher.config)
+    labeled = torch.tensor([True, False])
+    terms = DistillLoss(gt, pseudo_loss=gt, pseudo_threshold=0.3, assign_by_teacher=True)(
+        output, *_targets(), labeled=labeled
+    )
+    by_student = DistillLoss(gt, pseudo_loss=gt, pseudo_threshold=0.3)(output, *_targets(), labeled=labeled)
+
+    def image(out: DetectorOutput, i: int) -> DetectorOutput:
+        fields = ("logits", "boxes_xyxy", "aux_logits", "aux_boxes_xyxy")
+        return out._replace(**{f: getattr(out, f)[i : i + 1] for f in fields})
+
+    boxes, labels, valid = (t[:1] for t in _targets())
+    expected = gt(image(output.student, 0), boxes, labels, valid, assigner=image(output.teacher, 0))
+    pseudo = teacher_detections(image(output.teacher, 1), (128, 128), 0.3)
+    assert int(pseudo[2].sum()) > 0, "the test needs a teacher that detects something"
+    expected_pseudo = gt(image(output.student, 1), *pseudo, assigner=image(output.teacher, 1))
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name], value, msg=name)
+        torch.testing.assert_close(terms[f"pseudo_{name}"], expected_pseudo[name], msg=name)
+    assert any(not torch.equal(terms[k], by_student[k]) for k in expected), "the assignment must change something"

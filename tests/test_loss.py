@@ -49,6 +49,34 @@ def test_terms_finite_and_gradients_reach_matched_locations():
     assert out.aux_boxes_xyxy.grad.abs().sum() > 0 and out.aux_logits.grad.abs().sum() > 0
 
 
+def test_an_assigner_chooses_the_matched_locations():
+    """Label assignment distillation: the targets go to the locations matched on another output (a teacher's)."""
+    out, other = _output(seed=0), _output(seed=1, requires_grad=False)
+    boxes, labels, valid = _targets()
+    loss = DetectionLoss()
+    own = loss.matcher.match(out.logits, out.boxes_xyxy, boxes, labels, valid, (64, 64))
+    theirs = loss.matcher.match(other.logits, other.boxes_xyxy, boxes, labels, valid, (64, 64))
+    assert not torch.equal(own[0], theirs[0]), "the test needs outputs that match differently"
+    terms = loss(out, boxes, labels, valid, image_size=(64, 64), assigner=other)
+    terms["l1"].backward()
+    box_grad = out.boxes_xyxy.grad.abs().sum(-1)
+    expected = torch.zeros_like(box_grad, dtype=torch.bool)
+    expected[0, theirs[0]] = True
+    assert torch.equal(box_grad > 0, expected)
+    # the aux branch too: matched on the assigner's aux predictions, the same terms as the assigner's own assignment
+    aux_of = loss.matcher.match_one_to_many(other.aux_logits, other.aux_boxes_xyxy, out.points, boxes, labels, valid,
+                                            (64, 64))  # fmt: skip
+    from onedet.model.loss import _dense_terms
+
+    expected_aux = _dense_terms(out.aux_logits, out.aux_boxes_xyxy, aux_of, boxes, labels, (64, 64),
+                                (aux_of >= 0).sum().float().clamp(min=1))  # fmt: skip
+    for name, value in expected_aux.items():
+        torch.testing.assert_close(terms[f"aux_{name}"], value, msg=name)
+    same = loss(out, boxes, labels, valid, image_size=(64, 64), assigner=out)
+    plain = loss(out, boxes, labels, valid, image_size=(64, 64))
+    assert all(torch.equal(same[k], plain[k]) for k in plain)
+
+
 def test_empty_batch_is_finite_and_only_pushes_towards_background():
     out = _output(aux=True)
     boxes, labels, valid = _targets()

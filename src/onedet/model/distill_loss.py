@@ -16,6 +16,11 @@ why both must predict at the same strides on the same padded input:
   the widths match, so a student equal to its teacher starts at zero), and the teacher's, weighted per location by
   the teacher's confidence map (top score) and normalised by the sum of that map.
 - The ordinary ground-truth terms of `DetectionLoss` (`focal`, `l1`, `giou`, `aux_*`) on the labelled images only.
+- With `assign_by_teacher`, label assignment distillation (LAD, Nguyen et al. 2022): the ground truth (and the
+  pseudo-labels) are matched to the *teacher's* predictions rather than the student's, so each object's one
+  positive location is the one where the teacher fires, which is also where the dense score targets above peak.
+  Matched to the student's own predictions, a one-to-one student is told by the ground truth that its own best
+  location is the one positive and the teacher's is background, while `kd_cls` tells it the opposite.
 - `pseudo_*`: on the unlabelled images, the same `DetectionLoss` against the teacher's own detections
   (`teacher_detections`: its one-to-one scores through the inference peak filter, every (location, class) pair
   scoring at least `pseudo_threshold`, one score or one per class) as hard targets, the pseudo-labelling of
@@ -133,6 +138,7 @@ class DistillLoss(nn.Module):
             or None for none.
         pseudo_threshold: the teacher score from which a detection is a pseudo-label, or a `[C]` tensor of one per
             class.
+        assign_by_teacher: match targets to the teacher's predictions (module docstring), where there is a teacher.
     """
 
     def __init__(
@@ -143,10 +149,12 @@ class DistillLoss(nn.Module):
         box_threshold: float = 0.3,
         pseudo_loss: DetectionLoss | None = None,
         pseudo_threshold: float | Tensor = 0.4,
+        assign_by_teacher: bool = False,
     ) -> None:
         super().__init__()
         self.gt_loss, self.gamma, self.box_threshold = gt_loss, gamma, box_threshold
         self.pseudo_loss, self.pseudo_threshold = pseudo_loss, pseudo_threshold
+        self.assign_by_teacher = assign_by_teacher
 
     def forward(
         self,
@@ -166,14 +174,19 @@ class DistillLoss(nn.Module):
         image_size = infer_image_size(student.points, student.strides)
         terms = {} if teacher is None else self._distill_terms(output, image_size)
         keep = labeled.bool()
+        by_teacher = self.assign_by_teacher and teacher is not None
         if self.gt_loss is not None:
-            terms.update(self.gt_loss(_select(student, keep), boxes_xyxy[keep], labels[keep], valid[keep], image_size))
+            targets = boxes_xyxy[keep], labels[keep], valid[keep]
+            assigner = _select(teacher, keep) if by_teacher else None
+            terms.update(self.gt_loss(_select(student, keep), *targets, image_size, assigner=assigner))
         if self.pseudo_loss is not None and teacher is not None:
             # Computed when no image of this batch is unlabelled too (an all-false selection: zero terms), so every
             # step has the same terms: the log's averages and DDP's collectives (the count) see them all.
             other = ~keep
-            targets = teacher_detections(_select(teacher, other), image_size, self.pseudo_threshold)
-            pseudo = self.pseudo_loss(_select(student, other), *targets, image_size)
+            unlabeled_teacher = _select(teacher, other)
+            pseudo_targets = teacher_detections(unlabeled_teacher, image_size, self.pseudo_threshold)
+            assigner = unlabeled_teacher if by_teacher else None
+            pseudo = self.pseudo_loss(_select(student, other), *pseudo_targets, image_size, assigner=assigner)
             terms.update({f"pseudo_{k}": v for k, v in pseudo.items()})
         return terms
 

@@ -44,18 +44,23 @@ class DetectionLoss(nn.Module):
         labels: Tensor,
         valid: Tensor,
         image_size: tuple[int, int] | None = None,
+        assigner: Any | None = None,
     ) -> dict[str, Tensor]:
         """Terms `focal`, `l1`, `giou` (and `aux_focal`, `aux_l1`, `aux_giou` with the aux branch).
 
         output: a `DetectorOutput` (`logits [B, N, C]`, `boxes_xyxy [B, N, 4]`, `points [N, 2]`, `strides [N]`,
         `aux_logits`, `aux_boxes_xyxy`); targets `boxes_xyxy [B, M, 4]` (input pixels), `labels [B, M]`,
         `valid [B, M]`; `image_size (H, W)` of the input (default: the extent of the location grid).
+        `assigner`: another model's `DetectorOutput` at the same locations whose predictions the targets are
+        matched to instead of `output`'s (a teacher's, in label assignment distillation); its aux branch assigns
+        the aux targets when it has one.
         """
         if image_size is None:
             image_size = infer_image_size(output.points, output.strides)
         valid = valid.bool()
         num_boxes = _global_mean_count(valid.sum())
-        index = self.matcher.match(output.logits, output.boxes_xyxy, boxes_xyxy, labels, valid, image_size)
+        assign = output if assigner is None else assigner
+        index = self.matcher.match(assign.logits, assign.boxes_xyxy, boxes_xyxy, labels, valid, image_size)
         # Turn "location per target" into "target per location", the form the dense loss needs.
         b, n = output.logits.shape[:2]
         target_of = torch.full((b, n), -1, dtype=torch.long, device=index.device)
@@ -68,8 +73,10 @@ class DetectionLoss(nn.Module):
 
         aux_logits = getattr(output, "aux_logits", None)
         if aux_logits is not None:
+            if getattr(assign, "aux_logits", None) is None:
+                assign = output
             aux_target_of = self.matcher.match_one_to_many(
-                aux_logits, output.aux_boxes_xyxy, output.points, boxes_xyxy, labels, valid, image_size
+                assign.aux_logits, assign.aux_boxes_xyxy, output.points, boxes_xyxy, labels, valid, image_size
             )
             # Normalised by the number of positives (about aux_topk per box), so the aux terms stay on the
             # scale of the one-to-one ones and the same weights suit both.

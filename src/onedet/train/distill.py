@@ -338,6 +338,7 @@ class DistillTrainer(Trainer):
             # a run whose images all have labels pays nothing for them (no decode, no matching of empty selections)
             pseudo_loss=detection if cfg.pseudo_labels() else None,
             pseudo_threshold=threshold,
+            assign_by_teacher=cfg.kd_assign,
         )
 
         def criterion(output: DistillOutput, batch: DistillBatch) -> dict[str, Tensor]:

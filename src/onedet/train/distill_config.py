@@ -50,6 +50,10 @@ class DistillConfig(TrainConfig):
     """Weight of the GIoU loss to the teacher's boxes where the teacher is confident."""
     kd_feat_weight: float = 1.0
     """Weight of the feature mimicking loss (projected pyramid maps, weighted by the teacher's confidence)."""
+    kd_assign: bool = False
+    """Label assignment distillation: match the ground truth (and pseudo-labels) to the teacher's predictions, not
+    the student's, so the student's one positive per object is where the teacher fires (and its score targets
+    peak)."""
     kd_box_threshold: float = 0.3
     """Teacher top score above which a location's box is distilled."""
     kd_pseudo_weight: float = 1.0
@@ -91,4 +95,4 @@ class DistillConfig(TrainConfig):
 
     def uses_teacher(self) -> bool:
         """Whether any signal needs the teacher (a labels-only baseline does not run it)."""
-        return self.pseudo_labels() or any(w > 0 for w in self.loss_weights().values())
+        return self.pseudo_labels() or self.kd_assign or any(w > 0 for w in self.loss_weights().values())
