@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from onedet.cli import main
-from onedet.data.checks import DUPLICATES, check_labels_found
+from onedet.data.checks import DUPLICATES, DUPLICATES_WITHIN, check_labels_found
 from onedet.data.formats import read_dataset
 from onedet.data.prepare import prepare
 from onedet.data.store import Store, summarize
@@ -128,10 +128,29 @@ def test_duplicates_across_splits_reported_on_both_and_in_info(tmp_path: Path, c
     assert Store(out / "val").meta["num_images"] == 4  # a warning: nothing is dropped
 
 
+def test_duplicates_within_a_split_reported_on_that_split(tmp_path: Path, capsys) -> None:
+    src = _roboflow_yolo(tmp_path / "src", {"train": 4, "valid": 3})
+    shutil.copy(src / "train" / "images" / "train_1.png", src / "train" / "images" / "train_1 (copy).png")
+    (src / "train" / "labels" / "train_1 (copy).txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    out = tmp_path / "store"
+    assert main(["prepare", str(src), "--out", str(out), "--image-size", str(SIZE), "--workers", "2"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "1 images of train repeat another image of train (same bytes)" in err
+    assert f"see {DUPLICATES_WITHIN} in the report of train" in err and DUPLICATES not in err
+    assert DUPLICATES_WITHIN in captured.out.split("fixed / skipped:")[0]  # the summary lists it as a warning
+    reports = summarize(out)
+    found = reports["train"]["report"][DUPLICATES_WITHIN]
+    assert found["count"] == 1 and [Path(f).name for f in found["files"]] in (["train_1.png"], ["train_1 (copy).png"])
+    assert DUPLICATES_WITHIN not in reports["val"]["report"]
+    assert Store(out / "train").meta["num_images"] == 5  # a warning: nothing is dropped
+
+
 def test_no_duplicates_no_report_kind(tmp_path: Path) -> None:
     src = _roboflow_yolo(tmp_path / "src", {"train": 3, "valid": 2})
     prepare(src, tmp_path / "store", image_size=SIZE, workers=1, progress=False)
-    assert all(DUPLICATES not in s["report"] for s in summarize(tmp_path / "store").values())
+    assert all(DUPLICATES not in s["report"] and DUPLICATES_WITHIN not in s["report"]
+               for s in summarize(tmp_path / "store").values())  # fmt: skip
 
 
 # --- unlabeled stores ----------------------------------------------------------------------------------------

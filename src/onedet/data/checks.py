@@ -4,7 +4,9 @@ Both catch mistakes that otherwise pass silently. A split where (almost) no imag
 wrong label path looks like (a YOLO `images/` symlink resolved to the wrong place, a mislaid label folder),
 and training on it learns "background" without a word; so it is an error unless the user says it is meant
 (`allow_background`). An image present in two splits (same bytes) makes validation scores optimistic; it is
-a warning, in the report of every split involved (kind "duplicates_across_splits").
+a warning, in the report of every split involved (kind "duplicates_across_splits"). An image present twice in one
+split (an export that copied files, a folder merged twice) weighs double in training and in the split's metrics;
+it is a warning too, in that split's report (kind "duplicates_within_split").
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MIN_LABELED_FRACTION = 0.5
 """Below this fraction of labeled images, a split is refused when labels exist elsewhere in the dataset."""
 DUPLICATES = "duplicates_across_splits"
 """Report kind of images whose bytes are also in another split."""
+DUPLICATES_WITHIN = "duplicates_within_split"
+"""Report kind of images whose bytes are those of an earlier image of the same split."""
 _SHOWN = 5  # folders / files named in a one-line message
 
 
@@ -78,4 +82,24 @@ def duplicates_across_splits(digests: dict[str, list[tuple[str | None, str]]]) -
             names = _some([Path(f).name for f in files])
             note = f"{len(files)} images of {split} are also in {', '.join(others)} (same bytes): {names}"
             found[split] = (files, note)
+    return found
+
+
+def duplicates_within_splits(digests: dict[str, list[tuple[str | None, str]]]) -> dict[str, tuple[list[str], str]]:
+    """{split: (its files whose bytes are those of an earlier file of the split, a sentence)}, from the same
+    {split: [(digest, file)]} as `duplicates_across_splits`. Splits without such files are left out."""
+    found = {}
+    for split, rows in digests.items():
+        first: dict[str, str] = {}
+        pairs = []
+        for digest, file in rows:
+            if digest is None:
+                continue
+            if digest in first:  # a copy, or the same file listed twice
+                pairs.append((file, first[digest]))
+            first.setdefault(digest, file)
+        if pairs:
+            shown = _some([f"{Path(f).name} = {Path(o).name}" for f, o in pairs])
+            note = f"{len(pairs)} images of {split} repeat another image of {split} (same bytes): {shown}"
+            found[split] = ([f for f, _ in pairs], note)
     return found

@@ -33,7 +33,14 @@ from tqdm import tqdm
 
 from onedet.atomic import replace_folder, write_json
 from onedet.cpu import flush_denormals
-from onedet.data.checks import DUPLICATES, check_labels_found, duplicates_across_splits, file_digest
+from onedet.data.checks import (
+    DUPLICATES,
+    DUPLICATES_WITHIN,
+    check_labels_found,
+    duplicates_across_splits,
+    duplicates_within_splits,
+    file_digest,
+)
 from onedet.data.images import load_image
 from onedet.data.letterbox import letterbox_image
 from onedet.data.records import Report, SourceDataset, SourceImage
@@ -393,7 +400,8 @@ def prepare(
     a split where too few images have labels (`checks.check_labels_found`) stops it before anything is
     written. `unlabeled`: every image under the `source` folder, annotations ignored, as one split
     "unlabeled" with no boxes (e.g. for distillation). Images found in two splits (same bytes) are a
-    warning, printed and added to the report of each split involved ("duplicates_across_splits").
+    warning, printed and added to the report of each split involved ("duplicates_across_splits"); so are images
+    found twice in one split ("duplicates_within_split").
     """
     _check_options(image_size, layout)  # before reading a large dataset's annotations
     flush_denormals()  # before torch's thread pool starts (onedet/cpu.py); later training inherits it
@@ -427,17 +435,21 @@ def _read(source: Path, format: str, unlabeled: bool) -> list[SourceDataset]:
 
 
 def _report_duplicates(out: Path, digests: dict[str, list[tuple[str | None, str]]]) -> None:
-    """Add "duplicates_across_splits" to the report of each split involved, and print one warning line.
+    """Add "duplicates_across_splits" and "duplicates_within_split" to the report of each split involved, and print
+    one warning line for each kind.
 
     The splits are complete stores by now: meta.json is read, extended and replaced atomically.
     """
-    found = duplicates_across_splits(digests)
-    for split, (files, note) in found.items():
-        meta_path = out / split / "meta.json"
-        meta = json.loads(meta_path.read_text())
-        meta["report"][DUPLICATES] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
-        meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
-        write_json(out / split / "meta.json", meta, indent=None)
-    if found:  # one line: the first split's note says what, the report of each split says the rest
-        first = next(iter(found.values()))[1]
-        print(f"warning: {first}; see {DUPLICATES} in the report of {', '.join(found)}", file=sys.stderr)
+    for kind, found in (
+        (DUPLICATES, duplicates_across_splits(digests)),
+        (DUPLICATES_WITHIN, duplicates_within_splits(digests)),
+    ):
+        for split, (files, note) in found.items():
+            meta_path = out / split / "meta.json"
+            meta = json.loads(meta_path.read_text())
+            meta["report"][kind] = {"count": len(files), "files": list(dict.fromkeys(files)), "note": note}
+            meta["report"] = dict(sorted(meta["report"].items()))  # Report.to_json's order
+            write_json(out / split / "meta.json", meta, indent=None)
+        if found:  # one line: the first split's note says what, the report of each split says the rest
+            first = next(iter(found.values()))[1]
+            print(f"warning: {first}; see {kind} in the report of {', '.join(found)}", file=sys.stderr)

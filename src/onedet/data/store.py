@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from onedet.data.checks import DUPLICATES
+from onedet.data.checks import DUPLICATES, DUPLICATES_WITHIN
 from onedet.errors import OnedetError
 
 # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec, which is not a dependency; the codec still
@@ -41,7 +41,7 @@ _PER_IMAGE_KEYS = (
     "scale",
     "image_id",
 )
-WARNING_KINDS = frozenset({DUPLICATES})
+WARNING_KINDS = frozenset({DUPLICATES, DUPLICATES_WITHIN})
 """Report kinds that are not fixes but something to look at (`format_summary` lists them first, as warnings)."""
 _META_KEYS = ("layout", "format", "image_size", "classes", "category_ids", "num_images", "num_boxes", "files", "report")
 """meta.json keys every reader needs (docs/design.md)."""
