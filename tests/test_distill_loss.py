@@ -11,7 +11,13 @@ import torch
 from onedet.config import ModelConfig
 from onedet.errors import OnedetError
 from onedet.model.detector import Detector, DetectorOutput, build_detector
-from onedet.model.distill_loss import DistillLoss, build_projectors, check_compatible, teacher_detections
+from onedet.model.distill_loss import (
+    DistillLoss,
+    build_projectors,
+    check_compatible,
+    soft_focal_bce,
+    teacher_detections,
+)
 from onedet.model.loss import DetectionLoss
 from onedet.model.postprocess import decode_topk
 from onedet.train.distill import DistillForward
@@ -210,3 +216,19 @@ def test_assignment_by_the_teacher_matches_the_ground_truth_to_the_teachers_pred
         torch.testing.assert_close(terms[name], value, msg=name)
         torch.testing.assert_close(terms[f"pseudo_{name}"], expected_pseudo[name], msg=name)
     assert any(not torch.equal(terms[k], by_student[k]) for k in expected), "the assignment must change something"
+
+
+def test_each_score_term_is_normalised_by_its_branchs_soft_count_of_positives() -> None:
+    teacher = _teacher()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.head.cls_pred.bias.add_(0.5)
+        student.head.aux_cls_pred.bias.add_(0.5)
+    output = _forward(student, teacher)(torch.rand(2, 3, 128, 128))
+    terms = DistillLoss()(output, *_targets(), labeled=torch.ones(2, dtype=torch.bool))
+    s, t = output.student, output.teacher
+    ones = t.logits.sigmoid().amax(-1).sum()
+    many = t.aux_logits.sigmoid().amax(-1).sum()
+    assert abs(float(many) / float(ones) - 1) > 0.5, "the test needs branches of different soft counts"
+    torch.testing.assert_close(terms["kd_cls"], soft_focal_bce(s.logits, t.logits) / ones)
+    torch.testing.assert_close(terms["kd_aux_cls"], soft_focal_bce(s.aux_logits, t.aux_logits) / many)

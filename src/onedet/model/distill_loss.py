@@ -8,7 +8,9 @@ why both must predict at the same strides on the same padded input:
   teacher's score as the soft target, `|sigmoid(s) - sigmoid(t)|^gamma * BCE(s, sigmoid(t))`: the modulating
   factor keeps the many easy background locations from swamping the few the teacher scores high (the reason for
   the focal loss itself), and it makes the term exactly zero when the logits agree. Normalised by the teacher's
-  soft count of objects (the sum over locations of its top class score).
+  soft count of positives in that branch (the sum over locations of its top class score there): a one-to-many
+  branch fires at about `aux_topk` locations per object, so its term would otherwise be that many times the
+  one-to-one term, as the ground-truth aux terms would be without their division by the number of positives.
 - `kd_box_l1`, `kd_box_giou`: where the teacher is confident (its top score above `box_threshold`), the student's
   boxes learn the teacher's decoded boxes, L1 on normalised coordinates and GIoU, weighted by that score.
 - `kd_feat`: feature mimicking (FitNets, Romero et al. 2015; focused on the objects as in FGD, Yang et al. 2022):
@@ -201,7 +203,8 @@ class DistillLoss(nn.Module):
         objects = _global_mean_count(confidence.sum())
         terms = {"kd_cls": soft_focal_bce(student.logits, teacher.logits, self.gamma) / objects}
         if student.aux_logits is not None and teacher.aux_logits is not None:
-            terms["kd_aux_cls"] = soft_focal_bce(student.aux_logits, teacher.aux_logits, self.gamma) / objects
+            aux_positives = _global_mean_count(teacher.aux_logits.float().sigmoid().amax(dim=-1).sum())
+            terms["kd_aux_cls"] = soft_focal_bce(student.aux_logits, teacher.aux_logits, self.gamma) / aux_positives
 
         weight = confidence * (confidence > self.box_threshold)
         box_norm = _global_mean_count(weight.sum())  # at least 1: a teacher confident nowhere distils no boxes
