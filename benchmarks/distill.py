@@ -19,6 +19,9 @@ Recipes, each for the same student with the same `--minutes` (the trainer's `--m
   images without labels): that signal's contribution is the drop from the full recipe.
 - `RECIPE+NAME=VALUE,...`: any recipe with `DistillConfig` fields overridden, for tuning (`distill+kd_cls_weight=0.5`).
 
+`--train-only` trains and measures nothing (several such processes can share a machine); `--measure-only` trains
+nothing and measures the finished runs among `--seeds`, so recipes may have different numbers of seeds.
+
 `--seeds 0 1 2` repeats every student run with those seeds (the loader order, augmentation, the 25% subset and a
 non-derived student's initialisation), so a difference can be compared with the spread between seeds.
 
@@ -128,13 +131,17 @@ def _teacher(args: argparse.Namespace, store: Path, work: Path) -> Path:
     return run
 
 
+def _run_folder(work: Path, spec: str, recipe: str, seed: int) -> Path:
+    folder = f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{re.sub(r'[^A-Za-z0-9.]+', '-', recipe)}"
+    return work / folder / f"seed{seed}"
+
+
 def _student(
     args: argparse.Namespace, store: Path, teacher: Path, spec: str, recipe: str, seed: int, work: Path
 ) -> Path:
     from onedet.train.distill import DistillConfig, distill
 
-    folder = f"student_{re.sub(r'[^A-Za-z0-9]+', '-', spec)}_{re.sub(r'[^A-Za-z0-9.]+', '-', recipe)}"
-    run = work / folder / f"seed{seed}"
+    run = _run_folder(work, spec, recipe, seed)
     if not (run / "metrics.json").is_file():
         print(f"student {spec}, {recipe}, seed {seed}: {args.epochs} epochs or {args.minutes} min", flush=True)
         cfg = DistillConfig(
@@ -211,7 +218,7 @@ def _plot(rows: list[tuple[str, str, dict[str, Any]]], path: Path, title: str, s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    shown = [row for row in rows if "-" not in row[1] or row[1] == "-"]  # the ablations are in the table only
+    shown = [row for row in rows if row[1] in ("-", *RECIPES) and "-" not in row[1][1:]]  # ablations: the table only
     for (model, recipe, r), color in zip(shown, plt.cm.tab10.colors * 3):
         label = model if recipe == "-" else f"{model} ({recipe})"
         ax.plot([r["fp32 ms"], r["int8 ms"]], [r["AP"], r["AP"]], "-", color=color, alpha=0.4)
@@ -249,6 +256,11 @@ def main() -> None:
         help="train the runs, measure nothing (run several "
         "such processes side by side, then one without it to measure them all)",
     )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="train nothing: measure the finished runs among --seeds (recipes without one are left out)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -268,7 +280,14 @@ def main() -> None:
     runs: list[tuple[str, str, list[Path]]] = [("teacher", "-", [teacher])]
     for spec in args.students:
         for recipe in args.recipes:
-            runs.append((spec, recipe, [_student(args, store, teacher, spec, recipe, s, work) for s in args.seeds]))
+            if not args.measure_only:
+                runs.append((spec, recipe, [_student(args, store, teacher, spec, recipe, s, work) for s in args.seeds]))
+                continue
+            done = [run for s in args.seeds if ((run := _run_folder(work, spec, recipe, s)) / "metrics.json").is_file()]
+            if done:
+                runs.append((spec, recipe, done))
+            else:
+                print(f"{spec} ({recipe}): no finished run among seeds {args.seeds}, left out", flush=True)
     if args.train_only:
         return
     image, image_name = _image(None)
@@ -278,12 +297,13 @@ def main() -> None:
         # latency, sizes and int8 from the first seed's run (the same graph for every seed); AP from every seed
         row = _measure(seeds[0], split, image, args, work / "onnx" / seeds[0].parent.name / seeds[0].name)
         aps = [row["AP"]] + [_ap(run, split, args) for run in seeds[1:]]
-        rows.append((model, recipe, {**row, "APs": aps, "AP": sum(aps) / len(aps)}))
+        names = [run.name.removeprefix("seed") if run.name.startswith("seed") else "" for run in seeds]
+        rows.append((model, recipe, {**row, "APs": aps, "seeds": names, "AP": sum(aps) / len(aps)}))
 
     minutes = (time.perf_counter() - tick) / 60
     title = (
         f"{args.dataset} at {args.image_size} px, from random weights; students {args.epochs} epochs each "
-        f"(or {args.minutes:g} min), seeds {' '.join(map(str, args.seeds))}; {split.name} split; {args.threads} threads"
+        f"(or {args.minutes:g} min); {split.name} split; {args.threads} threads"
     )
     print(f"\n{title}; latency on {image_name}, batch 1; whole sweep {minutes:.0f} min wall")
     print(
@@ -292,9 +312,10 @@ def main() -> None:
     )
     print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model, recipe, r in rows:
+        per_seed = " / ".join(f"{a:.3f}" + (f" (s{n})" if n else "") for a, n in zip(r["APs"], r["seeds"], strict=True))
         print(
-            f"| {model} | {recipe} | {r['depth']} | {r['params'] / 1e6:.1f} | {r['AP']:.4f} "
-            f"| {' / '.join(f'{a:.3f}' for a in r['APs'])} | {r['AP50']:.4f} "
+            f"| {model} | {recipe} | {r['depth']} | {r['params'] / 1e6:.1f} | {r['AP']:.4f} | {per_seed} "
+            f"| {r['AP50']:.4f} "
             f"| {r['int8 AP'] / max(r['APs'][0], 1e-9):.3f} | {r['fp32 ms']:.0f} | {r['int8 ms']:.0f} "
             f"| {r['fp32 MB']:.0f} | {r['int8 MB']:.0f} |"
         )
