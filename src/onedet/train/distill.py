@@ -330,6 +330,11 @@ class DistillTrainer(Trainer):
         if cfg.pseudo_labels():
             threshold = cfg.kd_pseudo_threshold
             if threshold is None:
+                if self.val_store is None:  # on every rank, before the collective
+                    raise OnedetError(
+                        f"{cfg.data}: no val split, so the per-class pseudo-label thresholds (--kd-pseudo-threshold "
+                        "none) cannot be chosen; give a score, e.g. --kd-pseudo-threshold 0.4"
+                    )
                 self.pseudo_thresholds = distributed.broadcast_object(self._f1_thresholds() if self.is_main else None)
                 threshold = torch.tensor([self.pseudo_thresholds[c] for c in self.classes], dtype=torch.float32)
         loss = DistillLoss(
@@ -350,11 +355,6 @@ class DistillTrainer(Trainer):
         """Per class, the score at which the teacher's F1 on the val split is best (`kd_pseudo_threshold` none)."""
         from onedet.evaluate import best_f1_scores, evaluate_model
 
-        if self.val_store is None:
-            raise OnedetError(
-                f"{self.cfg.data}: no val split, so the per-class pseudo-label thresholds (--kd-pseudo-threshold none) "
-                "cannot be chosen; give a score, e.g. --kd-pseudo-threshold 0.4"
-            )
         teacher = self.teacher().model
         filtered, teacher.head.use_peak_filter = teacher.head.use_peak_filter, True  # judge it as inference runs it
         try:
