@@ -109,12 +109,19 @@ def test_real_datasets_are_not_refused(shared_data: Path, name: str) -> None:
 # --- images shared between splits ----------------------------------------------------------------------------
 
 
-def test_duplicates_across_splits_reported_on_both_and_in_info(tmp_path: Path, capsys) -> None:
+def _prepare_with_a_copy(tmp_path: Path, image: str, into: str, name: str) -> Path:
+    """A Roboflow YOLO dataset (train 4, valid 3) where train's `image` is copied into split `into` as `name` (with
+    a label), prepared by the CLI into `tmp_path/store`."""
     src = _roboflow_yolo(tmp_path / "src", {"train": 4, "valid": 3})
-    shutil.copy(src / "train" / "images" / "train_2.png", src / "valid" / "images" / "copy_of_2.png")
-    (src / "valid" / "labels" / "copy_of_2.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    shutil.copy(src / "train" / "images" / image, src / into / "images" / f"{name}.png")
+    (src / into / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
     out = tmp_path / "store"
     assert main(["prepare", str(src), "--out", str(out), "--image-size", str(SIZE), "--workers", "2"]) == 0
+    return out
+
+
+def test_duplicates_across_splits_reported_on_both_and_in_info(tmp_path: Path, capsys) -> None:
+    out = _prepare_with_a_copy(tmp_path, "train_2.png", "valid", "copy_of_2")
     captured = capsys.readouterr()
     assert "warning: 1 images of train are also in val (same bytes): train_2.png" in captured.err
     assert f"{DUPLICATES} in the report of train, val" in captured.err
@@ -129,11 +136,7 @@ def test_duplicates_across_splits_reported_on_both_and_in_info(tmp_path: Path, c
 
 
 def test_duplicates_within_a_split_reported_on_that_split(tmp_path: Path, capsys) -> None:
-    src = _roboflow_yolo(tmp_path / "src", {"train": 4, "valid": 3})
-    shutil.copy(src / "train" / "images" / "train_1.png", src / "train" / "images" / "train_1 (copy).png")
-    (src / "train" / "labels" / "train_1 (copy).txt").write_text("0 0.5 0.5 0.4 0.4\n")
-    out = tmp_path / "store"
-    assert main(["prepare", str(src), "--out", str(out), "--image-size", str(SIZE), "--workers", "2"]) == 0
+    out = _prepare_with_a_copy(tmp_path, "train_1.png", "train", "train_1 (copy)")
     captured = capsys.readouterr()
     err = captured.err
     assert "1 images of train repeat another image of train (same bytes)" in err
