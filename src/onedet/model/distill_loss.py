@@ -21,8 +21,9 @@ why both must predict at the same strides on the same padded input:
 - With `assign_by_teacher`, label assignment distillation (LAD, Nguyen et al. 2022): the ground truth (and the
   pseudo-labels) are matched to the *teacher's* predictions rather than the student's, so each object's one
   positive location is the one where the teacher fires, which is also where the dense score targets above peak.
-  Matched to the student's own predictions, a one-to-one student is told by the ground truth that its own best
-  location is the one positive and the teacher's is background, while `kd_cls` tells it the opposite.
+  Matched to the student's own predictions the two can disagree: the ground truth can make the student's own best
+  location the one positive and the teacher's background, where `kd_cls` asks for the teacher's score. (Measured
+  on bccd, one seed each, it helped one recipe and not another: BENCHMARKS.md; off by default.)
 - `pseudo_*`: on the unlabelled images, the same `DetectionLoss` against the teacher's own detections
   (`teacher_detections`: its one-to-one scores through the inference peak filter, every (location, class) pair
   scoring at least `pseudo_threshold`, one score or one per class) as hard targets, the pseudo-labelling of
