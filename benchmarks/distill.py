@@ -187,6 +187,7 @@ def _measure(run: Path, split: Path, image: Any, args: argparse.Namespace, folde
         "int8 AP": int8["AP"],
         **{f"{name} ms": medians[name] * 1000 for name in files},
         **{f"{name} MB": path.stat().st_size / 2**20 for name, path in files.items()},
+        "files": files,
     }
 
 
@@ -208,6 +209,35 @@ def _print_ratios(rows: list[tuple[str, str, dict[str, Any]]]) -> None:
         base = f"{r['AP'] / labels[model]['AP']:.3f}" if model in labels else "-"
         print(
             f"| {model} | {recipe} | {base} | {r['AP'] / teacher['AP']:.3f} | {r['fp32 ms'] / teacher['fp32 ms']:.2f} |"
+        )
+
+
+def _print_joint_latency(rows: list[tuple[str, str, dict[str, Any]]], image: Any, args: argparse.Namespace) -> None:
+    """fp32 and int8 latency of the teacher and of each student (its first run: every recipe exports the same
+    graph), all timed together round-robin: the per-row latencies above are measured minutes apart, and their
+    ratios drift with the machine's load."""
+    from timing import time_round_robin
+
+    from onedet.runtime import OnnxDetector
+
+    first: dict[str, dict[str, Any]] = {}
+    for model, _, r in rows:
+        first.setdefault(model, r)
+    fns = {}
+    for model, r in first.items():
+        for name in ("fp32", "int8"):
+            session = OnnxDetector(r["files"][name], threads=args.threads)
+            fns[f"{model} {name}"] = lambda s=session: s.run_batch(image[None])
+    medians = time_round_robin(fns, max(args.repeats, 5))
+    teacher = {name: medians[f"teacher {name}"] for name in ("fp32", "int8")}
+    print("\nthe same latencies timed together, round-robin")
+    print("| model | fp32 ms | int8 ms | fp32 / teacher fp32 | int8 / teacher int8 | int8 / fp32 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for model in first:
+        fp32, int8 = medians[f"{model} fp32"], medians[f"{model} int8"]
+        print(
+            f"| {model} | {fp32 * 1000:.0f} | {int8 * 1000:.0f} | {fp32 / teacher['fp32']:.2f} "
+            f"| {int8 / teacher['int8']:.2f} | {int8 / fp32:.2f} |"
         )
 
 
@@ -320,6 +350,7 @@ def main() -> None:
             f"| {r['fp32 MB']:.0f} | {r['int8 MB']:.0f} |"
         )
     _print_ratios(rows)
+    _print_joint_latency(rows, image, args)
     plot = args.plot or work / "ap_latency.png"
     _plot(rows, plot, title, split.name)
     print(f"plot: {plot}")
