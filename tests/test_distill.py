@@ -240,3 +240,36 @@ def test_per_class_pseudo_thresholds_are_the_teachers_f1_best_scores_on_val(
     args = _args(no_val, teacher, tmp_path / "s", "--epochs", "1", "--label-fraction", "0.5")
     assert main([*args, "--kd-pseudo-threshold", "none"]) == 2
     assert f"{no_val}: no val split" in capsys.readouterr().err
+
+
+def test_finite_per_class_thresholds_reach_the_loss_and_model_json(
+    store: Path, teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random-weight teacher finds nothing (every threshold inf), so the F1 search is replaced by one that
+    returns finite scores and a class without boxes: those scores, the fallback for that class, in class order,
+    are the loss's thresholds and model.json's."""
+    import onedet.evaluate
+    import onedet.train.distill as distill_module
+    from onedet.checkpoint import read_info
+    from onedet.train.distill_config import PSEUDO_THRESHOLD_FALLBACK
+
+    real = onedet.evaluate.best_f1_scores
+    chosen = [0.25, None, 0.6]
+    monkeypatch.setattr(
+        onedet.evaluate, "best_f1_scores", lambda pr: {n: chosen[i % 3] for i, n in enumerate(real(pr))}
+    )
+    seen: list[torch.Tensor] = []
+    real_loss = distill_module.DistillLoss
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["pseudo_threshold"])
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "DistillLoss", spy)
+    out = tmp_path / "finite"
+    args = _args(store, teacher, out, "--epochs", "1", "--label-fraction", "0.5", "--kd-pseudo-threshold", "none")
+    assert main(args) == 0
+    saved = read_info(out / "weights" / "best")["distill"]["pseudo_thresholds"]
+    expected = [PSEUDO_THRESHOLD_FALLBACK if chosen[i % 3] is None else chosen[i % 3] for i in range(len(saved))]
+    assert saved == dict(zip(saved, expected)) and len(saved) >= 2
+    assert len(seen) == 1 and torch.equal(seen[0], torch.tensor(expected, dtype=torch.float32))
