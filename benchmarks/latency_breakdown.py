@@ -1,0 +1,191 @@
+"""Where an exported model's CPU time goes: onnxruntime's profile of each ONNX file, summed by the part of the
+model each node came from (the exporter's name scopes), and what that predicts for a depth-pruned student.
+
+    .venv/bin/python benchmarks/latency_breakdown.py [FILE.onnx ...] [--preset small] [--image-size 320]
+        [--depths 6 5] [--threads 2] [--repeats 20] [--image IMG] [--out benchmarks/out/latency_breakdown]
+
+Without files it exports `--preset` (random weights: latency does not depend on them) and its derived students
+`teacher:depth=N` for each of `--depths`. The first file is the baseline. Each file's share of time per part
+comes from `--repeats` profiled runs (batch 1, `--threads` intra-op threads, one image: a real 640x480 BCCD
+photo when ../shared/data is present), and the files' latencies from an unprofiled round-robin timing of all of
+them together (so the ratios share the machine's load). A depth-N student keeps every part but N of the
+teacher's blocks, so the baseline's profile predicts its ratio: `(rest + blocks * N / depth) / total`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from inference import _image  # benchmarks/inference.py
+from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
+PARTS = (
+    "preprocessing",
+    "backbone stem",
+    "backbone blocks",
+    "neck",
+    "head",
+    "detector (between the parts)",
+    "postprocessing",
+    "other",
+)
+BLOCK = re.compile(r"^model\.backbone\.blocks\.(\d+)")
+
+
+def node_parts(path: Path) -> tuple[dict[str, str], int]:
+    """Each node's part of the model (`PARTS`), by its name, and the number of backbone blocks.
+
+    The torch exporter writes the module path of each node into `pkg.torch.onnx.name_scopes`; the nodes of
+    `EndToEnd` itself are the letterbox before the model and the decoding after it."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    parts: dict[str, str] = {}
+    blocks: set[int] = set()
+    seen_model = False
+    for node in graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))  # qualified module names
+        if len(scopes) < 2 or scopes[1] != "model":
+            parts[node.name] = "postprocessing" if seen_model else "preprocessing"
+            continue
+        seen_model = True
+        found = [m for s in scopes if (m := BLOCK.match(s))]
+        if found:
+            blocks.add(int(found[0].group(1)))
+            parts[node.name] = "backbone blocks"
+        else:
+            owner = next((s for s in scopes if s.startswith(("model.backbone", "model.neck", "model.head"))), "")
+            parts[node.name] = {"model.backbone": "backbone stem", "model.neck": "neck", "model.head": "head"}.get(
+                ".".join(owner.split(".")[:2]), "detector (between the parts)"
+            )
+    return parts, len(blocks)
+
+
+def _stem_shape(path: Path) -> tuple[int, ...] | None:
+    """The patch embedding's weight shape: a derived student shares it (and every part but the blocks) with its
+    teacher, so the teacher's profile predicts only such files."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = [tuple(i.dims) for i in graph.initializer if i.name == "model.backbone.patch_embed.proj.weight"]
+    return shapes[0] if shapes else None
+
+
+def _label(path: Path) -> str:
+    return "/".join(path.parts[-3:])
+
+
+def _part_of(name: str, parts: dict[str, str]) -> str:
+    """The part of a profiled node. onnxruntime renames what it fuses or converts ("X/MatMulScaleFusion/",
+    "conv2d_nchwc" for "node_conv2d"); the layout transposes it inserts have no source and count as "other"."""
+    base = name.split("/")[0]
+    for candidate in (name, base, "node_" + base.removesuffix("_nchwc"), base.removesuffix("_nchwc")):
+        if candidate in parts:
+            return parts[candidate]
+    return "other"
+
+
+def profile(path: Path, image: np.ndarray, threads: int, repeats: int, folder: Path) -> dict[str, float]:
+    """Microseconds per run in each part of the model, from onnxruntime's profiler."""
+    import onnxruntime as ort
+
+    parts, _ = node_parts(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: image[None]}
+    session.run(None, feed)  # warm-up, also profiled: dropped below by run count
+    for _ in range(repeats):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    warmup_end = runs[0]["ts"] + runs[0]["dur"]
+    total: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["ts"] >= warmup_end and e["name"].endswith("_kernel_time"):
+            total[_part_of(e["name"].removesuffix("_kernel_time"), parts)] += e["dur"]
+    return {part: total[part] / repeats for part in PARTS}
+
+
+def _export_defaults(args: argparse.Namespace, folder: Path) -> list[Path]:
+    import torch
+
+    from onedet.config import from_preset
+    from onedet.end_to_end import build_end_to_end
+    from onedet.export import _metadata, export_onnx
+    from onedet.model.detector import build_detector
+    from onedet.model.student import derive_student
+
+    torch.manual_seed(0)
+    teacher = build_detector(from_preset(args.preset, num_classes=3, image_size=args.image_size, pretrained=None))
+    models = {args.preset: teacher} | {f"teacher-depth-{d}": derive_student(teacher, d) for d in args.depths}
+    files = []
+    for name, model in models.items():
+        out = folder / f"{name}_{args.image_size}.onnx"
+        if not out.is_file():
+            module, classes, ids = build_end_to_end(model.eval(), classes=["a", "b", "c"], category_ids=[1, 2, 3])
+            export_onnx(module, out, _metadata(classes, ids, module.image_size, "fp32"))
+        files.append(out)
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", type=Path, help="ONNX files; the first is the baseline")
+    parser.add_argument("--preset", default="small", help="without files: the teacher preset to export")
+    parser.add_argument("--image-size", type=int, default=320, help="without files: the export size")
+    parser.add_argument("--depths", type=int, nargs="*", default=[6, 5], help="without files: derived students")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--image", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "onedet-bench-latency-breakdown")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = args.files or _export_defaults(args, args.out)
+    for f in files:
+        if not f.is_file():
+            raise SystemExit(f"{f}: ONNX file not found")
+    image, image_name = _image(args.image)
+    print(f"image: {image_name} {image.shape[1]}x{image.shape[0]}, {args.threads} threads, {args.repeats} runs")
+
+    shares = {f: profile(f, image, args.threads, args.repeats, args.out) for f in files}
+    print("\nshare of each file's profiled kernel time")
+    print("| file | " + " | ".join(PARTS) + " | blocks |")
+    print("| --- |" + " ---: |" * (len(PARTS) + 1))
+    for f, us in shares.items():
+        total = sum(us.values())
+        cells = " | ".join(f"{us[p] / total:.3f}" for p in PARTS)
+        print(f"| {_label(f)} | {cells} | {node_parts(f)[1]} |")
+
+    from onedet.runtime import OnnxDetector
+
+    sessions = {f: OnnxDetector(f, threads=args.threads) for f in files}
+    medians = time_round_robin(
+        {str(f): (lambda s=s: s.run_batch(image[None])) for f, s in sessions.items()}, args.repeats
+    )
+    base = files[0]
+    base_us, depth = shares[base], node_parts(base)[1]
+    rest = sum(base_us.values()) - base_us["backbone blocks"]
+    print(f"\nlatency timed together, round-robin; predicted from {base.name}'s profile ({depth} blocks)")
+    print("| file | blocks | ms | / baseline | predicted / baseline |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for f in files:
+        n = node_parts(f)[1]
+        predicted = (rest + base_us["backbone blocks"] * n / depth) / sum(base_us.values())
+        shown = f"{predicted:.2f}" if _stem_shape(f) == _stem_shape(base) else "- (not derived)"
+        ratio = medians[str(f)] / medians[str(base)]
+        print(f"| {_label(f)} | {n} | {medians[str(f)] * 1000:.0f} | {ratio:.2f} | {shown} |")
+    half = (rest + base_us["backbone blocks"] * (depth // 2) / depth) / sum(base_us.values())
+    print(f"\nhalf the blocks ({depth // 2} of {depth}) is predicted at {half:.2f}x the baseline's latency")
+
+
+if __name__ == "__main__":
+    main()
