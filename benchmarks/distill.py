@@ -5,7 +5,7 @@ at batch 1 in this process, and file size, as one table and an AP-vs-latency plo
     python benchmarks/distill.py [--dataset bccd|aquarium|synthetic] [--image-size 320]
         [--teacher RUN | --teacher-preset base --teacher-minutes 120] [--students teacher:depth=6 small]
         [--recipes labels distill distill25] [--minutes 30] [--epochs 100] [--batch-size 8] [--threads 2]
-        [--work DIR] [--plot PNG]
+        [--work DIR] [--plot PNG] [--curves PNG]
 
 Recipes, each for the same student with the same `--minutes` (the trainer's `--max-minutes`) and epoch cap:
 
@@ -241,6 +241,35 @@ def _print_joint_latency(rows: list[tuple[str, str, dict[str, Any]]], image: Any
         )
 
 
+def _plot_curves(runs: list[tuple[str, str, list[Path]]], path: Path, title: str) -> None:
+    """Val AP per epoch of each run (every seed; one colour per student and recipe), the teacher's final val AP as
+    a line: where distillation speeds learning up, and where labels alone catch up."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (model, recipe, seeds), color in zip(runs, plt.cm.tab10.colors * 3):
+        for i, run in enumerate(seeds):
+            rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("AP")]
+            epochs, aps = [int(r["epoch"]) for r in rows], [float(r["AP"]) for r in rows]
+            if model == "teacher":
+                ax.axhline(aps[-1], color="k", ls="--", lw=1, label=f"teacher, final ({aps[-1]:.3f})")
+                continue
+            ax.plot(epochs, aps, color=color, alpha=0.8, lw=1.2, label=f"{model} ({recipe})" if i == 0 else None)
+    ax.set_xlabel("student epoch")
+    ax.set_ylabel("val AP (evaluated after each epoch)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot(rows: list[tuple[str, str, dict[str, Any]]], path: Path, title: str, split: str) -> None:
     import matplotlib
 
@@ -296,6 +325,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onedet-bench-distill")
     parser.add_argument("--plot", type=Path, default=None, help="AP-vs-latency PNG (default: WORK/ap_latency.png)")
+    parser.add_argument("--curves", type=Path, default=None, help="also plot every run's val AP per epoch here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work
@@ -320,6 +350,9 @@ def main() -> None:
                 print(f"{spec} ({recipe}): no finished run among seeds {args.seeds}, left out", flush=True)
     if args.train_only:
         return
+    if args.curves:
+        _plot_curves(runs, args.curves, f"{args.dataset} at {args.image_size} px, from random weights")
+        print(f"curves: {args.curves}", flush=True)
     image, image_name = _image(None)
     rows = []
     for model, recipe, seeds in runs:
