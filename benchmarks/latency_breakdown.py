@@ -8,8 +8,9 @@ Without files it exports `--preset` (random weights: latency does not depend on 
 `teacher:depth=N` for each of `--depths`. The first file is the baseline. Each file's share of time per part
 comes from `--repeats` profiled runs (batch 1, `--threads` intra-op threads, one image: a real 640x480 BCCD
 photo when ../shared/data is present), and the files' latencies from an unprofiled round-robin timing of all of
-them together (so the ratios share the machine's load). A depth-N student keeps every part but N of the
-teacher's blocks, so the baseline's profile predicts its ratio: `(rest + blocks * N / depth) / total`.
+them together (so the ratios share the machine's load). A `teacher:depth=N` student keeps every part but the
+blocks `select_blocks` drops (every global and tapped block stays), so the baseline's profile, block by block,
+predicts its ratio; `--preset` names the baseline's preset, for its global blocks and taps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ import numpy as np
 import onnx
 from inference import _image  # benchmarks/inference.py
 from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
+from onedet.config import from_preset
+from onedet.errors import OnedetError
+from onedet.model.student import select_blocks
 
 PARTS = (
     "preprocessing",
@@ -59,7 +64,7 @@ def node_parts(path: Path) -> tuple[dict[str, str], int]:
         found = [m for s in scopes if (m := BLOCK.match(s))]
         if found:
             blocks.add(int(found[0].group(1)))
-            parts[node.name] = "backbone blocks"
+            parts[node.name] = f"block {found[0].group(1)}"
         else:
             owner = next((s for s in scopes if s.startswith(("model.backbone", "model.neck", "model.head"))), "")
             parts[node.name] = {"model.backbone": "backbone stem", "model.neck": "neck", "model.head": "head"}.get(
@@ -91,7 +96,8 @@ def _part_of(name: str, parts: dict[str, str]) -> str:
 
 
 def profile(path: Path, image: np.ndarray, threads: int, repeats: int, folder: Path) -> dict[str, float]:
-    """Microseconds per run in each part of the model, from onnxruntime's profiler."""
+    """Microseconds per run in each part of the model (`PARTS`, and `block N` for each block), from onnxruntime's
+    profiler."""
     import onnxruntime as ort
 
     parts, _ = node_parts(path)
@@ -112,13 +118,16 @@ def profile(path: Path, image: np.ndarray, threads: int, repeats: int, folder: P
     for e in events:
         if e.get("cat") == "Node" and e["ts"] >= warmup_end and e["name"].endswith("_kernel_time"):
             total[_part_of(e["name"].removesuffix("_kernel_time"), parts)] += e["dur"]
-    return {part: total[part] / repeats for part in PARTS}
+    per_run = {part: us / repeats for part, us in total.items()}
+    per_run["backbone blocks"] = sum(us for part, us in per_run.items() if part.startswith("block "))
+    return {part: per_run.get(part, 0.0) for part in PARTS} | {
+        p: us for p, us in per_run.items() if p.startswith("block ")
+    }
 
 
 def _export_defaults(args: argparse.Namespace, folder: Path) -> list[Path]:
     import torch
 
-    from onedet.config import from_preset
     from onedet.end_to_end import build_end_to_end
     from onedet.export import _metadata, export_onnx
     from onedet.model.detector import build_detector
@@ -140,7 +149,7 @@ def _export_defaults(args: argparse.Namespace, folder: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path, help="ONNX files; the first is the baseline")
-    parser.add_argument("--preset", default="small", help="without files: the teacher preset to export")
+    parser.add_argument("--preset", default="small", help="the teacher's preset (without files: the one exported)")
     parser.add_argument("--image-size", type=int, default=320, help="without files: the export size")
     parser.add_argument("--depths", type=int, nargs="*", default=[6, 5], help="without files: derived students")
     parser.add_argument("--threads", type=int, default=2)
@@ -161,7 +170,7 @@ def main() -> None:
     print("| file | " + " | ".join(PARTS) + " | blocks |")
     print("| --- |" + " ---: |" * (len(PARTS) + 1))
     for f, us in shares.items():
-        total = sum(us.values())
+        total = sum(us[p] for p in PARTS)
         cells = " | ".join(f"{us[p] / total:.3f}" for p in PARTS)
         print(f"| {_label(f)} | {cells} | {node_parts(f)[1]} |")
 
@@ -173,18 +182,39 @@ def main() -> None:
     )
     base = files[0]
     base_us, depth = shares[base], node_parts(base)[1]
-    rest = sum(base_us.values()) - base_us["backbone blocks"]
-    print(f"\nlatency timed together, round-robin; predicted from {base.name}'s profile ({depth} blocks)")
-    print("| file | blocks | ms | / baseline | predicted / baseline |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    total = sum(base_us[p] for p in PARTS)
+    rest = total - base_us["backbone blocks"]
+    teacher = from_preset(args.preset)
+    if teacher.depth != depth:
+        raise SystemExit(f"{base}: {depth} blocks, but --preset {args.preset} has {teacher.depth}")
+    kinds = {"global": set(teacher.global_blocks), "windowed": set(range(depth)) - set(teacher.global_blocks)}
+    block_ms = {k: [base_us.get(f"block {i}", 0.0) / 1000 for i in sorted(v)] for k, v in kinds.items()}
+    shown = ", ".join(f"{k} {sum(v) / max(len(v), 1):.1f} ms ({len(v)})" for k, v in block_ms.items() if v)
+    print(f"\n{base.name}'s blocks, profiled, mean per block: {shown}")
+
+    def predicted(n: int) -> float:
+        """The baseline's profile with only the blocks a `teacher:depth=n` student keeps (`select_blocks`)."""
+        kept = select_blocks(depth, teacher.taps, teacher.global_blocks, n)
+        return (rest + sum(base_us.get(f"block {i}", 0.0) for i in kept)) / total
+
+    print(
+        f"\nlatency timed together, round-robin; predicted from {base.name}'s profile ({depth} blocks, {args.preset})"
+    )
+    print("| file | blocks | ms | / baseline | predicted / baseline (its blocks) | the same, average blocks |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for f in files:
         n = node_parts(f)[1]
-        predicted = (rest + base_us["backbone blocks"] * n / depth) / sum(base_us.values())
-        shown = f"{predicted:.2f}" if _stem_shape(f) == _stem_shape(base) else "- (not derived)"
+        derived = _stem_shape(f) == _stem_shape(base)
+        exact = f"{predicted(n):.2f}" if derived else "- (not derived)"
+        average = f"{(rest + base_us['backbone blocks'] * n / depth) / total:.2f}" if derived else "-"
         ratio = medians[str(f)] / medians[str(base)]
-        print(f"| {_label(f)} | {n} | {medians[str(f)] * 1000:.0f} | {ratio:.2f} | {shown} |")
-    half = (rest + base_us["backbone blocks"] * (depth // 2) / depth) / sum(base_us.values())
-    print(f"\nhalf the blocks ({depth // 2} of {depth}) is predicted at {half:.2f}x the baseline's latency")
+        print(f"| {_label(f)} | {n} | {medians[str(f)] * 1000:.0f} | {ratio:.2f} | {exact} | {average} |")
+    for n in range(1, depth):
+        try:
+            kept = select_blocks(depth, teacher.taps, teacher.global_blocks, n)
+        except OnedetError:
+            continue
+        print(f"teacher:depth={n} keeps blocks {kept}: predicted {predicted(n):.2f}x the baseline's latency")
 
 
 if __name__ == "__main__":
