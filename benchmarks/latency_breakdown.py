@@ -2,7 +2,7 @@
 model each node came from (the exporter's name scopes), and what that predicts for a depth-pruned student.
 
     .venv/bin/python benchmarks/latency_breakdown.py [FILE.onnx ...] [--preset small] [--image-size 320]
-        [--depths 6 5] [--threads 2] [--repeats 20] [--image IMG] [--out benchmarks/out/latency_breakdown]
+        [--depths 6 5] [--threads 2] [--repeats 20] [--image IMG] [--out DIR]
 
 Without files it exports `--preset` (random weights: latency does not depend on them) and its derived students
 `teacher:depth=N` for each of `--depths`. The first file is the baseline. Each file's share of time per part
@@ -108,7 +108,7 @@ def profile(path: Path, image: np.ndarray, threads: int, repeats: int, folder: P
     options.profile_file_prefix = str(folder / path.stem)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: image[None]}
-    session.run(None, feed)  # warm-up, also profiled: dropped below by run count
+    session.run(None, feed)  # warm-up, also profiled: its events are dropped below by their time
     for _ in range(repeats):
         session.run(None, feed)
     events = json.loads(Path(session.end_profiling()).read_text())
@@ -192,9 +192,13 @@ def main() -> None:
     shown = ", ".join(f"{k} {sum(v) / max(len(v), 1):.1f} ms ({len(v)})" for k, v in block_ms.items() if v)
     print(f"\n{base.name}'s blocks, profiled, mean per block: {shown}")
 
-    def predicted(n: int) -> float:
-        """The baseline's profile with only the blocks a `teacher:depth=n` student keeps (`select_blocks`)."""
-        kept = select_blocks(depth, teacher.taps, teacher.global_blocks, n)
+    def predicted(n: int) -> float | None:
+        """The baseline's profile with only the blocks a `teacher:depth=n` student keeps (`select_blocks`); None
+        for a depth no derived student can have."""
+        try:
+            kept = select_blocks(depth, teacher.taps, teacher.global_blocks, n)
+        except OnedetError:
+            return None
         return (rest + sum(base_us.get(f"block {i}", 0.0) for i in kept)) / total
 
     print(
@@ -204,17 +208,15 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for f in files:
         n = node_parts(f)[1]
-        derived = _stem_shape(f) == _stem_shape(base)
-        exact = f"{predicted(n):.2f}" if derived else "- (not derived)"
+        derived = _stem_shape(f) == _stem_shape(base) and (p := predicted(n)) is not None
+        exact = f"{p:.2f}" if derived else "- (not derived)"
         average = f"{(rest + base_us['backbone blocks'] * n / depth) / total:.2f}" if derived else "-"
         ratio = medians[str(f)] / medians[str(base)]
         print(f"| {_label(f)} | {n} | {medians[str(f)] * 1000:.0f} | {ratio:.2f} | {exact} | {average} |")
     for n in range(1, depth):
-        try:
+        if (p := predicted(n)) is not None:
             kept = select_blocks(depth, teacher.taps, teacher.global_blocks, n)
-        except OnedetError:
-            continue
-        print(f"teacher:depth={n} keeps blocks {kept}: predicted {predicted(n):.2f}x the baseline's latency")
+            print(f"teacher:depth={n} keeps blocks {kept}: predicted {p:.2f}x the baseline's latency")
 
 
 if __name__ == "__main__":
