@@ -244,18 +244,18 @@ def _print_joint_latency(rows: list[tuple[str, str, dict[str, Any]]], image: Any
 def _plot_curves(runs: list[tuple[str, str, list[Path]]], path: Path, title: str) -> None:
     """Val AP per epoch of each run (every seed; one colour per student and recipe), the teacher's final val AP as
     a line: where distillation speeds learning up, and where labels alone catch up."""
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from onedet.train.logging import read_metrics
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (model, recipe, seeds), color in zip(runs, plt.cm.tab10.colors * 3):
         for i, run in enumerate(seeds):
-            rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("AP")]
-            epochs, aps = [int(r["epoch"]) for r in rows], [float(r["AP"]) for r in rows]
+            rows = [r for r in read_metrics(run) if "AP" in r]
+            epochs, aps = [r["epoch"] for r in rows], [r["AP"] for r in rows]
             if model == "teacher":
                 ax.axhline(aps[-1], color="k", ls="--", lw=1, label=f"teacher, final ({aps[-1]:.3f})")
                 continue
