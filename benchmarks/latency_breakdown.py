@@ -22,6 +22,7 @@ import re
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -45,8 +46,18 @@ PARTS = (
 BLOCK = re.compile(r"^model\.backbone\.blocks\.(\d+)")
 
 
-def node_parts(path: Path) -> tuple[dict[str, str], int]:
-    """Each node's part of the model (`PARTS`), by its name, and the number of backbone blocks.
+class Graph(NamedTuple):
+    parts: dict[str, str]
+    """Each node's part of the model (`PARTS`, or `block N`), by the node's name."""
+    blocks: int
+    """The number of backbone blocks."""
+    stem: tuple[int, ...] | None
+    """The patch embedding's weight shape: a derived student shares it (and every part but the blocks) with its
+    teacher, so the teacher's profile predicts only such files."""
+
+
+def read_graph(path: Path) -> Graph:
+    """What the benchmark needs of an ONNX file's graph (read once, without weights).
 
     The torch exporter writes the module path of each node into `pkg.torch.onnx.name_scopes`; the nodes of
     `EndToEnd` itself are the letterbox before the model and the decoding after it."""
@@ -70,15 +81,8 @@ def node_parts(path: Path) -> tuple[dict[str, str], int]:
             parts[node.name] = {"model.backbone": "backbone stem", "model.neck": "neck", "model.head": "head"}.get(
                 ".".join(owner.split(".")[:2]), "detector (between the parts)"
             )
-    return parts, len(blocks)
-
-
-def _stem_shape(path: Path) -> tuple[int, ...] | None:
-    """The patch embedding's weight shape: a derived student shares it (and every part but the blocks) with its
-    teacher, so the teacher's profile predicts only such files."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    shapes = [tuple(i.dims) for i in graph.initializer if i.name == "model.backbone.patch_embed.proj.weight"]
-    return shapes[0] if shapes else None
+    stems = [tuple(i.dims) for i in graph.initializer if i.name == "model.backbone.patch_embed.proj.weight"]
+    return Graph(parts, len(blocks), stems[0] if stems else None)
 
 
 def _label(path: Path) -> str:
@@ -95,12 +99,13 @@ def _part_of(name: str, parts: dict[str, str]) -> str:
     return "other"
 
 
-def profile(path: Path, image: np.ndarray, threads: int, repeats: int, folder: Path) -> dict[str, float]:
+def profile(
+    path: Path, parts: dict[str, str], image: np.ndarray, threads: int, repeats: int, folder: Path
+) -> dict[str, float]:
     """Microseconds per run in each part of the model (`PARTS`, and `block N` for each block), from onnxruntime's
     profiler."""
     import onnxruntime as ort
 
-    parts, _ = node_parts(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -165,14 +170,15 @@ def main() -> None:
     image, image_name = _image(args.image)
     print(f"image: {image_name} {image.shape[1]}x{image.shape[0]}, {args.threads} threads, {args.repeats} runs")
 
-    shares = {f: profile(f, image, args.threads, args.repeats, args.out) for f in files}
+    graphs = {f: read_graph(f) for f in files}
+    shares = {f: profile(f, graphs[f].parts, image, args.threads, args.repeats, args.out) for f in files}
     print("\nshare of each file's profiled kernel time")
     print("| file | " + " | ".join(PARTS) + " | blocks |")
     print("| --- |" + " ---: |" * (len(PARTS) + 1))
     for f, us in shares.items():
         total = sum(us[p] for p in PARTS)
         cells = " | ".join(f"{us[p] / total:.3f}" for p in PARTS)
-        print(f"| {_label(f)} | {cells} | {node_parts(f)[1]} |")
+        print(f"| {_label(f)} | {cells} | {graphs[f].blocks} |")
 
     from onedet.runtime import OnnxDetector
 
@@ -181,7 +187,7 @@ def main() -> None:
         {str(f): (lambda s=s: s.run_batch(image[None])) for f, s in sessions.items()}, args.repeats
     )
     base = files[0]
-    base_us, depth = shares[base], node_parts(base)[1]
+    base_us, depth = shares[base], graphs[base].blocks
     total = sum(base_us[p] for p in PARTS)
     rest = total - base_us["backbone blocks"]
     teacher = from_preset(args.preset)
@@ -207,8 +213,8 @@ def main() -> None:
     print("| file | blocks | ms | / baseline | predicted / baseline (its blocks) | the same, average blocks |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for f in files:
-        n = node_parts(f)[1]
-        derived = _stem_shape(f) == _stem_shape(base) and (p := predicted(n)) is not None
+        n = graphs[f].blocks
+        derived = graphs[f].stem == graphs[base].stem and (p := predicted(n)) is not None
         exact = f"{p:.2f}" if derived else "- (not derived)"
         average = f"{(rest + base_us['backbone blocks'] * n / depth) / total:.2f}" if derived else "-"
         ratio = medians[str(f)] / medians[str(base)]
