@@ -1,10 +1,10 @@
-"""The in-graph letterbox: ONNX Resize (antialias, opset 18) against the TensorRT-safe two-MatMul resize.
+"""The in-graph letterbox: ONNX Resize (antialias, opset 18) against the TensorRT-safe MatMul resizes.
 
-The exported graph letterboxes with `onedet.data.letterbox.resize_separable` (two matrix products with in-graph
-weight matrices) because TensorRT 10 does not implement Resize's antialias mode. This measures what that costs
-in onnxruntime on the CPU: both letterboxes are exported on their own (uint8 `[1, H, W, 3]` in, float
-`[1, 3, S, S]` out, dynamic H and W) and timed on several image sizes, round-robin, in the same process, with
-their largest difference in grey levels.
+The exported graph letterboxes with `onedet.data.letterbox.resize_banded` (banded matrix products with in-graph
+weights; before it, `resize_separable`'s two dense ones) because TensorRT 10 does not implement Resize's
+antialias mode. This measures what that costs in onnxruntime on the CPU: the three letterboxes are exported on
+their own (uint8 `[1, H, W, 3]` in, float `[1, 3, S, S]` out, dynamic H and W) and timed on several image sizes,
+round-robin, in the same process, with their largest difference to Resize in grey levels.
 
     python benchmarks/letterbox.py [--size 640] [--threads 2] [--repeats 7]
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 from torch import Tensor, nn
 
-from onedet.data.letterbox import letterbox_float, resize_separable
+from onedet.data.letterbox import letterbox_float, resize_banded, resize_separable
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920), (3000, 4000), (1, 2000)]
 
@@ -66,11 +66,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {
             name: ort.InferenceSession(str(_export(Letterbox(args.size, resize), Path(tmp) / f"{name}.onnx")), options)
-            for name, resize in (("Resize", _interpolate), ("MatMul", resize_separable))
+            for name, resize in (("Resize", _interpolate), ("MatMul", resize_separable), ("banded", resize_banded))
         }
         print(f"\nletterbox to {args.size} px in onnxruntime, {args.threads} threads, median of {args.repeats}")
-        print("| image (h x w) | Resize antialias ms | two MatMuls ms | ratio | max diff (grey levels) |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print(
+            "| image (h x w) | Resize antialias ms | two dense MatMuls ms | banded MatMuls ms | dense / Resize "
+            "| banded / Resize | banded / dense | max diff to Resize, dense, banded (grey levels) |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         rng = np.random.default_rng(0)
         for h, w in SIZES:
             image = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
@@ -78,10 +81,12 @@ def main() -> None:
             feed = {"images": image}
             fns = {name: (lambda s=s, feed=feed: s.run(None, feed)) for name, s in sessions.items()}
             times = time_round_robin(fns, args.repeats)
-            diff = float(np.abs(outputs["Resize"] - outputs["MatMul"]).max())
-            ratio = times["MatMul"] / times["Resize"]
+            diffs = [float(np.abs(outputs["Resize"] - outputs[name]).max()) for name in ("MatMul", "banded")]
+            t_resize, t_dense, t_banded = (times[name] for name in ("Resize", "MatMul", "banded"))
             print(
-                f"| {h} x {w} | {times['Resize'] * 1e3:.1f} | {times['MatMul'] * 1e3:.1f} | {ratio:.2f}x | {diff:.1e} |"
+                f"| {h} x {w} | {t_resize * 1e3:.1f} | {t_dense * 1e3:.1f} | {t_banded * 1e3:.1f} "
+                f"| {t_dense / t_resize:.2f}x | {t_banded / t_resize:.2f}x | {t_banded / t_dense:.2f}x "
+                f"| {diffs[0]:.1e}, {diffs[1]:.1e} |"
             )
 
 

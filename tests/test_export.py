@@ -142,15 +142,20 @@ def test_in_graph_letterbox_is_the_store_letterbox() -> None:
         assert torch.equal(letterbox_float(images, 256).round().to(torch.uint8), letterbox_torch(images, 256))
 
 
-@pytest.mark.parametrize("size", [(1, 2000), (2000, 1), (37, 91), (300, 400), (480, 640), (1000, 700), (50, 40)])
-def test_separable_resize_is_torchs_antialiased_bilinear(size: tuple[int, int]) -> None:
-    """The export's plain-MatMul resize equals `F.interpolate(antialias=True)`, shrinking and enlarging, and so does
-    the store's `resize_antialias` (which works around torch's kernel on 1-pixel-wide input)."""
-    from onedet.data.letterbox import resize_antialias, resize_separable
+@pytest.mark.parametrize(
+    "size", [(1, 2000), (2000, 1), (37, 91), (300, 400), (480, 640), (1000, 700), (50, 40), (1500, 2000)]
+)
+def test_matmul_resizes_are_torchs_antialiased_bilinear(size: tuple[int, int]) -> None:
+    """The export's plain-MatMul resizes (banded, and the dense reference) equal `F.interpolate(antialias=True)`,
+    shrinking and enlarging, to one pixel and to sizes that leave a part-filled last band, and so does the store's
+    `resize_antialias` (which works around torch's kernel on 1-pixel-wide input)."""
+    from onedet.data.letterbox import BAND_ROWS, resize_antialias, resize_banded, resize_separable
 
     h, w = size
     images = torch.from_numpy(np.random.default_rng(h * w).integers(0, 256, (2, 3, h, w), dtype=np.uint8)).float()
-    for new_h, new_w in [(max(h * 256 // max(h, w), 1), max(w * 256 // max(h, w), 1)), (2 * h, 3 * w), (h, w)]:
+    shrunk = (max(h * 256 // max(h, w), 1), max(w * 256 // max(h, w), 1))
+    part_band = (min(h, 3 * BAND_ROWS + 5), min(w, 2 * BAND_ROWS + 1))
+    for new_h, new_w in [shrunk, (2 * h, 3 * w) if h * w < 10**5 else (7, 9), (h, w), (1, 1), part_band]:
         # The reference: torch's kernel on channels-last input (the contiguous NCHW kernel is wrong at width 1).
         expected = torch.nn.functional.interpolate(
             images.contiguous(memory_format=torch.channels_last),
@@ -160,6 +165,7 @@ def test_separable_resize_is_torchs_antialiased_bilinear(size: tuple[int, int]) 
             antialias=True,
         )
         torch.testing.assert_close(resize_separable(images, new_h, new_w), expected, atol=1e-3, rtol=0)
+        torch.testing.assert_close(resize_banded(images, new_h, new_w), expected, atol=1e-3, rtol=0)
         torch.testing.assert_close(resize_antialias(images, new_h, new_w), expected, atol=1e-3, rtol=0)
 
 

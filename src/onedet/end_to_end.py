@@ -18,7 +18,7 @@ import torch
 from timm.layers.helpers import is_exporting
 from torch import Tensor, nn
 
-from onedet.data.letterbox import letterbox_float, resize_antialias, resize_separable
+from onedet.data.letterbox import letterbox_float, resize_antialias, resize_banded
 from onedet.errors import OnedetError
 from onedet.model.postprocess import decode_topk, to_original
 
@@ -51,8 +51,8 @@ class EndToEnd(nn.Module):
         b, h, w, _ = images.shape
         size = self.image_size
         # The store's letterbox unrounded (rounding would turn the kernels' ~1e-4 grey-level differences into whole
-        # levels at a few pixels); in the exported graph its resize is plain MatMuls (TensorRT-safe).
-        resize = resize_separable if is_exporting() else resize_antialias
+        # levels at a few pixels); in the exported graph its resize is banded MatMuls (TensorRT-safe).
+        resize = resize_banded if is_exporting() else resize_antialias
         x = letterbox_float(images.permute(0, 3, 1, 2), size, resize) / 255.0  # (B, 3, S, S)
         if self.fp16:
             x = x.half()

@@ -41,7 +41,7 @@ DEFAULT_OPSET = 18
 FOLD_LIMIT = 1 << 24
 """Elements up to which export constant-folds a computed weight (64 MB in float32)."""
 # Known to give wrong results or fail under TensorRT 10 (Resize: its antialias mode is not implemented, and the
-# letterbox uses `resize_separable` instead; the model itself has no resize).
+# letterbox uses `resize_banded` instead; the model itself has no resize).
 _FORBIDDEN_OPS = {"GridSample", "Resize"}
 
 

@@ -5,8 +5,8 @@ interpolation (antialiased, so shrinking averages instead of aliasing) and place
 `S x S` canvas of grey 114. Store coordinates map back with `orig = store / scale` (no offset).
 
 Prepare, the loader and predict call `letterbox_torch`, so pixels in a store are the pixels predict feeds the
-model, bit for bit (the same kernel on the same uint8 input). The ONNX graph computes the same kernel as two
-MatMuls (`resize_separable`: TensorRT has no antialiased Resize), equal up to float rounding. The resized size is
+model, bit for bit (the same kernel on the same uint8 input). The ONNX graph computes the same kernel as
+banded MatMuls (`resize_banded`: TensorRT has no antialiased Resize), equal up to float rounding. The resized size is
 computed in integer arithmetic (round half up) so Python, traced torch and ONNX agree on it exactly.
 
 Measured (uint8 images, sizes 160..1024): against Pillow's `resize(BILINEAR)` (also antialiased) at most 1 grey
@@ -16,6 +16,7 @@ level apart (rounding).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,12 +46,59 @@ def resize_separable(images: Tensor, new_h: int, new_w: int) -> Tensor:
 
     Why by hand: ONNX has an antialiased Resize only from opset 18 (`antialias=1`), and TensorRT 10 does not
     implement it (NVIDIA/TensorRT issue 3560); MatMul runs everywhere. The matrices are dense (`new x old` per
-    axis), which costs more than a banded kernel on very large images (12 MP: ~0.3 s more on one CPU thread) but
-    is a rounding error next to the model at camera resolutions (BENCHMARKS.md, Inference). Rows first: for
-    landscape images that is the cheaper order. Also `resize_antialias`'s fallback where torch's kernel is wrong.
+    axis), 3-4x the cost of `resize_banded`, which the export uses (BENCHMARKS.md, "The letterbox"). Rows first:
+    for landscape images that is the cheaper order. Also `resize_antialias`'s fallback where torch's kernel is
+    wrong (at width 1, where it is cheap), and the reference `resize_banded` is tested against.
     """
     h, w = images.shape[-2], images.shape[-1]
     return antialias_weights(h, new_h) @ images @ antialias_weights(w, new_w).T
+
+
+BAND_ROWS = 16
+"""Output rows (or columns) per band of `resize_banded`."""
+
+
+def _resize_rows_banded(x: Tensor, out_size: Any) -> Tensor:
+    """Resize axis -2 of float `[..., n, W]` to `out_size` rows with torch's antialiased bilinear filter, in bands.
+
+    The output rows are cut into bands of `BAND_ROWS`; band `g` reads only the `length` input rows from
+    `start[g]` that its filters can reach, all bands gathered into one `[..., bands, length, W]` copy (about the
+    input's size), so the cost is `out x length` multiply-adds per column instead of `out x n`. `length` is a
+    whole-number bound, the same for every band, so the sizes stay symbolic for export; rows in a band outside a
+    filter's support get weight exactly 0, so the result is the dense filter's.
+    """
+    n = x.shape[-2]
+    m = out_size
+    r = BAND_ROWS
+    bands = (m + r - 1) // r
+    # Output i reaches the inputs j with |j + 1/2 - c_i| < s, c_i = (i + 1/2) n / m, s = max(n / m, 1): band g
+    # spans (r - 1) n / m + 2 s rows; two more cover the float rounding of its start below.
+    length = torch.sym_min(torch.sym_max(((r + 1) * n + m - 1) // m, ((r - 1) * n + m - 1) // m + 2) + 2, n)
+    scale = torch.full((), 1.0, dtype=torch.float32) * n / m
+    support = scale.clamp(min=1.0)
+    rows = torch.arange(bands * r, dtype=torch.float32).clamp(max=m - 1)  # the last band's extra rows: copies
+    centers = ((rows + 0.5) * scale).view(bands, r, 1)
+    start = (centers[:, 0, 0] - support - 0.5).floor().clamp(min=0).to(torch.int64).clamp(max=n - length)
+    index = start[:, None] + torch.arange(length, dtype=torch.int64)  # [bands, length]
+    weights = (1 - ((index.to(torch.float32) + 0.5)[:, None, :] - centers).abs() / support).clamp(min=0)
+    weights = weights / weights.sum(dim=-1, keepdim=True)  # [bands, r, length]
+    gathered = x.index_select(-2, index.flatten()).unflatten(-2, (bands, length))  # [..., bands, length, W]
+    # The first m rows; a Gather rather than a slice, whose symbolic size min(m, bands * r) the exporter cannot
+    # simplify to m (then the letterbox would not be provably S x S, and the backbone would resize its position
+    # embedding in the graph).
+    return (weights @ gathered).flatten(-3, -2).index_select(-2, torch.arange(m))
+
+
+def resize_banded(images: Tensor, new_h: Any, new_w: Any) -> Tensor:
+    """Antialiased bilinear resize of float `[B, C, H, W]` as banded matrix products: `resize_separable`'s result
+    (`F.interpolate(..., antialias=True)` up to float rounding) at a fraction of its cost.
+
+    Why by hand: see `resize_separable` (TensorRT has no antialiased Resize). Its dense `new x old` matrices cost
+    `old` multiply-adds per output pixel and axis; the bands cost `length / BAND_ROWS`, about `old / new` plus a
+    few. Only Gather, MatMul, Transpose and shape arithmetic. Rows first, as `resize_separable`.
+    """
+    rows = _resize_rows_banded(images, new_h)
+    return _resize_rows_banded(rows.transpose(-1, -2), new_w).transpose(-1, -2)
 
 
 def resize_antialias(images: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
@@ -82,7 +130,7 @@ def letterbox_float(
     """Letterbox uint8 (or float) `[B, 3, H, W]` to float `[B, 3, S, S]` in 0..255, not rounded.
 
     Only tensor ops on symbolic sizes: traces and exports with dynamic H and W. `resize(images, new_h, new_w)` is
-    the kernel: `resize_antialias` (the store's) or, in the exported graph, `resize_separable` (plain MatMul).
+    the kernel: `resize_antialias` (the store's) or, in the exported graph, `resize_banded` (plain MatMul).
     """
     h, w = images.shape[-2], images.shape[-1]
     longest = torch.sym_max(h, w)
