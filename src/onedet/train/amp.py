@@ -5,9 +5,8 @@ backward, markedly faster with features close to fp32's, and training the neck a
 bf16 reached the same val AP as fp32 (BENCHMARKS.md, Training, with the figures). A trainable backbone (LoRA,
 full) stays fp32 on the CPU with `auto`: from random weights bf16 trained the quickstart model to a slightly lower
 AP per epoch, and torch's bf16 attention backward is slower there than fp32's, so the whole step gains little.
-`--amp bf16` asks for it anyway; the quickstart does, because in its fixed time budget the extra epochs outweigh
-that. Weights, optimizer state, the loss and
-the box decoding stay fp32 in every case (autocast).
+`--amp bf16` asks for it anyway (the quickstart did until session 10, when its smaller model fitted its epochs
+in fp32). Weights, optimizer state, the loss and the box decoding stay fp32 in every case (autocast).
 """
 
 from __future__ import annotations
