@@ -19,11 +19,17 @@
     python benchmarks/train.py epochs [--images 50] [--epochs 3]
     python benchmarks/train.py finetune [--dataset bccd|aquarium] [--minutes 15] [--image-size 320] [--threads 2]
     python benchmarks/train.py denormals --run quickstart/run [--steps 6] [--rounds 3]
+    python benchmarks/train.py quickstart [--steps 8] [--minutes 8]
 
 4. `denormals`: training steps of a *trained* run (default: the quickstart's), continuing from its last weights on
    its own store, with the CPU flushing denormal floats to zero (onedet's default, `onedet/cpu.py`) and without
    (`ONEDET_KEEP_DENORMALS=1`). The flag is inherited by threads at creation, so each measurement is a fresh
    process; the two settings alternate for `--rounds` rounds. A fresh model's steps are timed too, for scale.
+
+5. `quickstart`: the quickstart's model against the cheaper and cheaper variants that led to it, from the `tiny`
+   preset with 8-pixel patches at batch 16 (the quickstart until session 10): training images per second of each
+   (real trainer steps on the quickstart's synthetic store, in one process, ratios to the first row), and with
+   `--minutes M` a whole wall-clock-budgeted training of each, as the quickstart runs it, with its val AP50/AP.
 """
 
 from __future__ import annotations
@@ -302,6 +308,62 @@ def denormals(args: argparse.Namespace) -> None:
         print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(values) / base:.2f} |")
 
 
+# name: (ModelConfig overrides of the quickstart's `tiny`, batch size); each row adds one change to the one above.
+QUICKSTART_VARIANTS: dict[str, tuple[dict[str, Any], int]] = {
+    "tiny, 8-px patches, batch 16 (until session 10)": ({"patch_size": 8}, 16),
+    "+ 4 blocks, MLP ratio 2": (
+        {"patch_size": 8, "depth": 4, "global_blocks": (1, 3), "taps": (2, 3), "mlp_ratio": 2.0},
+        16,
+    ),
+    "+ batch 8": ({"patch_size": 8, "depth": 4, "global_blocks": (1, 3), "taps": (2, 3), "mlp_ratio": 2.0}, 8),
+}
+
+
+def quickstart(args: argparse.Namespace) -> None:
+    """The quickstart's model and batch size against the variants before it: img/s, and val AP after `--minutes`."""
+    import dataclasses
+
+    from onedet.evaluate import evaluate_run
+    from onedet.quickstart import IMAGE_SIZE, NUM_IMAGES, QUICKSTART_BATCH_SIZE, QUICKSTART_MODEL, quickstart_config
+    from onedet.train import train
+    from onedet.train.amp import cpu_bf16_supported
+    from onedet.train.logging import read_metrics
+
+    torch.set_num_threads(args.threads)
+    amp = "bf16" if cpu_bf16_supported() else "off"  # as the quickstart chooses
+    variants = {
+        **QUICKSTART_VARIANTS,
+        "+ width 128, 2 heads (the quickstart)": (QUICKSTART_MODEL, QUICKSTART_BATCH_SIZE),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        store = _synthetic_store(tmp, IMAGE_SIZE, num_images=NUM_IMAGES)
+        for i, (name, (model, batch_size)) in enumerate(variants.items()):
+            cfg = quickstart_config(store, tmp / f"run{i}", amp=amp, progress=False)
+            cfg = dataclasses.replace(cfg, model=dict(model), batch_size=batch_size)
+            wall, _, _ = _time_steps(dataclasses.replace(cfg, out=tmp / f"steps{i}", max_minutes=None), args.steps)
+            row = [name, batch_size / wall]
+            if args.minutes:
+                train(dataclasses.replace(cfg, max_minutes=args.minutes))
+                metrics = evaluate_run(cfg.out, store / "val", batch_size=16)
+                epochs_done = len(read_metrics(cfg.out))
+                row += [epochs_done, metrics["AP50"], metrics["AP"]]
+            rows.append(row)
+            print(f"  {name}: {row[1]:.1f} img/s" + (f", {row[2]} epochs, AP50 {row[3]:.3f}" if args.minutes else ""))
+    print(
+        f"\nthe quickstart's synthetic store ({NUM_IMAGES} images, {IMAGE_SIZE} px), {args.threads} threads, "
+        f"{'bf16 autocast' if amp == 'bf16' else 'fp32'}, median of {args.steps} steps after a warm-up"
+        + (f"; whole trainings of {args.minutes:g} min each" if args.minutes else "")
+    )
+    extra = " | epochs in the budget | val AP50 | val AP" if args.minutes else ""
+    print(f"| variant | train img/s | x first row{extra} |")
+    print("| --- | ---: | ---:" + (" | ---: | ---: | ---:" if args.minutes else "") + " |")
+    for name, ips, *rest in rows:
+        tail = f" | {rest[0]} | {rest[1]:.3f} | {rest[2]:.3f}" if rest else ""
+        print(f"| {name} | {ips:.1f} | {ips / rows[0][1]:.2f}{tail} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -338,6 +400,13 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--trained", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=denormals)
+    p = sub.add_parser("quickstart")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--minutes", type=float, help="also train each variant for this wall-clock budget (8: the quickstart's)"
+    )
+    p.set_defaults(func=quickstart)
     args = parser.parse_args()
     args.func(args)
 
