@@ -176,7 +176,7 @@ def _measure(run: Path, split: Path, image: Any, args: argparse.Namespace, folde
     meta = _metadata(classes, category_ids, module.image_size, "fp32")
     files = {"fp32": export_onnx(module, folder / "model.onnx", meta)}
     files["int8"] = quantize_int8_dynamic(files["fp32"], folder / "int8d.onnx", meta)
-    sessions = {name: OnnxDetector(path, threads=args.threads) for name, path in files.items()}
+    sessions = {name: OnnxDetector(path, threads=args.threads, spinning=False) for name, path in files.items()}
     medians, _ = _time_variants(module, sessions, image[None], args.repeats)
     int8 = _evaluate_onnx(sessions["int8"], Store(split))
     return {
@@ -226,7 +226,7 @@ def _print_joint_latency(rows: list[tuple[str, str, dict[str, Any]]], image: Any
     fns = {}
     for model, r in first.items():
         for name in ("fp32", "int8"):
-            session = OnnxDetector(r["files"][name], threads=args.threads)
+            session = OnnxDetector(r["files"][name], threads=args.threads, spinning=False)
             fns[f"{model} {name}"] = lambda s=session: s.run_batch(image[None])
     medians = time_round_robin(fns, max(args.repeats, 5))
     teacher = {name: medians[f"teacher {name}"] for name in ("fp32", "int8")}

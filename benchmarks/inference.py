@@ -116,7 +116,7 @@ def latency(args: argparse.Namespace) -> None:
         batch_np = image[None]
         for threads in args.threads:  # the same model and files for every thread count
             torch.set_num_threads(threads)
-            sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
+            sessions = {name: OnnxDetector(path, threads=threads, spinning=False) for name, path in files.items()}
             medians, eager = _time_variants(module, sessions, batch_np, args.repeats)
             ref_scores = eager()[1][0].numpy()
             for name, median in medians.items():
@@ -168,7 +168,7 @@ def accuracy(args: argparse.Namespace) -> None:
     module, files = _export_all(run, args.out / "trained", calibration, reuse=args.reuse)
     threads = args.threads[0]
     rows = [(EAGER, evaluate_model(run.model, store, batch_size=4))]
-    sessions = {name: OnnxDetector(path, threads=threads) for name, path in files.items()}
+    sessions = {name: OnnxDetector(path, threads=threads, spinning=False) for name, path in files.items()}
     rows += [(name, _evaluate_onnx(detector, store)) for name, detector in sessions.items()]
 
     # Latency of the same files on one real photo (batch 1, whole pipeline), round-robin with eager.

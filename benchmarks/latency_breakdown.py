@@ -8,9 +8,10 @@ Without files it exports `--preset` (random weights: latency does not depend on 
 `teacher:depth=N` for each of `--depths`. The first file is the baseline. Each file's share of time per part
 comes from `--repeats` profiled runs (batch 1, `--threads` intra-op threads, one image: a real 640x480 BCCD
 photo when ../shared/data is present), and the files' latencies from an unprofiled round-robin timing of all of
-them together (so the ratios share the machine's load). A `teacher:depth=N` student keeps every part but the
-blocks `select_blocks` drops (every global and tapped block stays), so the baseline's profile, block by block,
-predicts its ratio; `--preset` names the baseline's preset, for its global blocks and taps.
+them together (so the ratios share the machine's load; sessions with spinning off, see `OnnxDetector`). A
+`teacher:depth=N` student keeps every part but the blocks `select_blocks` drops (every global and tapped block
+stays), so the baseline's profile, block by block, predicts its ratio; `--preset` names the baseline's preset, for
+its global blocks and taps. Files of another precision than the baseline's (int8) are timed but not predicted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from timing import time_round_robin  # benchmarks/timing.py (scripts run with be
 from onedet.config import from_preset
 from onedet.errors import OnedetError
 from onedet.model.student import select_blocks
+from onedet.runtime import PRECISION_KEY, SPINNING_KEY
 
 PARTS = (
     "preprocessing",
@@ -54,6 +56,8 @@ class Graph(NamedTuple):
     stem: tuple[int, ...] | None
     """The patch embedding's weight shape: a derived student shares it (and every part but the blocks) with its
     teacher, so the teacher's profile predicts only such files."""
+    precision: str
+    """The file's `precision` metadata ("fp32", "int8-dynamic", ...): the profile predicts only its own."""
 
 
 def read_graph(path: Path) -> Graph:
@@ -61,7 +65,9 @@ def read_graph(path: Path) -> Graph:
 
     The torch exporter writes the module path of each node into `pkg.torch.onnx.name_scopes`; the nodes of
     `EndToEnd` itself are the letterbox before the model and the decoding after it."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    precision = {p.key: p.value for p in proto.metadata_props}.get(PRECISION_KEY, "fp32")
     parts: dict[str, str] = {}
     blocks: set[int] = set()
     seen_model = False
@@ -82,7 +88,7 @@ def read_graph(path: Path) -> Graph:
                 ".".join(owner.split(".")[:2]), "detector (between the parts)"
             )
     stems = [tuple(i.dims) for i in graph.initializer if i.name == "model.backbone.patch_embed.proj.weight"]
-    return Graph(parts, len(blocks), stems[0] if stems else None)
+    return Graph(parts, len(blocks), stems[0] if stems else None, precision)
 
 
 def _label(path: Path) -> str:
@@ -109,6 +115,7 @@ def profile(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry(SPINNING_KEY, "0")  # as the timed sessions (OnnxDetector)
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / path.stem)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -182,7 +189,7 @@ def main() -> None:
 
     from onedet.runtime import OnnxDetector
 
-    sessions = {f: OnnxDetector(f, threads=args.threads) for f in files}
+    sessions = {f: OnnxDetector(f, threads=args.threads, spinning=False) for f in files}
     medians = time_round_robin(
         {str(f): (lambda s=s: s.run_batch(image[None])) for f, s in sessions.items()}, args.repeats
     )
@@ -214,8 +221,9 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for f in files:
         n = graphs[f].blocks
-        derived = graphs[f].stem == graphs[base].stem and (p := predicted(n)) is not None
-        exact = f"{p:.2f}" if derived else "- (not derived)"
+        same_precision = graphs[f].precision == graphs[base].precision
+        derived = same_precision and graphs[f].stem == graphs[base].stem and (p := predicted(n)) is not None
+        exact = f"{p:.2f}" if derived else "- (not derived)" if same_precision else f"- ({graphs[f].precision})"
         average = f"{(rest + base_us['backbone blocks'] * n / depth) / total:.2f}" if derived else "-"
         ratio = medians[str(f)] / medians[str(base)]
         print(f"| {_label(f)} | {n} | {medians[str(f)] * 1000:.0f} | {ratio:.2f} | {exact} | {average} |")

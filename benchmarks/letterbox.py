@@ -24,6 +24,7 @@ from timing import time_round_robin  # benchmarks/timing.py (scripts run with be
 from torch import Tensor, nn
 
 from onedet.data.letterbox import letterbox_float, resize_banded, resize_separable
+from onedet.runtime import SPINNING_KEY
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920), (3000, 4000), (1, 2000)]
 
@@ -63,6 +64,7 @@ def main() -> None:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    options.add_session_config_entry(SPINNING_KEY, "0")  # three sessions timed round-robin: see OnnxDetector
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {
             name: ort.InferenceSession(str(_export(Letterbox(args.size, resize), Path(tmp) / f"{name}.onnx")), options)

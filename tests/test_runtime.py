@@ -129,6 +129,19 @@ def test_images_of_any_size_batches_and_pillow(detector: OnnxDetector) -> None:
         assert (det.boxes_xyxy[:, [1, 3]] <= h).all()
 
 
+def test_spinning_off_reaches_the_session_and_changes_no_output(onnx_file: Path, detector: OnnxDetector) -> None:
+    from onedet.runtime import SPINNING_KEY
+
+    quiet = OnnxDetector(onnx_file, threads=1, spinning=False)
+    assert quiet.session.get_session_options().get_session_config_entry(SPINNING_KEY) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: onnxruntime's default, spin
+        detector.session.get_session_options().get_session_config_entry(SPINNING_KEY)
+    image = np.random.default_rng(2).integers(0, 256, (70, 50, 3), dtype=np.uint8)
+    a, b = quiet(image, threshold=0.0)[0], detector(image, threshold=0.0)[0]
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.boxes_xyxy, b.boxes_xyxy)
+
+
 def test_detections_fields_threshold_and_coco_rows(detector: OnnxDetector) -> None:
     assert detector.classes == CLASSES and detector.category_ids == CATEGORY_IDS and detector.image_size == 128
     image = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)

@@ -149,6 +149,10 @@ def group_by_size(images: Sequence[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
+SPINNING_KEY = "session.intra_op.allow_spinning"
+"""onnxruntime's session option for whether idle intra-op threads spin ("1", its default) or sleep ("0")."""
+
+
 class BatchDetector:
     """What the onnxruntime and the PyTorch predictors share: images of any sizes in, one `Detections` each out.
 
@@ -180,9 +184,20 @@ class OnnxDetector(BatchDetector):
     """An exported onedet model: `OnnxDetector("model.onnx")(image) -> [Detections]`.
 
     `providers` are onnxruntime execution providers (default: CPU); `threads` caps the intra-op threads.
+    `spinning=False` makes the intra-op threads sleep as soon as a run ends instead of spinning for more work
+    (onnxruntime's `session.intra_op.allow_spinning`): use it when several sessions share the CPU (several models
+    in one process, or models timed against each other), where one session's idle spinning threads take cores
+    from the session running. On 2 cores, three models timed round-robin in one process each took 40-50 ms more
+    per run with spinning (BENCHMARKS.md, Inference). One model alone runs as fast either way.
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -192,6 +207,8 @@ class OnnxDetector(BatchDetector):
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry(SPINNING_KEY, "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
