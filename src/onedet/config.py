@@ -171,7 +171,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pixel_mean": INCEPTION_MEAN,
         "pixel_std": INCEPTION_STD,
     },
-    # A few million parameters, random initialisation: for tests and the CPU quickstart.
+    # A few million parameters, random initialisation: for tests, and cut down further for the CPU quickstart
+    # (`onedet.quickstart.QUICKSTART_MODEL`).
     "tiny": {
         "backbone": "vit_tiny_patch16_224",
         "embed_dim": 192,
