@@ -87,6 +87,11 @@ def read_graph(path: Path) -> Graph:
             parts[node.name] = {"model.backbone": "backbone stem", "model.neck": "neck", "model.head": "head"}.get(
                 ".".join(owner.split(".")[:2]), "detector (between the parts)"
             )
+    # onnxruntime names some nodes it rewrites after their output instead ("conv2d_2_nchwc" for the node
+    # "node_Conv_1809" whose output is "conv2d_2"): outputs map to their node's part too, below the node names.
+    for node in graph.node:
+        for output in node.output:
+            parts.setdefault(output, parts[node.name])
     stems = [tuple(i.dims) for i in graph.initializer if i.name == "model.backbone.patch_embed.proj.weight"]
     return Graph(parts, len(blocks), stems[0] if stems else None, precision)
 
