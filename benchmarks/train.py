@@ -309,13 +309,11 @@ def denormals(args: argparse.Namespace) -> None:
 
 
 # name: (ModelConfig overrides of the quickstart's `tiny`, batch size); each row adds one change to the one above.
+_SHALLOW = {"patch_size": 8, "depth": 4, "global_blocks": (1, 3), "taps": (2, 3), "mlp_ratio": 2.0}
 QUICKSTART_VARIANTS: dict[str, tuple[dict[str, Any], int]] = {
     "tiny, 8-px patches, batch 16 (until session 10)": ({"patch_size": 8}, 16),
-    "+ 4 blocks, MLP ratio 2": (
-        {"patch_size": 8, "depth": 4, "global_blocks": (1, 3), "taps": (2, 3), "mlp_ratio": 2.0},
-        16,
-    ),
-    "+ batch 8": ({"patch_size": 8, "depth": 4, "global_blocks": (1, 3), "taps": (2, 3), "mlp_ratio": 2.0}, 8),
+    "+ 4 blocks, MLP ratio 2": (_SHALLOW, 16),
+    "+ batch 8": (_SHALLOW, 8),
 }
 
 
@@ -326,11 +324,9 @@ def quickstart(args: argparse.Namespace) -> None:
     from onedet.evaluate import evaluate_run
     from onedet.quickstart import IMAGE_SIZE, NUM_IMAGES, QUICKSTART_BATCH_SIZE, QUICKSTART_MODEL, quickstart_config
     from onedet.train import train
-    from onedet.train.amp import cpu_bf16_supported
     from onedet.train.logging import read_metrics
 
     torch.set_num_threads(args.threads)
-    amp = "bf16" if cpu_bf16_supported() else "off"  # as the quickstart chooses
     variants = {
         **QUICKSTART_VARIANTS,
         "+ width 128, 2 heads (the quickstart)": (QUICKSTART_MODEL, QUICKSTART_BATCH_SIZE),
@@ -340,7 +336,7 @@ def quickstart(args: argparse.Namespace) -> None:
         tmp = Path(tmp)
         store = _synthetic_store(tmp, IMAGE_SIZE, num_images=NUM_IMAGES)
         for i, (name, (model, batch_size)) in enumerate(variants.items()):
-            cfg = quickstart_config(store, tmp / f"run{i}", amp=amp, progress=False)
+            cfg = quickstart_config(store, tmp / f"run{i}", progress=False)  # fp32, as the quickstart
             cfg = dataclasses.replace(cfg, model=dict(model), batch_size=batch_size)
             wall, _, _ = _time_steps(dataclasses.replace(cfg, out=tmp / f"steps{i}", max_minutes=None), args.steps)
             row = [name, batch_size / wall]
@@ -353,7 +349,7 @@ def quickstart(args: argparse.Namespace) -> None:
             print(f"  {name}: {row[1]:.1f} img/s" + (f", {row[2]} epochs, AP50 {row[3]:.3f}" if args.minutes else ""))
     print(
         f"\nthe quickstart's synthetic store ({NUM_IMAGES} images, {IMAGE_SIZE} px), {args.threads} threads, "
-        f"{'bf16 autocast' if amp == 'bf16' else 'fp32'}, median of {args.steps} steps after a warm-up"
+        f"fp32, median of {args.steps} steps after a warm-up"
         + (f"; whole trainings of {args.minutes:g} min each" if args.minutes else "")
     )
     extra = " | epochs in the budget | val AP50 | val AP" if args.minutes else ""
