@@ -10,8 +10,7 @@ from collections.abc import Callable
 def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each callable, after one warm-up call each, timed in interleaved rounds.
 
-    onnxruntime sessions timed this way need `OnnxDetector(..., spinning=False)`: otherwise the threads of the
-    session that ran last spin, on the cores the next one needs, and every call looks 40-50 ms slower on 2 cores.
+    onnxruntime sessions timed this way need `OnnxDetector(..., spinning=False)` (its docstring says why).
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up

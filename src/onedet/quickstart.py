@@ -28,10 +28,10 @@ def _say(text: str) -> None:
 
 
 # The `tiny` preset made cheaper to train, because the budget is wall-clock time on whatever CPU runs it: 8-pixel
-# patches (a 16x16 grid at 128 px; from random weights they learned much faster per minute on 2 cores than
-# 16-pixel ones), and 4 blocks of width 128 with an MLP ratio of 2 instead of 6 of width 192 with 4. On an AVX2 CPU
-# the preset's blocks trained 26 epochs in the budget and reached val AP50 0.83; this model trains 2.3x as many
-# images per second, learns more per epoch, and reached 0.94 (BENCHMARKS.md, Training (3)).
+# patches (a 16x16 grid at 128 px, which from random weights learned much faster per minute than 16-pixel ones),
+# and 4 blocks of width 128 with an MLP ratio of 2 instead of 6 of width 192 with 4. On a CPU without native bf16
+# the preset fitted too few epochs in the budget to reach the goal; this model trains faster and learns more per
+# epoch (BENCHMARKS.md, Training (3), "Session 10").
 QUICKSTART_MODEL: dict[str, Any] = {
     "patch_size": 8,
     "depth": 4,
@@ -52,15 +52,13 @@ def quickstart_config(
     *,
     epochs: int = 100,
     max_minutes: float | None = 8.0,
-    amp: str = "off",
     progress: bool = True,
 ) -> TrainConfig:
     """The quickstart's training run: `tiny` with `QUICKSTART_MODEL` from random weights, everything trained.
 
     fp32 on every CPU. Where the CPU has native bf16 (AVX512-BF16 / AMX), bf16 autocast used to buy the quickstart
-    more epochs; this model should fit the schedule's 100 epochs in fp32 there (the fp32 pace of such a CPU was
-    1.5-2.4x that of the AVX2 CPU where it fitted 60; not measured on one), and bf16 learns a little less per epoch
-    from random weights.
+    more epochs; this model is expected to fit the schedule's 100 epochs in fp32 there (not measured on such a
+    CPU; BENCHMARKS.md, Training (3)), and bf16 learns a little less per epoch from random weights.
     """
     from onedet.train import TrainConfig
 
@@ -76,7 +74,7 @@ def quickstart_config(
         backbone_lr_scale=1.0,  # random weights: the backbone learns as fast as the rest
         model=dict(QUICKSTART_MODEL),
         warmup_epochs=1.0,
-        amp=amp,
+        amp="off",
         eval_every=5,
         max_minutes=max_minutes,
         device="cpu",

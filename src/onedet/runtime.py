@@ -187,8 +187,8 @@ class OnnxDetector(BatchDetector):
     `spinning=False` makes the intra-op threads sleep as soon as a run ends instead of spinning for more work
     (onnxruntime's `session.intra_op.allow_spinning`): use it when several sessions share the CPU (several models
     in one process, or models timed against each other), where one session's idle spinning threads take cores
-    from the session running. On 2 cores, three models timed round-robin in one process each took 40-50 ms more
-    per run with spinning (BENCHMARKS.md, Inference). One model alone runs as fast either way.
+    from the session running (BENCHMARKS.md, Inference, "spinning threads"). One model alone runs as fast either
+    way.
     """
 
     def __init__(
