@@ -10,6 +10,7 @@ import pytest
 @pytest.mark.slow
 def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from onedet.checkpoint import read_info
+    from onedet.config import ModelConfig
     from onedet.quickstart import QUICKSTART_MODEL, quickstart
 
     out = tmp_path / "qs"
@@ -20,10 +21,8 @@ def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert 0.04 <= metrics["AP50"] <= 1
     assert (out / "run" / "weights" / "best" / "model.safetensors").is_file()
     # The model trained is the quickstart's cheaper tiny (QUICKSTART_MODEL), not the preset as it is.
-    saved = read_info(out / "run" / "weights" / "best")["model"]
-    assert {k: saved[k] for k in QUICKSTART_MODEL} == {
-        k: list(v) if isinstance(v, tuple) else v for k, v in QUICKSTART_MODEL.items()
-    }
+    saved = ModelConfig.from_dict(read_info(out / "run" / "weights" / "best")["model"])
+    assert {k: getattr(saved, k) for k in QUICKSTART_MODEL} == QUICKSTART_MODEL
     assert (out / "run" / "curves.png").is_file()
     assert len(list((out / "predictions").glob("*.png"))) == 4, "one annotated PNG per validation image"
     printed = capsys.readouterr().out
