@@ -19,7 +19,7 @@ from onedet.errors import OnedetError
 from onedet.options import add_arguments, field_docs, from_args
 from onedet.train.config import TrainConfig
 from onedet.train.ema import WeightEma
-from onedet.train.optim import build_optimizer, lr_factor, param_groups
+from onedet.train.optim import CosineSchedule, build_optimizer, lr_factor, param_groups
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,40 @@ def test_schedule_is_counted_in_epochs(steps_per_epoch: int) -> None:
     assert factors[-1] == pytest.approx(0.01, abs=0.01)
     # The same fraction of training has the same factor whatever the dataset size.
     assert lr_factor(6 * steps_per_epoch, **kw) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+@pytest.mark.parametrize("new_epochs", [6, 16])
+def test_a_refitted_schedule_continues_from_its_rate(new_epochs: int) -> None:
+    """A time budget refits the length after an epoch: the rate goes on from where it was (no jump up when the
+    schedule grows, none down when it shrinks), decays monotonically and still ends at `final`."""
+    kw = {"steps_per_epoch": 5, "warmup_epochs": 1}
+    schedule = CosineSchedule(epochs=10, **kw)
+    assert [schedule(s) for s in range(50)] == [lr_factor(s, epochs=10, **kw) for s in range(50)], "no refit"
+    step = 4 * 5
+    before = schedule(step)
+    schedule.refit(step, new_epochs)
+    after = [schedule(s) for s in range(step, new_epochs * 5)]
+    assert after[0] == pytest.approx(before), "no jump at the refit"
+    assert all(a > b for a, b in itertools.pairwise(after)), "decays to the end"
+    assert schedule(new_epochs * 5) == pytest.approx(0.01), "reaches `final` at the new length"
+    # A recomputed cosine would have jumped: that is what the anchor is for.
+    assert abs(lr_factor(step, epochs=new_epochs, **kw) - before) > 0.05
+    # A second refit anchors at the rate the first one reached.
+    schedule.refit(step + 5, new_epochs + 2)
+    assert schedule(step + 5) == pytest.approx(after[5])
+
+
+def test_the_schedule_is_saved_in_the_scheduler_state() -> None:
+    """LambdaLR saves a callable object's fields, so a checkpoint keeps the refitted length and its anchor."""
+    make = lambda: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+        CosineSchedule(steps_per_epoch=5, epochs=10, warmup_epochs=1),
+    )
+    saved = make()
+    saved.lr_lambdas[0].refit(20, 16)
+    restored = make()
+    restored.load_state_dict(saved.state_dict())
+    assert [restored.lr_lambdas[0](s) for s in range(80)] == [saved.lr_lambdas[0](s) for s in range(80)]
 
 
 def test_ema_follows_the_trainable_weights_and_restores() -> None:

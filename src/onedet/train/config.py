@@ -69,7 +69,8 @@ class TrainConfig:
     """Also write the `last` checkpoint every N optimizer steps (0: at the end of each epoch only)."""
     max_minutes: float | None = None
     """Wall-clock budget: after each epoch the schedule (cosine included) is refitted to end within it at the pace
-    so far (at most `epochs`), and training stops after the epoch during which it runs out."""
+    so far (at most `epochs`), going on from the learning rate it has reached, and training stops after the epoch
+    during which it runs out."""
     progress: bool = True
     """Show a progress bar."""
     image_size: int | None = None

@@ -32,7 +32,7 @@ from onedet.train.config import TRAIN_CONFIG, TrainConfig, TrainResult, config_t
 from onedet.train.ema import WeightEma
 from onedet.train.features import CachedFeatureModel
 from onedet.train.logging import EpochMeter, RunLog
-from onedet.train.optim import build_optimizer, build_scheduler, epochs_in_budget
+from onedet.train.optim import CosineSchedule, build_optimizer, epochs_in_budget
 from onedet.train.setup import build_loaders, build_run_detector, open_splits, resolve_run, run_model_config
 
 
@@ -85,13 +85,11 @@ class Trainer:
             backbone_lr_scale=cfg.backbone_lr_scale if cfg.finetune != "frozen" else 1.0,
         )
         self.steps_per_epoch = len(self.loader)
-        self.epochs = cfg.epochs  # the schedule's length; a time budget may refit it (_fit_to_budget)
-        self.scheduler = build_scheduler(
-            self.optimizer,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=lambda: self.epochs,
-            warmup_epochs=cfg.warmup_epochs,
+        # The schedule's length in epochs: a time budget may refit it (_fit_to_budget).
+        self.schedule = CosineSchedule(
+            steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs
         )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.ema = WeightEma(self.detector, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.params = [p for p in trained.parameters() if p.requires_grad]
         self.global_step = 0
@@ -160,7 +158,7 @@ class Trainer:
     def _train_state(self, weights: dict[str, Tensor]) -> dict[str, Any]:
         return {
             "global_step": self.global_step,
-            "epochs": self.epochs,
+            "epochs": self.schedule.epochs,
             "model": saving.live_tensors(self.detector, weights),
             **{k: dict(v.state_dict()) for k, v in self._stateful().items()},
             "rng": saving.rng_state(),
@@ -197,7 +195,10 @@ class Trainer:
             part.load_state_dict(state[key])
         saving.set_rng_state(state["rng"])
         self.global_step = int(state["global_step"])
-        self.epochs = int(state["epochs"])
+        # The scheduler's state restored the schedule's fields; checkpoints written before the schedule was an
+        # object (a plain lambda, not saved) restore its length from here.
+        if self.schedule.epochs != int(state["epochs"]):
+            self.schedule.refit(self.global_step, int(state["epochs"]))
         self.best_ap = float(state["best_ap"])
         self.elapsed = float(state["elapsed"])
         self.meter.load_state_dict(state)
@@ -259,11 +260,13 @@ class Trainer:
         cfg = self.cfg
         start = time.perf_counter() - self.elapsed
         epoch = self.loader.epoch
-        while epoch < self.epochs:
+        while epoch < self.schedule.epochs:
             epoch_start = time.perf_counter()
             self.loader.set_epoch(epoch)
             self.forward.train()
-            self.log.start_epoch(epoch, self.epochs, self.steps_per_epoch, self.loader.state_dict()["position"])
+            self.log.start_epoch(
+                epoch, self.schedule.epochs, self.steps_per_epoch, self.loader.state_dict()["position"]
+            )
             tick = time.perf_counter()
             for batch in self.loader:
                 values = self._step(batch)
@@ -281,7 +284,7 @@ class Trainer:
             stop = False
             if cfg.max_minutes is not None:
                 stop = bool(distributed.broadcast_object(self.elapsed > cfg.max_minutes * 60))
-            last = stop or epoch + 1 >= self.epochs
+            last = stop or epoch + 1 >= self.schedule.epochs
             self._end_epoch(epoch, evaluate=last or (epoch + 1) % max(1, cfg.eval_every) == 0)
             self.elapsed = time.perf_counter() - start
             if stop:
@@ -298,12 +301,12 @@ class Trainer:
         on the clock, a resumed run may fit differently from an uninterrupted one."""
         fit = epochs_in_budget(epochs_done, self.cfg.epochs, max(0.0, budget - self.elapsed), last_epoch)
         fit = int(distributed.broadcast_object(fit))
-        if fit != self.epochs:
+        if fit != self.schedule.epochs:
             self.log.message(
                 f"--max-minutes {budget / 60:g}: at {last_epoch:.0f} s per epoch, the schedule now ends after "
-                f"{fit} epochs (was {self.epochs})"
+                f"{fit} epochs (was {self.schedule.epochs})"
             )
-            self.epochs = fit
+            self.schedule.refit(self.global_step, fit)
 
     def _end_epoch(self, epoch: int, evaluate: bool) -> None:
         row = self.meter.row(epoch + 1, self.global_step, self.optimizer.param_groups[-1]["lr"])

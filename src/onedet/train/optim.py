@@ -9,7 +9,6 @@ iterations end warm-up late on small sets); it is evaluated per optimizer step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,31 +60,51 @@ def build_optimizer(
 
 def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, warmup_epochs: float, final: float = 0.01) -> float:
     """Learning-rate multiplier at optimizer step `step` (0-based): linear warm-up, then cosine to `final`."""
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, round(warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    schedule = CosineSchedule(steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=warmup_epochs, final=final)
+    return schedule(step)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    *,
-    steps_per_epoch: int,
-    epochs: int | Callable[[], int],
-    warmup_epochs: float,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR with `lr_factor`; its state (the step count) is plain ints, safe to checkpoint.
+class CosineSchedule:
+    """`lr_factor` as a stateful callable whose length can be refitted mid-run without a jump in the rate.
 
-    `epochs` may be a callable, read at every step, so that a time budget can shorten the schedule mid-run.
+    A time budget changes the schedule's length after an epoch (`refit`). Recomputing the cosine over the new
+    length would move the learning rate at once: up when the length grows (the pace got faster), down when it
+    shrinks. Instead the cosine goes on from the progress it had reached, over the steps that are left. With no
+    refit this is exactly `lr_factor`. A callable object, so LambdaLR's `state_dict` saves its fields (the
+    checkpoint's scheduler state) and `--resume` restores them.
     """
 
-    def factor(step: int) -> float:
-        total = epochs() if callable(epochs) else epochs
-        return lr_factor(step, steps_per_epoch=steps_per_epoch, epochs=total, warmup_epochs=warmup_epochs)
+    def __init__(self, *, steps_per_epoch: int, epochs: int, warmup_epochs: float, final: float = 0.01) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.final = final
+        self.anchor_step = 0  # the cosine's progress was `anchor_progress` at this step (the last refit)
+        self.anchor_progress = 0.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def _warmup(self) -> int:
+        total = max(1, self.steps_per_epoch * self.epochs)
+        return min(total - 1, round(self.warmup_epochs * self.steps_per_epoch))
+
+    def progress(self, step: int) -> float:
+        """How far along the cosine `step` is, from 0 (end of warm-up) to 1 (the last step)."""
+        total = max(1, self.steps_per_epoch * self.epochs)
+        start = max(self._warmup(), self.anchor_step)
+        anchor = self.anchor_progress if self.anchor_step >= self._warmup() else 0.0
+        done = min(1.0, max(0, step - start) / max(1, total - start))
+        return anchor + (1.0 - anchor) * done
+
+    def __call__(self, step: int) -> float:
+        if step < self._warmup():
+            return (step + 1) / (self._warmup() + 1)
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
+
+    def refit(self, step: int, epochs: int) -> None:
+        """Make the schedule `epochs` long from optimizer step `step` on, continuing from the rate it has now."""
+        if epochs != self.epochs:
+            self.anchor_progress = self.progress(step) if step >= self._warmup() else 0.0
+            self.anchor_step = step
+            self.epochs = epochs
 
 
 def epochs_in_budget(epochs_done: int, max_epochs: int, seconds_left: float, seconds_per_epoch: float) -> int:
