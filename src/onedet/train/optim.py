@@ -90,9 +90,8 @@ class CosineSchedule:
         """How far along the cosine `step` is, from 0 (end of warm-up) to 1 (the last step)."""
         total = max(1, self.steps_per_epoch * self.epochs)
         start = max(self._warmup(), self.anchor_step)
-        anchor = self.anchor_progress if self.anchor_step >= self._warmup() else 0.0
         done = min(1.0, max(0, step - start) / max(1, total - start))
-        return anchor + (1.0 - anchor) * done
+        return self.anchor_progress + (1.0 - self.anchor_progress) * done
 
     def __call__(self, step: int) -> float:
         if step < self._warmup():
@@ -100,11 +99,11 @@ class CosineSchedule:
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
 
     def refit(self, step: int, epochs: int) -> None:
-        """Make the schedule `epochs` long from optimizer step `step` on, continuing from the rate it has now."""
-        if epochs != self.epochs:
-            self.anchor_progress = self.progress(step) if step >= self._warmup() else 0.0
-            self.anchor_step = step
-            self.epochs = epochs
+        """Make the schedule `epochs` long from optimizer step `step` on, continuing from the rate it has now (in
+        warm-up the progress is 0, so the cosine starts after it as usual)."""
+        self.anchor_progress = self.progress(step)
+        self.anchor_step = step
+        self.epochs = epochs
 
 
 def epochs_in_budget(epochs_done: int, max_epochs: int, seconds_left: float, seconds_per_epoch: float) -> int:
