@@ -12,12 +12,14 @@
    one-off cost.
 3. `finetune`: a real fine-tune of the `small` preset on ../shared/data/bccd (or aquarium) for a fixed wall-clock
    budget, from random weights (`--finetune full`: no pretrained weights here), evaluated on the validation split
-   every epoch; its loss/mAP curve is copied to benchmarks/train_<dataset>_small.png and the run folder is kept
-   under `--work` (the int8-vs-fp32 comparison of benchmarks/inference.py reads it).
+   every epoch; the run folder (with its loss/mAP curve, curves.png) is kept under `--work` (the int8-vs-fp32
+   comparison of benchmarks/inference.py reads it), and `--plot PATH` copies the curve there (the committed
+   benchmarks/train_<dataset>_small.png are such copies; without it, a run leaves the repository untouched).
 
     python benchmarks/train.py throughput [--steps 3] [--batch-size 2]
     python benchmarks/train.py epochs [--images 50] [--epochs 3]
     python benchmarks/train.py finetune [--dataset bccd|aquarium] [--minutes 15] [--image-size 320] [--threads 2]
+        [--plot PNG]
     python benchmarks/train.py denormals --run quickstart/run [--steps 6] [--rounds 3]
     python benchmarks/train.py quickstart [--steps 8] [--minutes 8]
 
@@ -261,9 +263,9 @@ def finetune(args: argparse.Namespace) -> None:
         )
     if result.metrics is not None:
         print(f"best checkpoint: AP {result.metrics['AP']:.3f}, AP50 {result.metrics['AP50']:.3f}")
-    plot = ROOT / "benchmarks" / f"train_{args.dataset}_small.png"
-    shutil.copy(run / "curves.png", plot)
-    print(f"curve: {plot.relative_to(ROOT)}; run folder: {run}")
+    if args.plot:
+        shutil.copy(run / "curves.png", args.plot)
+    print(f"curve: {args.plot or run / 'curves.png'}; run folder: {run}")
 
 
 def _denormal_steps(args: argparse.Namespace) -> None:
@@ -387,6 +389,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=320)
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "onedet-bench-train"))
+    p.add_argument("--plot", help="also copy the run's loss/mAP curve here (e.g. benchmarks/train_bccd_small.png)")
     p.set_defaults(func=finetune)
     p = sub.add_parser("denormals")
     p.add_argument("--run", default=str(ROOT / "quickstart" / "run"))
