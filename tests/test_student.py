@@ -33,7 +33,7 @@ def test_parse_student_specs() -> None:
         ("teacher", "needs depth=N"),
         ("teacher:depth=0", "needs depth=N"),
         ("teacher:depth=six", "needs depth=N"),
-        ("teacher:depth=4,embed_dim=96", "cannot change ['embed_dim']"),
+        ("teacher:depth=4,num_heads=6", "cannot change ['num_heads']"),
         ("tiny:depth", "is not FIELD=VALUE"),
     ],
 )
@@ -83,6 +83,42 @@ def test_shallow_student_copies_the_kept_blocks(teacher: Detector) -> None:
     for key in shared:
         assert torch.equal(ours[key], theirs[key]), key
     assert student.backbone.frozen == teacher.backbone.frozen
+
+
+def test_narrow_student_takes_the_teachers_weights_at_a_stride(teacher: Detector) -> None:
+    # tiny: embed_dim 192 in 3 heads of 64, neck 96; half of each -> every second channel, the same ones everywhere
+    student = derive_student(teacher, 4, embed_dim=96, neck_channels=48)
+    assert student.config.embed_dim == 96 and student.config.num_heads == 3 and student.config.neck_channels == 48
+    ours, theirs = student.state_dict(), teacher.state_dict()
+    block, source = "backbone.blocks.0.", "backbone.blocks.1."  # kept [1, 2, 3, 5], as above
+    assert torch.equal(ours[block + "attn.qkv.weight"], theirs[source + "attn.qkv.weight"][::2, ::2])
+    assert torch.equal(ours[block + "mlp.fc2.weight"], theirs[source + "mlp.fc2.weight"][::2, ::2])
+    # q, k and v each keep the same channels of their part, so each student head is half of a teacher head
+    t_qkv, s_qkv = theirs[source + "attn.qkv.weight"], ours[block + "attn.qkv.weight"]
+    for part in range(3):
+        assert torch.equal(s_qkv[part * 96 : (part + 1) * 96], t_qkv[part * 192 : (part + 1) * 192 : 2, ::2])
+    assert torch.equal(ours["backbone.pos_embed"], theirs["backbone.pos_embed"][..., ::2])
+    assert torch.equal(ours["backbone.patch_embed.proj.weight"], theirs["backbone.patch_embed.proj.weight"][::2])
+    # the fuse conv's input is the two taps side by side: the same channels of each tap
+    fuse = theirs["neck.fuse.0.weight"]
+    assert torch.equal(ours["neck.fuse.0.weight"][:, 96:], fuse[::2, 192::2])
+    assert torch.equal(ours["head.cls_pred.weight"], theirs["head.cls_pred.weight"][:, ::2])
+    assert torch.equal(ours["head.scales"], theirs["head.scales"])
+    out = student.eval()(torch.rand(1, 3, 128, 128))
+    assert out.logits.shape == teacher(torch.rand(1, 3, 128, 128)).logits.shape
+
+
+@pytest.mark.parametrize(
+    ("widths", "message"),
+    [
+        ({"embed_dim": 128}, r"embed_dim=128: .* must divide the teacher's \(192\)"),
+        ({"neck_channels": 40}, r"neck_channels=40: .* must divide the teacher's \(96\)"),
+        ({"embed_dim": 64}, r"keeps the teacher's 3 heads, so embed_dim must be a multiple of 3"),
+    ],
+)
+def test_a_narrow_students_widths_must_divide_the_teachers(teacher: Detector, widths: dict, message: str) -> None:
+    with pytest.raises(OnedetError, match=message):
+        derive_student(teacher, 4, **widths)
 
 
 def test_derived_student_at_another_image_size_resamples_the_position_embedding(teacher: Detector) -> None:

@@ -108,7 +108,8 @@ class OneDet:
 
     def distill(self, data: str | Path, student: str, out: str | Path = "runs/onedet-student", **config: Any) -> OneDet:
         """Distil this trained detector (the teacher) into `student` (a preset, or `"teacher:depth=N"` for a
-        student derived from its own blocks) on the store `data`; returns the student as a `OneDet`.
+        student derived from its own blocks, `"teacher:depth=6,embed_dim=192,neck_channels=96"` for a narrower one)
+        on the store `data`; returns the student as a `OneDet`.
 
         `config` takes any other `DistillConfig` field (`epochs`, `unlabeled`, `kd_feat_weight`, ...).
         """

@@ -6,6 +6,15 @@ subset of its blocks, and the teacher's own patch and position embeddings, kept 
 student starts as a shortcut of the teacher rather than from scratch (the layer-dropping initialisation of
 DistilBERT, Sanh et al. 2019, and of "shrink and fine-tune", Shleifer & Rush 2020). With every block kept it is
 the teacher, exactly.
+
+A derived student may also be narrower (`teacher:depth=6,embed_dim=192,neck_channels=96`, the size of `tiny`):
+its weights are then the teacher's with every width dimension taken at an even stride, "weight selection" (Xu et
+al. 2024, "Initializing Models with Larger Ones": element selection from a larger pretrained model, with the
+same indices wherever the same width recurs, which beats random initialisation most on small data). The widths
+must divide the teacher's, so the stride is an integer and a concatenation of equal parts (q, k and v; the
+neck's taps; the head's branches) keeps the same channels of each part. `num_heads` stays the teacher's, so
+each student head is the same strided half (third, ...) of a teacher head's dimensions. No library does this for
+a ViT detector's state dict (timm resizes position embeddings, not widths), hence the slicing below.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ from onedet.model.detector import Detector
 from onedet.model.distill_loss import check_compatible
 
 TEACHER = "teacher"
-# Fields a derived student may change: none of them changes the shape of a copied weight (the position
-# embedding is resampled to another image size's grid).
-DERIVED_OVERRIDES = ("depth", "image_size", "window_size", "topk", "peak_filter", "aux_head")
+# Fields a derived student may change: the widths (embed_dim, neck_channels) select the teacher's weights at a
+# stride (`select_width`), the position embedding is resampled to another image size's grid, the rest change no
+# weight's shape.
+WIDTHS = ("embed_dim", "neck_channels")
+DERIVED_OVERRIDES = ("depth", *WIDTHS, "image_size", "window_size", "topk", "peak_filter", "aux_head")
 
 
 class StudentSpec(NamedTuple):
@@ -103,6 +114,18 @@ def derived_config(teacher: ModelConfig, depth: int, **overrides: Any) -> tuple[
     `taps` and `global_blocks` are renumbered to the kept blocks; `overrides` (DERIVED_OVERRIDES) apply on top.
     """
     kept = select_blocks(teacher.depth, teacher.taps, teacher.global_blocks, depth)
+    for name in WIDTHS:
+        width, full = overrides.get(name, getattr(teacher, name)), getattr(teacher, name)
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1 or full % width:
+            raise OnedetError(
+                f"student {name}={width!r}: a derived student's width must divide the teacher's ({full}), so its "
+                f"weights are the teacher's at an integer stride, e.g. {name}={full // 2}"
+            )
+    if overrides.get("embed_dim", teacher.embed_dim) % teacher.num_heads:
+        raise OnedetError(
+            f"student embed_dim={overrides['embed_dim']}: a derived student keeps the teacher's {teacher.num_heads} "
+            f"heads, so embed_dim must be a multiple of {teacher.num_heads}"
+        )
     position = {block: i for i, block in enumerate(kept)}
     fields = {
         **teacher.to_dict(),
@@ -115,9 +138,25 @@ def derived_config(teacher: ModelConfig, depth: int, **overrides: Any) -> tuple[
     return ModelConfig.from_dict(fields), kept
 
 
+def select_width(weight: torch.Tensor, shape: torch.Size, key: str = "weight") -> torch.Tensor:
+    """`weight` cut to `shape` by taking every dimension at the stride `teacher size / student size`
+    (elements 0, r, 2r, ...); equal sizes are kept whole. A size that does not divide is an OnedetError."""
+    if weight.dim() != len(shape):
+        raise OnedetError(f"{key}: the teacher's {tuple(weight.shape)} and the student's {tuple(shape)} differ in rank")
+    index = []
+    for full, size in zip(weight.shape, shape):
+        if full % size:
+            raise OnedetError(
+                f"{key}: the student's {tuple(shape)} does not divide the teacher's {tuple(weight.shape)}"
+            )
+        index.append(slice(None, None, full // size))
+    return weight[tuple(index)].clone()
+
+
 def derive_student(teacher: Detector, depth: int, **overrides: Any) -> Detector:
     """A `Detector` with `depth` of the teacher's blocks (`select_blocks`), every weight copied from the teacher:
-    patch and position embeddings, pre-norm, the kept blocks, neck and head. On the teacher's device."""
+    patch and position embeddings, pre-norm, the kept blocks, neck and head; at a smaller `embed_dim` or
+    `neck_channels`, the teacher's weights taken at a stride (`select_width`). On the teacher's device."""
     cfg, kept = derived_config(teacher.config, depth, **overrides)
     student = Detector(cfg, init_backbone=False)
     source = teacher.state_dict()
@@ -130,13 +169,17 @@ def derive_student(teacher: Detector, depth: int, **overrides: Any) -> Detector:
                 continue  # a dropped block
             key = renumber[prefix] + key[len(prefix) :]
         state[key] = value
-    pos = state["backbone.pos_embed"]
+    if not cfg.aux_head:
+        state = {k: v for k, v in state.items() if not k.startswith("head.aux_")}
+    target = student.state_dict()
+    pos = state.pop("backbone.pos_embed")
+    pos = select_width(pos, pos.shape[:-1] + target["backbone.pos_embed"].shape[-1:], "backbone.pos_embed")
+    state = {k: v if v.shape == target[k].shape else select_width(v, target[k].shape, k) for k, v in state.items()}
+    state["backbone.pos_embed"] = pos
     if pos.shape != student.backbone.pos_embed.shape:  # another image_size: the same embedding on another grid
         state["backbone.pos_embed"] = resample_abs_pos_embed(
             pos, new_size=student.backbone.grid_size, old_size=teacher.backbone.grid_size, num_prefix_tokens=1
         )
-    if not cfg.aux_head:
-        state = {k: v for k, v in state.items() if not k.startswith("head.aux_")}
     student.load_state_dict(state, strict=True)
     student.set_backbone_frozen(teacher.backbone.frozen)
     student.train(teacher.training)
