@@ -86,6 +86,20 @@ def test_distill_cli_writes_a_student_run_that_eval_and_export_take(
     assert (tmp_path / "student.onnx").stat().st_size > 0
 
 
+def test_a_narrower_derived_student_distils_and_loads_as_its_own_model(
+    store: Path, teacher: Path, tmp_path: Path
+) -> None:
+    # half the teacher's widths: its weights are selected from the teacher's, its projectors map 48 -> 96 channels
+    spec = "teacher:depth=2,embed_dim=96,neck_channels=48"
+    options = {"epochs": 1, "batch_size": 4, "progress": False, "workers": 1}
+    student = OneDet.from_run(teacher).distill(store, student=spec, out=tmp_path / "s", **options)
+    cfg = student.model.config
+    assert (cfg.depth, cfg.embed_dim, cfg.neck_channels, cfg.num_heads) == (2, 96, 48, 3)
+    assert "train/kd_feat" in read_metrics(tmp_path / "s")[-1]
+    reloaded = OneDet.from_run(tmp_path / "s").model
+    assert reloaded.backbone.blocks[0].attn.qkv.weight.shape == (288, 96)
+
+
 def test_a_folder_of_bare_images_is_prepared_once_as_the_unlabelled_store(
     store: Path, teacher: Path, unlabeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
