@@ -125,6 +125,8 @@ def test_derived_student_at_another_image_size_resamples_the_position_embedding(
     student = derive_student(teacher, 4, image_size=256)
     assert student.backbone.grid_size == (16, 16)
     assert student(torch.rand(1, 3, 256, 256)).logits.shape[-1] == 3
+    narrow = derive_student(teacher, 4, image_size=256, embed_dim=96)  # resampled, then taken at a stride
+    assert narrow.backbone.pos_embed.shape == (1, 257, 96)
 
 
 def test_preset_student_takes_the_teachers_classes_and_must_keep_its_strides(teacher: Detector) -> None:

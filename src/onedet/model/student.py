@@ -141,8 +141,6 @@ def derived_config(teacher: ModelConfig, depth: int, **overrides: Any) -> tuple[
 def select_width(weight: torch.Tensor, shape: torch.Size, key: str = "weight") -> torch.Tensor:
     """`weight` cut to `shape` by taking every dimension at the stride `teacher size / student size`
     (elements 0, r, 2r, ...); equal sizes are kept whole. A size that does not divide is an OnedetError."""
-    if weight.dim() != len(shape):
-        raise OnedetError(f"{key}: the teacher's {tuple(weight.shape)} and the student's {tuple(shape)} differ in rank")
     index = []
     for full, size in zip(weight.shape, shape):
         if full % size:
@@ -150,7 +148,7 @@ def select_width(weight: torch.Tensor, shape: torch.Size, key: str = "weight") -
                 f"{key}: the student's {tuple(shape)} does not divide the teacher's {tuple(weight.shape)}"
             )
         index.append(slice(None, None, full // size))
-    return weight[tuple(index)].clone()
+    return weight[tuple(index)]  # a view: load_state_dict copies it
 
 
 def derive_student(teacher: Detector, depth: int, **overrides: Any) -> Detector:
@@ -171,15 +169,15 @@ def derive_student(teacher: Detector, depth: int, **overrides: Any) -> Detector:
         state[key] = value
     if not cfg.aux_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.aux_")}
-    target = student.state_dict()
-    pos = state.pop("backbone.pos_embed")
-    pos = select_width(pos, pos.shape[:-1] + target["backbone.pos_embed"].shape[-1:], "backbone.pos_embed")
-    state = {k: v if v.shape == target[k].shape else select_width(v, target[k].shape, k) for k, v in state.items()}
-    state["backbone.pos_embed"] = pos
-    if pos.shape != student.backbone.pos_embed.shape:  # another image_size: the same embedding on another grid
+    if student.backbone.grid_size != teacher.backbone.grid_size:  # another image_size: the same embedding resampled
         state["backbone.pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=student.backbone.grid_size, old_size=teacher.backbone.grid_size, num_prefix_tokens=1
+            state["backbone.pos_embed"],
+            new_size=student.backbone.grid_size,
+            old_size=teacher.backbone.grid_size,
+            num_prefix_tokens=1,
         )
+    target = student.state_dict()
+    state = {k: v if v.shape == target[k].shape else select_width(v, target[k].shape, k) for k, v in state.items()}
     student.load_state_dict(state, strict=True)
     student.set_backbone_frozen(teacher.backbone.frozen)
     student.train(teacher.training)
