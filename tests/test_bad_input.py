@@ -141,6 +141,25 @@ def _truncated(fmt: str) -> bytes:
 
 
 @pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["distill", "--teacher", "t"], "onedet distill: error: the following arguments are required: --data, --stud"),
+        (["train", "--data", "s", "--finetune", "all"], "onedet train: error: argument --finetune: invalid choice"),
+        (["trian"], "onedet: error: argument command: invalid choice: 'trian'"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_a_pointer_to_help(capsys: pytest.CaptureFixture, args, what) -> None:
+    # argparse's default prints the whole usage first: for distill, 25 lines above the one that matters.
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.splitlines()[0].startswith(what), err
+    assert len(err.splitlines()) == 2 and "usage:" not in err, err
+    assert "--help` lists the options" in err
+
+
+@pytest.mark.parametrize(
     ("name", "content", "what"),
     [
         ("zero.jpg", b"", "not a readable image"),

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from onedet import __version__
 from onedet.errors import OnedetError
@@ -172,8 +172,19 @@ COMMANDS: list[Command] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a short error: the message and where the options are listed.
+
+    argparse prints the whole usage before a usage error, which for `train` or `distill` (forty options) is a
+    screenful that pushes the one line that matters off the top. Sub-parsers are made with the same class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onedet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="onedet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"onedet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
