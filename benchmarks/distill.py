@@ -23,6 +23,10 @@ Recipes, each for the same student with the same `--minutes` (the trainer's `--m
 `--train-only` trains and measures nothing (several such processes can share a machine); `--measure-only` trains
 nothing and measures the finished runs among `--seeds`, so recipes may have different numbers of seeds.
 
+`--train-fraction 0.25` gives every run only a seeded quarter of the train split (a store of its own, the val and
+test splits whole), while the teacher (`--teacher`) was trained on all of it: what distillation adds when the
+teacher knows more than the student's labels teach, as a teacher fine-tuned from pretrained weights would.
+
 `--seeds 0 1 2` repeats every student run with those seeds (the loader order, augmentation, the 25% subset and a
 non-derived student's initialisation), so a difference can be compared with the spread between seeds.
 
@@ -35,6 +39,7 @@ end-to-end graph, `--threads` intra-op threads, medians of `--repeats` round-rob
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import tempfile
 import time
@@ -89,7 +94,9 @@ def _recipe(name: str) -> dict[str, Any]:
 def _store(args: argparse.Namespace, work: Path) -> Path:
     from onedet.data.prepare import prepare
 
-    store = work / f"{args.dataset}_{args.image_size}"
+    fraction = args.train_fraction
+    suffix = "" if fraction == 1 else f"_train{fraction * 100:g}"
+    store = work / f"{args.dataset}_{args.image_size}{suffix}"
     if (store / "train" / "meta.json").is_file():
         return store
     if args.dataset == "synthetic":
@@ -100,7 +107,23 @@ def _store(args: argparse.Namespace, work: Path) -> Path:
         source = SHARED / DATASETS[args.dataset]
         if not source.is_dir():
             raise SystemExit(f"{source} not found")
-    prepare(source, store, image_size=args.image_size, progress=False)
+    if fraction == 1:
+        prepare(source, store, image_size=args.image_size, progress=False)
+        return store
+    from onedet.data.formats import read_dataset
+
+    datasets = read_dataset(source)
+    for dataset in datasets:
+        if dataset.name == "train":
+            order = list(range(len(dataset.images)))
+            random.Random(0).shuffle(order)  # one subset for every seed: the seeds vary the runs, not the data
+            keep = sorted(order[: round(fraction * len(order))])
+            print(f"train split: {len(keep)} of its {len(order)} images (--train-fraction {fraction:g})", flush=True)
+            dropped = {dataset.images[i].path.stem for i in set(order) - set(keep)}
+            dataset.images = [dataset.images[i] for i in keep]
+            for kind, files in dataset.report.items.items():  # what the reader fixed in images left out: not ours
+                files[:] = [f for f in files if Path(f).stem not in dropped]
+    prepare(datasets, store, image_size=args.image_size, progress=False)
     return store
 
 
@@ -332,6 +355,12 @@ def main() -> None:
         action="store_true",
         help="train nothing: measure the finished runs among --seeds (recipes without one are left out)",
     )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="train every student on a seeded subset of this fraction of the train split (the teacher saw all of it)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -339,6 +368,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="AP-vs-latency PNG (default: WORK/ap_latency.png)")
     parser.add_argument("--curves", type=Path, default=None, help="also plot every run's val AP per epoch here")
     args = parser.parse_args()
+    if not 0 < args.train_fraction <= 1:
+        parser.error(f"--train-fraction must be in (0, 1], not {args.train_fraction}")
     torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
