@@ -121,7 +121,7 @@ def _store(args: argparse.Namespace, work: Path) -> Path:
             print(f"train split: {len(keep)} of its {len(order)} images (--train-fraction {fraction:g})", flush=True)
             dropped = {dataset.images[i].path.stem for i in set(order) - set(keep)}
             dataset.images = [dataset.images[i] for i in keep]
-            for kind, files in dataset.report.items.items():  # what the reader fixed in images left out: not ours
+            for files in dataset.report.items.values():  # what the reader fixed in images left out: not ours
                 files[:] = [f for f in files if Path(f).stem not in dropped]
     prepare(datasets, store, image_size=args.image_size, progress=False)
     return store
