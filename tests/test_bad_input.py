@@ -145,6 +145,7 @@ def _truncated(fmt: str) -> bytes:
     [
         (["distill", "--teacher", "t"], "onedet distill: error: the following arguments are required: --data, --stud"),
         (["train", "--data", "s", "--finetune", "all"], "onedet train: error: argument --finetune: invalid choice"),
+        (["train", "--data", "s", "--finetune", "lroa"], "onedet train: error: argument --finetune: invalid choice"),
         (["trian"], "onedet: error: argument command: invalid choice: 'trian'"),
     ],
 )
@@ -157,6 +158,9 @@ def test_a_usage_error_is_one_line_and_a_pointer_to_help(capsys: pytest.CaptureF
     assert err.splitlines()[0].startswith(what), err
     assert len(err.splitlines()) == 2 and "usage:" not in err, err
     assert "--help` lists the options" in err
+    # a misspelling gets the nearest choice; a word near none gets no guess
+    suggestion = {"lroa": "lora", "trian": "train"}.get(args[-1])
+    assert err.splitlines()[0].endswith(f"; did you mean {suggestion!r}?") if suggestion else "did you mean" not in err
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ a Python user would with the parsed options. A new option is one field in its da
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
@@ -180,6 +182,11 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        # A misspelt command or choice gets the nearest one (Python 3.14's argparse has `suggest_on_error`; 3.11
+        # does not). Read from argparse's message, so another wording only loses the suggestion.
+        if found := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+            close = difflib.get_close_matches(found[1], re.findall(r"'([^']*)'", found[2]), n=1)
+            message += f"; did you mean {close[0]!r}?" if close else ""
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
 
 
