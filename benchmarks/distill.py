@@ -370,6 +370,10 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.train_fraction <= 1:
         parser.error(f"--train-fraction must be in (0, 1], not {args.train_fraction}")
+    if args.train_fraction < 1 and args.teacher is None:
+        parser.error(
+            "--train-fraction needs --teacher, trained on the whole split (one trained here would see the subset)"
+        )
     torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
