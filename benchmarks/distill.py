@@ -115,14 +115,17 @@ def _store(args: argparse.Namespace, work: Path) -> Path:
     datasets = read_dataset(source)
     for dataset in datasets:
         if dataset.name == "train":
-            order = list(range(len(dataset.images)))
-            random.Random(0).shuffle(order)  # one subset for every seed: the seeds vary the runs, not the data
-            keep = sorted(order[: round(fraction * len(order))])
-            print(f"train split: {len(keep)} of its {len(order)} images (--train-fraction {fraction:g})", flush=True)
-            dropped = {dataset.images[i].path.stem for i in set(order) - set(keep)}
-            dataset.images = [dataset.images[i] for i in keep]
+            # One subset for every seed (the seeds vary the runs, not the data), in source order. Not
+            # `onedet.data.formats.hold_out_val`, which draws another subset: session 13's runs used this one.
+            images = dataset.images
+            order = list(range(len(images)))
+            random.Random(0).shuffle(order)
+            kept = set(order[: round(fraction * len(images))])
+            print(f"train split: {len(kept)} of its {len(images)} images (--train-fraction {fraction:g})", flush=True)
+            left_out = {im.path.stem for i, im in enumerate(images) if i not in kept}
+            dataset.images = [im for i, im in enumerate(images) if i in kept]
             for files in dataset.report.items.values():  # what the reader fixed in images left out: not ours
-                files[:] = [f for f in files if Path(f).stem not in dropped]
+                files[:] = [f for f in files if Path(f).stem not in left_out]
     prepare(datasets, store, image_size=args.image_size, progress=False)
     return store
 
