@@ -276,3 +276,38 @@ def test_tiled_colour_map_matches_the_batched_one(dtype):
     reference = (matrix.double() @ x.double() + offset.double()).clamp(0, 1).float()
     torch.testing.assert_close(batched, reference, atol=1e-5, rtol=0)
     assert (batched == 0).sum() > 0 and (batched == 1).sum() > 0  # both clamps were exercised
+
+
+def test_mix_up_blends_pairs_and_keeps_both_images_boxes():
+    b, m = 5, 3
+    images = torch.rand(b, 3, 8, 8)
+    boxes = torch.rand(b, m, 4) * 8
+    labels = torch.randint(0, 4, (b, m))
+    valid = torch.rand(b, m) < 0.7
+    original = images.clone()
+    generator = torch.Generator().manual_seed(1)
+    mixed, boxes2, labels2, valid2 = augment_module.mix_up(images, boxes, labels, valid, 0.6, generator)
+    chosen = torch.rand(b, generator=torch.Generator().manual_seed(1)) < 0.6  # the same draw, independently
+    # this seed mixes images 1, 2 (whose partner is mixed too: read before written) and 4 (with image 0)
+    assert chosen.tolist() == [False, True, True, False, True]
+    assert boxes2.shape == (b, 2 * m, 4) and labels2.shape == valid2.shape == (b, 2 * m)
+    for i in range(b):
+        j = (i + 1) % b
+        expected = (original[i] + original[j]) / 2 if chosen[i] else original[i]
+        torch.testing.assert_close(mixed[i], expected)
+        # the image's own targets first, unchanged; then its partner's valid ones, or nothing
+        assert torch.equal(boxes2[i, :m], boxes[i]) and torch.equal(labels2[i, :m], labels[i])
+        assert torch.equal(valid2[i, :m], valid[i])
+        assert torch.equal(valid2[i, m:], valid[j] if chosen[i] else torch.zeros(m, dtype=torch.bool))
+        keep = valid2[i, m:]
+        assert torch.equal(boxes2[i, m:][keep], boxes[j][keep]) and torch.equal(labels2[i, m:][keep], labels[j][keep])
+        assert not boxes2[i, m:][~keep].any()  # invalid slots hold zeros, as the store's padding does
+
+
+@pytest.mark.parametrize(("b", "p"), [(1, 1.0), (4, 0.0)])
+def test_mix_up_leaves_a_batch_of_one_or_p_zero_alone(b, p):
+    images, boxes = torch.rand(b, 3, 8, 8), torch.rand(b, 2, 4)
+    labels, valid = torch.zeros(b, 2, dtype=torch.long), torch.ones(b, 2, dtype=torch.bool)
+    out = augment_module.mix_up(images.clone(), boxes, labels, valid, p)
+    for got, want in zip(out, (images, boxes, labels, valid)):
+        assert torch.equal(got, want)

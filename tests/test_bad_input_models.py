@@ -255,8 +255,11 @@ def test_predict_on_a_symlink_loop(trained, tmp_path: Path, capsys: pytest.Captu
         (["--lr", "-1"], "--lr must be positive, got -1.0"),
         (["--lr", "nan"], "--lr must be positive, got nan"),
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+        (["--mixup", "1.5"], "--mixup must be a probability, in [0, 1], got 1.5"),
+        (["--mixup", "0.5", "--cache-features"], "--mixup blends augmented images: it does not apply with --cache"),
+        (["--mixup", "0.5", "--no-augment"], "--mixup blends augmented images: it does not apply with --no-augment"),
     ],
-    ids=["batch-0", "epochs-0", "lr-negative", "lr-nan", "ema-1"],
+    ids=["batch-0", "epochs-0", "lr-negative", "lr-nan", "ema-1", "mixup-1.5", "mixup-cached", "mixup-no-augment"],
 )
 def test_train_option_out_of_range(trained, tmp_path: Path, capsys, option: list[str], what: str) -> None:
     cli_error(capsys, [*cli_args(trained["store"], tmp_path / "out"), *option], what)

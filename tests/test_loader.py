@@ -235,3 +235,23 @@ def test_float_batches_free_their_uint8_buffer_at_once(store):
     assert len(loader._buffers) <= loader.workers
     for batch in batches:
         torch.testing.assert_close(batch.images, store.rows(batch.index)["images"].float() / 255)
+
+
+def test_mixup_batches_carry_both_images_boxes_and_are_deterministic(store):
+    def run(mixup):
+        return list(BatchLoader(store, 6, seed=0, augment=BatchAugment(), mixup=mixup, prefetch=0))
+
+    plain, mixed, again = run(0.0), run(1.0), run(1.0)
+    for x, y in zip(mixed, again):  # seeded per batch, as the augmentation: exact resume
+        for tx, ty in zip(x, y):
+            assert torch.equal(tx, ty)
+    for p, q in zip(plain, mixed):
+        m = p.boxes_xyxy.shape[1]
+        assert q.boxes_xyxy.shape[1] == q.labels.shape[1] == q.valid.shape[1] == 2 * m
+        # the augmentation draws come first, so the image's own boxes are the unmixed batch's
+        assert torch.equal(q.boxes_xyxy[:, :m], p.boxes_xyxy) and torch.equal(q.valid[:, :m], p.valid)
+        if len(p.index) > 1:  # with p = 1 every image is half its own, half its neighbour's
+            torch.testing.assert_close(q.images, (p.images + p.images.roll(-1, 0)) / 2)
+            assert torch.equal(q.valid[:, m:], p.valid.roll(-1, 0))
+    with pytest.raises(ValueError, match="mixup"):
+        BatchLoader(store, 4, mixup=0.5)

@@ -255,3 +255,47 @@ class BatchAugment(nn.Module):
         cw, ch = clipped[..., 2] - clipped[..., 0], clipped[..., 3] - clipped[..., 1]
         keep = valid & (cw >= self.min_size) & (ch >= self.min_size) & (cw * ch >= self.min_visible * area)
         return torch.where(keep[..., None], clipped, torch.zeros_like(clipped)), keep
+
+
+MIXUP_WEIGHT = 0.5
+"""The partner image's share of a mixed image. YOLOX's detection mixup blends at a fixed 0.5 and keeps every box of
+both images at full weight: an object seen at half contrast is still an object to find (a random share, as in
+classification's mixup, would call for box weights the losses here do not take)."""
+
+
+def mix_up(
+    images: Tensor,
+    boxes_xyxy: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Detection mixup within a batch: with probability `p` each image is blended (`MIXUP_WEIGHT`) with the next
+    image of the batch (the last with the first), and takes that image's valid boxes and labels as well: boxes
+    [B, M, 4] -> [B, 2M, 4], labels and valid [B, M] -> [B, 2M] (the added slots invalid where no mixing happened).
+
+    Images float [B, 3, H, W] of one size (after `BatchAugment`; mixed in place, as `BatchAugment`'s output is
+    the caller's own buffer). Partners come from the same batch, so no extra image is read; the draw comes from
+    `generator`, so a batch's mixing is a function of its seed (exact resume). A batch of one, or `p` 0, is
+    returned as it is.
+
+    Hand-written: kornia's `RandomMixUpV2` mixes images and class labels for classification, not boxes."""
+    b = images.shape[0]
+    if b < 2 or p <= 0:
+        return images, boxes_xyxy, labels, valid
+    if not images.is_floating_point():
+        raise TypeError(f"mix_up blends float images, got {images.dtype}")
+    mixed = torch.rand(b, generator=generator) < p
+    partner = torch.arange(1, b + 1) % b
+    share = (mixed.float() * MIXUP_WEIGHT).to(images)
+    # the partners' pixels are copied before the blend overwrites them
+    images.lerp_(images[partner.to(images.device)], share.view(b, 1, 1, 1))
+    keep = mixed.to(valid.device)[:, None] & valid[partner.to(valid.device)]
+    partner_boxes = torch.where(keep[..., None], boxes_xyxy[partner.to(boxes_xyxy.device)], 0)
+    return (
+        images,
+        torch.cat([boxes_xyxy, partner_boxes], dim=1),
+        torch.cat([labels, torch.where(keep, labels[partner.to(labels.device)], 0)], dim=1),
+        torch.cat([valid, keep], dim=1),
+    )

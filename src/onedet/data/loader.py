@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onedet.data.augment import BatchAugment, to_float
+from onedet.data.augment import BatchAugment, mix_up, to_float
 from onedet.data.buffers import BufferPool
 
 
@@ -83,8 +83,10 @@ class BatchLoader:
     permutation, padded by wrapping around to an equal length (as `DistributedSampler` does), so the shards
     are disjoint up to the padding and cover the store. `drop_last` drops a last, smaller batch. `augment`
     (a `BatchAugment`, used only while it is in training mode) runs on `device` as one batch op. `as_float=False`
-    yields the store's uint8 images as they are (no augmentation). `workers` background threads each prepare
-    whole batches, `prefetch` batches ahead (`prefetch=0`: everything in the calling thread).
+    yields the store's uint8 images as they are (no augmentation). `mixup` (with `augment`): the probability that an
+    augmented image is blended with another of its batch and takes its boxes too (`augment.mix_up`). `workers`
+    background threads each prepare whole batches, `prefetch` batches ahead (`prefetch=0`: everything in the
+    calling thread).
     After a full pass the epoch advances by itself; `set_epoch(e)` chooses it explicitly.
     """
 
@@ -102,11 +104,14 @@ class BatchLoader:
         prefetch: int = 2,
         workers: int = 2,
         as_float: bool = True,
+        mixup: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not as_float and augment is not None:
             raise ValueError("augmentation makes float images: pass as_float=True with augment")
+        if mixup and augment is None:
+            raise ValueError("mixup runs after the batch augmentation: pass augment with mixup")
         if (rank is None) != (world_size is None):
             raise ValueError("pass both rank and world_size, or neither")
         if rank is None and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -116,6 +121,7 @@ class BatchLoader:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
         self.store, self.batch_size, self.shuffle, self.seed = store, batch_size, shuffle, seed
         self.drop_last, self.augment, self.prefetch, self.as_float = drop_last, augment, max(0, prefetch), as_float
+        self.mixup = mixup
         self.workers = max(1, workers)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.epoch = 0
@@ -184,15 +190,16 @@ class BatchLoader:
     def _finish(self, raw: dict[str, Tensor], epoch: int, step: int) -> Batch:
         """To the device, uint8 -> float in [0, 1], then the batch augmentation (seeded by epoch, step, rank)."""
         t = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
-        images, boxes, valid = t["images"], t["boxes_xyxy"].float(), t["valid"].bool()
+        images, boxes, labels, valid = t["images"], t["boxes_xyxy"].float(), t["labels"].long(), t["valid"].bool()
         if self.augment is not None and self.augment.training:
             # the augmentation takes the uint8 images: it resamples them as uint8 and its colour map is the float
             # conversion (into recycled float buffers on the CPU, augment.py)
             generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch, step, self.rank))
             images, boxes, valid = self.augment(images, boxes, valid, generator=generator)
+            images, boxes, labels, valid = mix_up(images, boxes, labels, valid, self.mixup, generator)
         elif self.as_float:
             images = to_float(images)
-        return Batch(images, boxes, t["labels"].long(), valid, t["index"])
+        return Batch(images, boxes, labels, valid, t["index"])
 
     def _produce(self, epoch: int, steps: range) -> Iterator[Batch | dict[str, Tensor]]:
         """What a background thread makes: finished batches on the CPU, raw pinned ones for a GPU."""

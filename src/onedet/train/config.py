@@ -53,6 +53,9 @@ class TrainConfig:
     scale jitter, crops or colour jitter)."""
     augment: bool = True
     """Batch augmentation (flip, scale jitter, colour) on the device."""
+    mixup: float = 0.0
+    """Probability that an augmented training image is blended half and half with another image of its batch and
+    takes that image's boxes as well (YOLOX's detection mixup; needs `augment`, not with `cache_features`)."""
     resume: bool = False
     """Continue the run in `out` where it stopped."""
     seed: int = 0
@@ -92,9 +95,13 @@ class TrainConfig:
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
             ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "0 or more"),
+            ("mixup", 0 <= self.mixup <= 1, "a probability, in [0, 1]"),
         ):
             if not ok:
                 raise OnedetError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
+        if self.mixup and (self.cache_features or not self.augment):
+            why = "--cache-features trains on cached features" if self.augment else "--no-augment"
+            raise OnedetError(f"--mixup blends augmented images: it does not apply with {why}")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

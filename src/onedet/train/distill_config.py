@@ -75,6 +75,9 @@ class DistillConfig(TrainConfig):
         for name in ("kd_box_threshold", "kd_pseudo_threshold"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1:
                 raise OnedetError(f"{name} is a score, in [0, 1], not {getattr(self, name)}")
+        if self.mixup and self.label_fraction < 1:
+            # the subset is marked per image after the loader: a mixed image would take an unlabelled one's boxes
+            raise OnedetError("--mixup mixes labelled and unlabelled images: it does not apply with --label-fraction")
 
     def loss_weights(self, model_weights: Mapping[str, float] | None = None) -> dict[str, float]:
         """The distillation terms' weights, and `pseudo_X`'s (`model_weights[X] * kd_pseudo_weight`, `X` a ground-truth

@@ -108,7 +108,8 @@ def build_loaders(
     shard = dict(device=device, rank=dist.rank, world_size=dist.world_size)
     if not cfg.cache_features:
         augment = BatchAugment() if cfg.augment else None
-        return BatchLoader(train_store, cfg.batch_size, seed=cfg.seed, augment=augment, **shard), None
+        loader = BatchLoader(train_store, cfg.batch_size, seed=cfg.seed, augment=augment, mixup=cfg.mixup, **shard)
+        return loader, None
     return cached_loaders(
         detector,
         BatchLoader(train_store, cfg.batch_size, seed=cfg.seed, **shard),
