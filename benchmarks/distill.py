@@ -110,7 +110,7 @@ def _store(args: argparse.Namespace, work: Path) -> Path:
     if fraction == 1:
         prepare(source, store, image_size=args.image_size, progress=False)
         return store
-    from onedet.data.formats import read_dataset
+    from onedet.data.formats import read_dataset, split_report
 
     datasets = read_dataset(source)
     for dataset in datasets:
@@ -122,10 +122,10 @@ def _store(args: argparse.Namespace, work: Path) -> Path:
             random.Random(0).shuffle(order)
             kept = set(order[: round(fraction * len(images))])
             print(f"train split: {len(kept)} of its {len(images)} images (--train-fraction {fraction:g})", flush=True)
-            left_out = {im.path.stem for i, im in enumerate(images) if i not in kept}
             dataset.images = [im for i, im in enumerate(images) if i in kept]
-            for files in dataset.report.items.values():  # what the reader fixed in images left out: not ours
-                files[:] = [f for f in files if Path(f).stem not in left_out]
+            left_out = [im for i, im in enumerate(images) if i not in kept]
+            # what the reader fixed in the images left out is not this store's to report
+            _, dataset.report = split_report(dataset.report, left_out, dataset.images)
     prepare(datasets, store, image_size=args.image_size, progress=False)
     return store
 

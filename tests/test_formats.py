@@ -201,6 +201,29 @@ def test_yolo_ultralytics_layout_without_yaml_holds_out_val(tmp_path: Path) -> N
     assert report["count"] == 1 and report["note"] == "held out 1 images of train as val"
 
 
+def test_held_out_images_take_their_report_entries_with_them(tmp_path: Path) -> None:
+    # images 0-5 have empty label files (reported twice: the .txt, and the image as a background image)
+    for i in range(12):
+        _image(tmp_path / f"images/train/{i}.jpg", 16, 16)
+        (tmp_path / "labels/train").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"labels/train/{i}.txt").write_text("" if i < 6 else "0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "labels/train/orphan.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # a dataset-level entry
+    splits = _by_split(read_dataset(tmp_path, holdout_fraction=0.5))
+    train, val = splits["train"], splits["val"]
+
+    def files(ds: SourceDataset, kind: str) -> set[str]:
+        return {Path(f).name for f in ds.report.to_json().get(kind, {}).get("files", [])}
+
+    for ds in (train, val):
+        empty = {f"{im.path.stem}.txt" for im in ds.images if int(im.path.stem) < 6}
+        assert files(ds, "empty_label_files") == empty and files(ds, "background_images") == {
+            f"{Path(f).stem}.jpg" for f in empty
+        }
+    assert files(val, "empty_label_files") and files(train, "empty_label_files")  # the seed splits them
+    assert files(train, "labels_without_image") == {"orphan.txt"} and "labels_without_image" not in val.report.items
+    assert _counts(val)["held_out_val"] == len(val.images) == 6
+
+
 def test_yolo_bad_lines_name_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "data.yaml").write_text("train: train/images\nnames: [a, b]\n")
     _image(tmp_path / "train/images/a.jpg", 8, 8)

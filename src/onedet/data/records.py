@@ -8,6 +8,7 @@ can show it: nothing is dropped silently.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,17 @@ class Report:
         for kind, files in other.items.items():
             self.items[kind].extend(files)
         self.notes.update(other.notes)
+
+    def take(self, owned: Callable[[str], bool]) -> Report:
+        """Move the entries whose file is `owned` into a new Report (with their counts) and return it; the notes
+        stay here."""
+        taken = Report()
+        for kind, files in self.items.items():
+            mine = [f for f in files if owned(f)]
+            if mine:
+                taken.items[kind].extend(mine)
+                files[:] = [f for f in files if not owned(f)]
+        return taken
 
     def to_json(self) -> dict[str, dict]:
         """{kind: {"count": n, "files": [unique files, in order]}}, plus "note" for kinds that have one."""

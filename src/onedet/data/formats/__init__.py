@@ -9,6 +9,7 @@ files and image headers are read; pixels are decoded later by prepare. Split nam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +79,31 @@ def _recognised(source: Path, format: str) -> bool:
     return find_yaml(source) is not None or _has_yolo_labels(source)
 
 
+def split_report(report: Report, taken: Sequence[SourceImage], kept: Sequence[SourceImage]) -> tuple[Report, Report]:
+    """Split what a reader reported between the images `taken` away and the images `kept`: (the taken images'
+    report, the rest's). An entry is a taken image's when it names that image, or the label file that shares its
+    stem (a YOLO `.txt`, a VOC `.xml`) and no kept image has that stem; dataset-level entries (a COCO JSON,
+    labels without an image, images that were skipped) stay with the rest. `report` is not changed."""
+    kept_stems = {im.path.stem for im in kept}
+    paths = {str(im.path) for im in taken}
+    stems = {im.path.stem for im in taken} - kept_stems
+
+    def owned(file: str) -> bool:
+        path = Path(file)
+        return file in paths or (path.suffix.lower() in (".txt", ".xml") and path.stem in stems)
+
+    rest = Report()
+    rest.merge(report)
+    return rest.take(owned), rest
+
+
 def hold_out_val(dataset: SourceDataset, holdout_fraction: float = 0.1, seed: int = 0) -> list[SourceDataset]:
     """Split one dataset into what remains and a "val" split of `round(fraction * N)` (at least 1) images.
 
     A fraction of 0 (or a dataset of one image) returns the dataset unchanged. The choice depends only on
     `seed` and the number of images; both splits keep the source order. The val split's report says what was
-    held out (kind "held_out_val"); the fixes found while reading stay in the other split's report. A dataset
-    named "val" keeps the rest as "train".
+    held out (kind "held_out_val") and what the reader fixed in the held-out images (`split_report`); the rest
+    split's report keeps everything else. A dataset named "val" keeps the rest as "train".
     """
     n = len(dataset.images)
     if n < 2 or holdout_fraction <= 0:
@@ -93,16 +112,15 @@ def hold_out_val(dataset: SourceDataset, holdout_fraction: float = 0.1, seed: in
     is_val = np.zeros(n, bool)
     is_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
     rest_name = "train" if dataset.name == "val" else dataset.name
-    val_report = Report()
-    for image, held in zip(dataset.images, is_val):
-        if held:
-            val_report.add("held_out_val", image.path)
-    val_report.note("held_out_val", f"held out {n_val} images of {dataset.name} as val")
     keep = [im for im, held in zip(dataset.images, is_val) if not held]
     val = [im for im, held in zip(dataset.images, is_val) if held]
+    val_report, rest_report = split_report(dataset.report, val, keep)
+    for image in val:
+        val_report.add("held_out_val", image.path)
+    val_report.note("held_out_val", f"held out {n_val} images of {dataset.name} as val")
     searched = list(dataset.searched)
     return [
-        SourceDataset(rest_name, dataset.format, dataset.classes, dataset.category_ids, keep, dataset.report, searched),
+        SourceDataset(rest_name, dataset.format, dataset.classes, dataset.category_ids, keep, rest_report, searched),
         SourceDataset("val", dataset.format, dataset.classes, dataset.category_ids, val, val_report, searched),
     ]
 
