@@ -25,12 +25,13 @@ import pytest
 from PIL import Image
 
 import onedet.data.prepare as prepare_module
-from onedet.cli import main
+from onedet.cli import COMMANDS, main
 from onedet.data.store import Store
 from onedet.errors import OnedetError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 SIZE = 64
+COMMAND_NAMES = {command.name for command in COMMANDS}
 
 
 def cli_error(capsys: pytest.CaptureFixture, args: list[str], *needles: str) -> str:
@@ -147,6 +148,9 @@ def _truncated(fmt: str) -> bytes:
         (["train", "--data", "s", "--finetune", "all"], "onedet train: error: argument --finetune: invalid choice"),
         (["train", "--data", "s", "--finetune", "lroa"], "onedet train: error: argument --finetune: invalid choice"),
         (["trian"], "onedet: error: argument command: invalid choice: 'trian'"),
+        # an option the command does not take is the command's error (argparse's points at `onedet --help`)
+        (["eval", "--weights", "w", "--data", "d", "--workers", "1"], "onedet eval: error: unrecognized arguments"),
+        (["train", "--data", "s", "--batchsize", "3"], "onedet train: error: unrecognized arguments: --batchsize 3"),
     ],
 )
 def test_a_usage_error_is_one_line_and_a_pointer_to_help(capsys: pytest.CaptureFixture, args, what) -> None:
@@ -157,9 +161,10 @@ def test_a_usage_error_is_one_line_and_a_pointer_to_help(capsys: pytest.CaptureF
     assert exit_info.value.code == 2
     assert err.splitlines()[0].startswith(what), err
     assert len(err.splitlines()) == 2 and "usage:" not in err, err
-    assert "--help` lists the options" in err
-    # a misspelling gets the nearest choice; a word near none gets no guess
-    suggestion = {"lroa": "lora", "trian": "train"}.get(args[-1])
+    where = f"onedet {args[0]}" if args[0] in COMMAND_NAMES else "onedet"
+    assert f"(`{where} --help` lists the options)" in err
+    # a misspelling gets the nearest choice or option; a word near none gets no guess
+    suggestion = {"lroa": "lora", "trian": "train", "3": "--batch-size"}.get(args[-1])
     assert err.splitlines()[0].endswith(f"; did you mean {suggestion!r}?") if suggestion else "did you mean" not in err
 
 
@@ -446,7 +451,7 @@ _KILLED_CLI_PREPARE = """
 import sys, time
 from pathlib import Path
 import onedet.data.prepare as P
-from onedet.cli import main
+from onedet.cli import COMMANDS, main
 
 decode, flag = P._decode, Path(sys.argv[3])
 def slow_decode(task):

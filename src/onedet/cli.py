@@ -181,6 +181,9 @@ class _Parser(argparse.ArgumentParser):
     screenful that pushes the one line that matters off the top. Sub-parsers are made with the same class.
     """
 
+    commands: dict[str, argparse.ArgumentParser]
+    """The top-level parser's sub-parsers by command name (set by `build_parser`)."""
+
     def error(self, message: str) -> NoReturn:
         # A misspelt command or choice gets the nearest one (Python 3.14's argparse has `suggest_on_error`; 3.11
         # does not). Read from argparse's message, so another wording only loses the suggestion.
@@ -189,20 +192,33 @@ class _Parser(argparse.ArgumentParser):
             message += f"; did you mean {close[0]!r}?" if close else ""
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
 
+    def unrecognized(self, extra: Sequence[str]) -> NoReturn:
+        """The error for arguments no option takes, with the nearest option to a misspelt `--flag`. argparse
+        reports them from the top-level parser, which would point at `onedet --help`, not at the command's."""
+        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        flags = [word.split("=", 1)[0] for word in extra if word.startswith("--")]
+        close = [match for flag in flags for match in difflib.get_close_matches(flag, options, n=1)]
+        self.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> _Parser:
     parser = _Parser(prog="onedet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"onedet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = {}
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help)
         add_arguments(p, command.options, command.exclude)
         p.set_defaults(command_spec=command)
+        parser.commands[command.name] = p
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.commands[args.command].unrecognized(extra)
     command: Command = args.command_spec
     del args.command, args.command_spec
     try:
