@@ -451,7 +451,7 @@ _KILLED_CLI_PREPARE = """
 import sys, time
 from pathlib import Path
 import onedet.data.prepare as P
-from onedet.cli import COMMANDS, main
+from onedet.cli import main
 
 decode, flag = P._decode, Path(sys.argv[3])
 def slow_decode(task):

@@ -205,12 +205,11 @@ def build_parser() -> _Parser:
     parser = _Parser(prog="onedet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"onedet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    parser.commands = {}
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help)
         add_arguments(p, command.options, command.exclude)
         p.set_defaults(command_spec=command)
-        parser.commands[command.name] = p
+    parser.commands = sub.choices  # argparse's own name -> sub-parser map
     return parser
 
 

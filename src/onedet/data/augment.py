@@ -286,16 +286,13 @@ def mix_up(
         return images, boxes_xyxy, labels, valid
     if not images.is_floating_point():
         raise TypeError(f"mix_up blends float images, got {images.dtype}")
-    mixed = torch.rand(b, generator=generator) < p
-    partner = torch.arange(1, b + 1) % b
-    share = (mixed.float() * MIXUP_WEIGHT).to(images)
-    # the partners' pixels are copied before the blend overwrites them
-    images.lerp_(images[partner.to(images.device)], share.view(b, 1, 1, 1))
-    keep = mixed.to(valid.device)[:, None] & valid[partner.to(valid.device)]
-    partner_boxes = torch.where(keep[..., None], boxes_xyxy[partner.to(boxes_xyxy.device)], 0)
+    mixed = (torch.rand(b, generator=generator) < p).to(images.device)
+    # image i's partner is image i + 1: the batch rolled by one (a copy, so read before the blend writes)
+    images.lerp_(images.roll(-1, 0), (mixed * MIXUP_WEIGHT).to(images.dtype).view(b, 1, 1, 1))
+    keep = mixed[:, None] & valid.roll(-1, 0)
     return (
         images,
-        torch.cat([boxes_xyxy, partner_boxes], dim=1),
-        torch.cat([labels, torch.where(keep, labels[partner.to(labels.device)], 0)], dim=1),
+        torch.cat([boxes_xyxy, torch.where(keep[..., None], boxes_xyxy.roll(-1, 0), 0)], dim=1),
+        torch.cat([labels, torch.where(keep, labels.roll(-1, 0), 0)], dim=1),
         torch.cat([valid, keep], dim=1),
     )

@@ -82,10 +82,10 @@ class Report:
         stay here."""
         taken = Report()
         for kind, files in self.items.items():
-            mine = [f for f in files if owned(f)]
-            if mine:
-                taken.items[kind].extend(mine)
-                files[:] = [f for f in files if not owned(f)]
+            marks = [owned(f) for f in files]
+            if any(marks):
+                taken.items[kind].extend(f for f, mine in zip(files, marks) if mine)
+                files[:] = [f for f, mine in zip(files, marks) if not mine]
         return taken
 
     def to_json(self) -> dict[str, dict]:
