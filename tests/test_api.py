@@ -89,11 +89,13 @@ def test_facade_trains_predicts_evaluates_and_exports(trained, tmp_path: Path) -
     eager = model.predict(image, threshold=0.0)
     assert len(eager) > 0 and isinstance(model.predict([image, image]), list)
 
-    metrics = model.evaluate(store / "val")
+    metrics = model.evaluate(store / "val", plots=tmp_path / "plots")
     # The same weights on the same split as the trainer's own evaluation of its best checkpoint.
     assert metrics["AP"] == pytest.approx(result.metrics["AP"]) and metrics["AP50"] == pytest.approx(
         result.metrics["AP50"]
     )
+    assert metrics["confusion"] == result.metrics["confusion"]
+    assert (tmp_path / "plots" / "confusion_matrix.png").stat().st_size > 0
 
     (path,) = model.export(tmp_path / "model.onnx")
     runtime = onedet.OnnxDetector(path)(image, threshold=0.0)[0]

@@ -1,12 +1,20 @@
 """COCO metrics through faster-coco-eval equal pycocotools' (the reference) on the same data."""
 
+import json
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
-from onedet.evaluate import best_f1_scores, build_coco_dicts, coco_metrics, format_metrics
+from onedet.evaluate import (
+    F1_THRESHOLD_FALLBACK,
+    best_f1_scores,
+    build_coco_dicts,
+    coco_metrics,
+    confusion_matrix,
+    format_metrics,
+)
 
 CLASSES = ["cat", "dog", "bird"]
 CATEGORY_IDS = [3, 17, 42]  # the dataset's own ids, not 0..C-1
@@ -96,7 +104,7 @@ def test_no_detections_and_classes_without_ground_truth():
     assert metrics["per_class"]["dog"] == -1  # nothing to measure, as COCO reports it
 
 
-def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
+def _f1_case():
     """One image, 4 cats and 2 dogs; each detection is either a true box (a true positive) or far from every box (a
     false positive), so precision and recall at each threshold can be counted by hand."""
     cats = np.array([[0.0, 0.0, 40, 40], [100, 0, 140, 40], [0, 100, 40, 140], [100, 100, 140, 140]])
@@ -109,10 +117,15 @@ def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
     gt = [{"boxes_xyxy": np.concatenate([cats, dogs]), "labels": np.array([0, 0, 0, 0, 1, 1])}]
     det = [{"boxes_xyxy": np.stack([b for _, b, _ in hits]), "scores": np.array([s for s, _, _ in hits]),
             "labels": np.array([c for _, _, c in hits])}]  # fmt: skip
+    return gt, det, cat_hits
+
+
+def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
+    gt, det, cat_hits = _f1_case()
 
     def f1(threshold: float) -> float:  # of the cats, counted by hand
         kept = [tp for s, _, tp in cat_hits if s >= threshold]
-        precision, recall = sum(kept) / len(kept), sum(kept) / len(cats)
+        precision, recall = sum(kept) / len(kept), sum(kept) / 4
         return 2 * precision * recall / (precision + recall)
 
     expected = max((s for s, _, _ in cat_hits), key=f1)
@@ -121,6 +134,83 @@ def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
     assert best["cat"] == pytest.approx(expected)
     assert best["dog"] == float("inf")  # boxes, but no score finds one
     assert best["bird"] is None  # no boxes to judge by
+
+
+def test_the_confusion_matrix_counts_from_each_class_best_f1_score():
+    """The `_f1_case` by hand: cats from 0.6 (3 found, 1 false positive, 1 missed), no dog detection counted (no
+    score finds a dog: both missed), birds from the fallback 0.4 (none). JSON holds the never-found threshold as
+    null."""
+    gt, det, _ = _f1_case()
+    confusion = coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True)["confusion"]
+    expected = np.zeros((4, 4), dtype=int)
+    expected[0, 0], expected[0, 3], expected[3, 0], expected[3, 1] = 3, 1, 1, 2
+    np.testing.assert_array_equal(confusion["matrix"], expected)
+    assert confusion["thresholds"]["cat"] == pytest.approx(0.6)
+    assert confusion["thresholds"]["dog"] is None
+    assert confusion["thresholds"]["bird"] == F1_THRESHOLD_FALLBACK
+    json.dumps(confusion, allow_nan=False)  # metrics.json must stay valid JSON
+    assert "confusion" not in coco_metrics(gt, det, CLASSES, CATEGORY_IDS)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_confusion_matrix_equals_faster_coco_eval_preview_results(seed):
+    """Against faster-coco-eval's own confusion matrix (`PreviewResults`: COCO's matching with the classes pooled),
+    on the random case without its crowd regions (which PreviewResults counts as missed objects) at one threshold."""
+    from faster_coco_eval import COCO
+    from faster_coco_eval.extra import PreviewResults
+
+    gt, det = _case(seed)
+    gt = [{k: v for k, v in g.items() if not k.startswith("crowd")} for g in gt]
+    threshold = 0.3
+    dataset, results = build_coco_dicts(gt, det, CATEGORY_IDS)
+    coco_gt = COCO(dataset)
+    reference = PreviewResults(coco_gt, coco_gt.loadRes(results), iou_tresh=0.5, min_score=threshold)
+    ref = reference.compute_confusion_matrix()  # [K, K + 2]: row true, column predicted, then FP and FN by class
+    ours = confusion_matrix(gt, det, [threshold] * len(CLASSES))
+    k = len(CLASSES)
+    np.testing.assert_array_equal(ours[:k, :k], ref[:, :k].T)
+    np.testing.assert_array_equal(ours[:k, k], ref[:, k])  # false positives of each predicted class
+    np.testing.assert_array_equal(ours[k, :k], ref[:, k + 1])  # missed objects of each class
+    assert ours[:k, :k].sum() > 5 and ours[:k, :k].trace() < ours[:k, :k].sum(), "matches, some across classes"
+
+
+def test_confusion_matrix_ignores_crowd_regions_as_coco_does():
+    """A detection on a crowd region of its own class (or of unknown class) is not counted; one on a crowd region of
+    another class is a false positive; a crowd region nothing covers is not a missed object; a second detection of
+    a found object and one below its class's threshold are as COCO counts them."""
+    gt = [
+        {
+            "boxes_xyxy": np.array([[0.0, 0, 10, 10], [50, 50, 60, 60]]),
+            "labels": np.array([0, 1]),
+            "crowd_boxes_xyxy": np.array([[100.0, 100, 200, 200], [300, 300, 400, 400], [500, 500, 600, 600]]),
+            "crowd_labels": np.array([2, -1, 1]),
+        }
+    ]
+    boxes = [
+        [0, 0, 10, 10],  # class 1 on the class-0 object: found as the wrong class
+        [0, 0, 10, 11],  # class 1 again on it, lower score: a false positive (the object is taken)
+        [50, 50, 60, 60],  # class 0 on the class-1 object, below class 0's threshold: not counted -> missed
+        [110, 110, 150, 150],  # class 2 inside the class-2 crowd: ignored
+        [110, 110, 150, 150],  # class 0 inside the class-2 crowd: a false positive
+        [310, 310, 350, 350],  # class 0 inside the crowd of unknown class: ignored
+        [700, 700, 720, 720],  # class 1 on nothing: a false positive
+    ]
+    det = [{"boxes_xyxy": np.array(boxes, dtype=float), "scores": np.array([0.9, 0.8, 0.3, 0.9, 0.9, 0.9, 0.7]),
+            "labels": np.array([1, 1, 0, 2, 0, 0, 1])}]  # fmt: skip
+    matrix = confusion_matrix(gt, det, [0.5, 0.5, 0.5])
+    expected = np.zeros((4, 4), dtype=int)
+    expected[1, 0] = 1  # a class-0 object found as class 1
+    expected[3, 1] = 1  # the class-1 object missed
+    expected[1, 3] = 2  # two false positives of class 1
+    expected[0, 3] = 1  # one of class 0
+    np.testing.assert_array_equal(matrix, expected)
+
+
+def test_plot_confusion_matrix_writes_a_png(tmp_path):
+    from onedet.train.plots import plot_confusion_matrix
+
+    path = plot_confusion_matrix(np.array([[3, 0, 1], [1, 2, 0], [0, 1, 0]]), ["cat", "dog"], tmp_path / "cm.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_format_metrics_shows_dataset_ids_and_names():

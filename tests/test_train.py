@@ -10,11 +10,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from train_helpers import cli_args, make_store, tiny_config
 
+from onedet.data.store import Store
 from onedet.errors import OnedetError
 from onedet.options import add_arguments, field_docs, from_args
 from onedet.train.config import TrainConfig
@@ -212,7 +214,6 @@ def test_forward_features_then_forward_head_equals_forward() -> None:
 
 @pytest.mark.slow
 def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path: Path) -> None:
-    from onedet.data.store import Store
     from onedet.train.features import CachedFeatureModel, FeatureCache
     from onedet.train.loop import Trainer
 
@@ -251,7 +252,8 @@ def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path
 def test_training_writes_the_run_folder(trained: Path) -> None:
     from onedet.train.logging import read_metrics
 
-    for name in ("curves.png", "pr.png", "predictions.png", "metrics.csv", "metrics.json", "train_config.json"):
+    names = ("curves.png", "pr.png", "confusion_matrix.png", "predictions.png", "metrics.csv", "metrics.json")
+    for name in (*names, "train_config.json"):
         assert (trained / name).stat().st_size > 0, name
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
     for which in ("last", "best"):
@@ -266,14 +268,23 @@ def test_training_writes_the_run_folder(trained: Path) -> None:
     assert info["classes"] and info["model"]["num_classes"] == len(info["classes"])
 
 
-def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     from onedet.cli import main
 
-    assert main(["eval", "--weights", str(trained), "--data", str(store / "val"), "--json"]) == 0
+    plots = tmp_path / "plots"
+    assert main(["eval", "--weights", str(trained), "--data", str(store / "val"), "--json", "--plots", str(plots)]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class", "confusion"}
+    assert "pr" not in metrics, "the curves go to pr.png, as the run's metrics.json leaves them out"
     saved = json.loads((trained / "metrics.json").read_text())
     assert metrics["AP"] == pytest.approx(saved["AP"], abs=1e-6), "eval of `best` equals the trainer's"
+    assert metrics["confusion"] == saved["confusion"]
+    matrix = np.asarray(saved["confusion"]["matrix"])
+    val = Store(store / "val")
+    objects = int(sum(np.asarray(val.read_batch(np.arange(len(val)))["valid"]).sum(-1)))
+    assert matrix[:, :-1].sum() == objects, "every object is found as some class or missed, once"
+    for name in ("pr.png", "confusion_matrix.png"):
+        assert (plots / name).stat().st_size > 0, name
 
 
 def test_an_occupied_run_folder_needs_resume(trained: Path, store: Path) -> None:

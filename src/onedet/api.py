@@ -130,11 +130,12 @@ class OneDet:
             self._predictor = load_predictor(self.run)
         return predict(self._predictor, images, threshold=threshold)
 
-    def evaluate(self, data: Any, batch_size: int = EvalOptions.batch_size) -> dict:
-        """COCO metrics on a store split (a path such as `store/val`, or a `Store`)."""
+    def evaluate(self, data: Any, batch_size: int = EvalOptions.batch_size, plots: str | Path | None = None) -> dict:
+        """COCO metrics on a store split (a path such as `store/val`, or a `Store`), with the precision-recall curves
+        (`pr`) and the confusion matrix (`confusion`); `plots`: a folder to draw them into."""
         from onedet.evaluate import evaluate_run
 
-        return evaluate_run(self.run, data, batch_size=batch_size)
+        return evaluate_run(self.run, data, batch_size=batch_size, plots=plots)
 
     def export(
         self,

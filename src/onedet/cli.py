@@ -103,9 +103,11 @@ def _run_eval(opts: EvalOptions) -> int:
 
     metrics = evaluate_run(**options_dict(opts, exclude=("json",)))
     if opts.json:
-        _print_json(metrics)
+        _print_json({k: v for k, v in metrics.items() if k != "pr"})
     else:
         print(format_metrics(metrics))
+        if opts.plots is not None:
+            print(f"plots written: {opts.plots / 'pr.png'}, {opts.plots / 'confusion_matrix.png'}")
     return 0
 
 

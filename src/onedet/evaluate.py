@@ -21,6 +21,12 @@ from onedet.options import EvalOptions
 # COCO's summary order (maxDets 100; area all/small/medium/large).
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
+F1_THRESHOLD_FALLBACK = 0.4
+"""The score threshold of a class the split has no boxes of, where F1 cannot choose one (`score_thresholds`)."""
+
+CONFUSION_IOU = 0.5
+"""The IoU from which a detection and an object match in `confusion_matrix` (as AP50 and the `pr` curves)."""
+
 
 def build_coco_dicts(
     gt: Sequence[dict[str, np.ndarray]],
@@ -169,7 +175,80 @@ def coco_metrics(
     if with_pr:
         recall = list(map(float, evaluator.params.recThrs))
         metrics["pr"] = {"recall": recall, "precision": curves, "scores": score_curves}
+        thresholds = score_thresholds(metrics["pr"])
+        matrix = confusion_matrix(gt, detections, [thresholds[str(name)] for name in classes])
+        metrics["confusion"] = {
+            "matrix": matrix.tolist(),
+            "iou": CONFUSION_IOU,
+            # JSON has no infinity: null is "no score found a true positive, no detection counted".
+            "thresholds": {name: (t if math.isfinite(t) else None) for name, t in thresholds.items()},
+        }
     return metrics
+
+
+def score_thresholds(pr: dict[str, Any]) -> dict[str, float]:
+    """Per class, the score from which a detection counts as one: where its F1 at IoU 0.5 is best
+    (`best_f1_scores`), `math.inf` for a class never found, `F1_THRESHOLD_FALLBACK` for a class without boxes."""
+    return {name: F1_THRESHOLD_FALLBACK if t is None else t for name, t in best_f1_scores(pr).items()}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU `[A, B]` of xyxy boxes, and the intersection over the area of each `a` box (COCO's IoU with a crowd)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter / np.maximum(union, 1e-12), inter / np.maximum(area_a[:, None], 1e-12)
+
+
+def confusion_matrix(
+    gt: Sequence[dict[str, np.ndarray]],
+    detections: Sequence[dict[str, np.ndarray]],
+    thresholds: Sequence[float],
+    iou_threshold: float = CONFUSION_IOU,
+) -> np.ndarray:
+    """Counts `[K + 1, K + 1]` (K classes): row = predicted class, column = true class; row K holds the objects no
+    detection found (missed), column K the detections that found no object (false positives).
+
+    Only detections of class k scoring at least `thresholds[k]` count. Matching is COCO's with the classes pooled:
+    per image, detections in descending score each take the still unmatched object of highest IoU (at least
+    `iou_threshold`), whatever the two classes. A detection that finds no object but covers a crowd region of its own
+    class (or of unknown class) by `iou_threshold` of its area is not counted, as COCO ignores it; a crowd region is
+    never a missed object. `gt` and `detections`: as `build_coco_dicts` takes them.
+
+    Written here because faster-coco-eval's `PreviewResults` counts every crowd region nothing matched as a missed
+    object and takes one score threshold for all classes; without crowds and with one threshold the two agree
+    (tests/test_evaluate.py).
+    """
+    k = len(thresholds)
+    limits = np.asarray(thresholds, dtype=np.float64)
+    matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for g, d in zip(gt, detections, strict=True):
+        true_boxes = np.asarray(g["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
+        true_labels = np.asarray(g["labels"]).reshape(-1).astype(np.int64)
+        boxes = np.asarray(d["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(d["scores"], dtype=np.float64).reshape(-1)
+        labels = np.asarray(d["labels"]).reshape(-1).astype(np.int64)
+        keep = scores >= limits[labels]
+        order = np.argsort(-scores[keep], kind="stable")  # COCO's order: by score, ties as given
+        boxes, labels = boxes[keep][order], labels[keep][order]
+        crowd = np.asarray(g.get("crowd_boxes_xyxy", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+        crowd_labels = np.asarray(g.get("crowd_labels", np.full(len(crowd), -1))).reshape(-1)
+        iou = _iou(boxes, true_boxes)[0]
+        on_crowd = _iou(boxes, crowd)[1] >= iou_threshold  # [D, C]
+        found = np.zeros(len(true_boxes), dtype=bool)
+        for i, label in enumerate(labels):
+            candidates = np.where(found, -1.0, iou[i])
+            j = int(candidates.argmax()) if len(candidates) else -1
+            if j >= 0 and candidates[j] >= iou_threshold:
+                found[j] = True
+                matrix[label, true_labels[j]] += 1
+            elif not (on_crowd[i] & ((crowd_labels < 0) | (crowd_labels == label))).any():
+                matrix[label, k] += 1
+        np.add.at(matrix[k], true_labels[~found], 1)
+    return matrix
 
 
 def best_f1_scores(pr: dict[str, Any]) -> dict[str, float | None]:
@@ -239,10 +318,14 @@ def evaluate_model(
     return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes, with_pr=with_pr)
 
 
-def evaluate_run(weights: Any, data: Any, batch_size: int = EvalOptions.batch_size) -> dict:
-    """`load_run(weights)` + `Store(data)` + `evaluate_model`, with the run's classes checked against the store's.
+def evaluate_run(
+    weights: Any, data: Any, batch_size: int = EvalOptions.batch_size, plots: str | Path | None = None
+) -> dict:
+    """`load_run(weights)` + `Store(data)` + `evaluate_model(..., with_pr=True)`, with the run's classes checked
+    against the store's: the metrics with `pr` and `confusion` (see `coco_metrics`).
 
-    `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`.
+    `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`; `plots`: a
+    folder to write `pr.png` and `confusion_matrix.png` into.
     """
     from onedet.checkpoint import load_run
     from onedet.data.store import Store
@@ -261,7 +344,13 @@ def evaluate_run(weights: Any, data: Any, batch_size: int = EvalOptions.batch_si
         raise OnedetError(
             f"{store.path}: the store's classes {store.classes} differ from the model's {list(run.classes)}"
         )
-    return evaluate_model(run.model, store, batch_size=batch_size)
+    metrics = evaluate_model(run.model, store, batch_size=batch_size, with_pr=True)
+    if plots is not None:
+        from onedet.train.report import write_metric_plots
+
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        write_metric_plots(metrics, list(store.classes), Path(plots))
+    return metrics
 
 
 def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None = None) -> str:

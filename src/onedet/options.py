@@ -218,8 +218,10 @@ class EvalOptions:
     """A store split, e.g. STORE/val."""
     batch_size: int = 8
     """Images per forward pass."""
+    plots: Path | None = None
+    """A folder to write this split's precision-recall curves (pr.png) and confusion matrix into."""
     json: bool = False
-    """Print the metrics as JSON."""
+    """Print the metrics as JSON (less the precision-recall curves, as the run's metrics.json)."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""PNG plots of a run (matplotlib, Agg backend): loss and mAP curves, per-class precision-recall, predictions.
+"""PNG plots of a run (matplotlib, Agg backend): loss and mAP curves, per-class precision-recall, the confusion
+matrix, predictions.
 
 All functions take plain arrays and write one file, so they work the same during training, from a finished
 run's `metrics.csv`, and in the benchmarks.
@@ -71,6 +72,36 @@ def plot_precision_recall(
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], path: Path, title: str = "confusion matrix (IoU 0.5)"
+) -> Path:
+    """`evaluate.confusion_matrix`'s counts `[K + 1, K + 1]` (row predicted, column true, index K background) as a
+    heat map: each true class's column divided by its objects (where its objects went), the background column by
+    all false positives (which classes they claim); the counts are written in the cells up to 30 classes."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    names = [*map(str, classes), "background"]
+    fractions = matrix / np.maximum(matrix.sum(0, keepdims=True), 1)
+    size = min(4 + 0.45 * len(names), 24)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the column")
+    if len(names) <= 31:
+        for (row, col), count in np.ndenumerate(matrix):
+            if count:
+                color = "white" if fractions[row, col] > 0.5 else "black"
+                ax.text(col, row, f"{int(count)}", ha="center", va="center", color=color, fontsize=7)
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=90 if len(names) > 8 else 0, fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
+    ax.set_xlabel("true class (background: false positives)")
+    ax.set_ylabel("predicted class (background: missed objects)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

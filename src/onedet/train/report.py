@@ -1,5 +1,5 @@
-"""The end-of-run figures of the best checkpoint: per-class precision-recall curves (`pr.png`) and its predictions
-on the first validation images (`predictions.png`)."""
+"""The end-of-run figures of the best checkpoint: per-class precision-recall curves (`pr.png`), the confusion
+matrix (`confusion_matrix.png`) and its predictions on the first validation images (`predictions.png`)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ import torch
 from torch import nn
 
 from onedet.model.postprocess import decode_topk
-from onedet.train.plots import plot_precision_recall, plot_predictions
+from onedet.train.plots import plot_confusion_matrix, plot_precision_recall, plot_predictions
 
 
-def write_final_plots(
-    model: nn.Module, metrics: dict[str, Any], val_store: Any, classes: list[str], out: Path, device: torch.device
-) -> None:
-    """`pr.png` from `metrics["pr"]` (evaluated `with_pr`), and `predictions.png` of `model` (images in [0, 1] ->
-    `DetectorOutput`) on up to 8 images of `val_store`, with their true boxes."""
+def write_metric_plots(metrics: dict[str, Any], classes: list[str], out: Path) -> list[Path]:
+    """`pr.png` and `confusion_matrix.png` in `out` from `coco_metrics(..., with_pr=True)`; returns their paths."""
     pr = metrics.get("pr", {})
     recall = np.asarray(pr.get("recall", []))
     curves = {}
@@ -26,7 +23,20 @@ def write_final_plots(
         precision = np.asarray(precision)
         if (precision >= 0).any():
             curves[name] = (recall, np.clip(precision, 0, None))
-    plot_precision_recall(curves, out / "pr.png")
+    paths = [plot_precision_recall(curves, out / "pr.png")]
+    if "confusion" in metrics:
+        matrix = np.asarray(metrics["confusion"]["matrix"])
+        title = "confusion matrix (IoU 0.5; each class's detections from the score of its best F1)"
+        paths.append(plot_confusion_matrix(matrix, classes, out / "confusion_matrix.png", title=title))
+    return paths
+
+
+def write_final_plots(
+    model: nn.Module, metrics: dict[str, Any], val_store: Any, classes: list[str], out: Path, device: torch.device
+) -> None:
+    """`write_metric_plots`, and `predictions.png` of `model` (images in [0, 1] -> `DetectorOutput`) on up to 8
+    images of `val_store`, with their true boxes."""
+    write_metric_plots(metrics, classes, out)
     count = min(8, len(val_store))
     raw = val_store.read_batch(np.arange(count))
     images = torch.as_tensor(raw["images"])
