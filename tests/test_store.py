@@ -172,3 +172,40 @@ def test_summarize_and_format(store_root):
     text = format_summary(summary)
     assert "train: 6 images, 10 boxes, 3 classes" in text and "background_images" in text
     assert "val: 2 images" in text
+
+
+def test_boxes_are_the_source_boxes_in_original_pixels_without_crowds(store_root):
+    """`Store.boxes()` against the fixture's own boxes: image i of train has i % 5 boxes [1 + j, 2, 10 + 2j, 20],
+    labels j % 3; the crowd region of image 1 is not among them."""
+    store = Store(store_root / "train")
+    table = store.boxes()
+    expected_boxes, expected_labels, expected_image = [], [], []
+    for index, file in enumerate(store.files):
+        i = int(file.rsplit("train", 1)[1].split(".")[0])
+        for j in range(i % 5):
+            expected_boxes.append([1 + j, 2, 10 + 2 * j, 20])
+            expected_labels.append(j % 3)
+            expected_image.append(index)
+    np.testing.assert_array_equal(table["image"], expected_image)
+    np.testing.assert_array_equal(table["labels"], expected_labels)
+    np.testing.assert_allclose(table["orig_boxes_xyxy"], expected_boxes, atol=1e-3)
+    scale = store.read_batch(np.arange(len(store)))["scale"].numpy()
+    np.testing.assert_allclose(table["boxes_xyxy"], table["orig_boxes_xyxy"] * scale[table["image"], None], rtol=1e-6)
+    assert table["orig_size"].shape == (len(store), 2)
+
+
+def test_info_plots_draw_each_split(store_root, tmp_path, capsys):
+    from onedet.cli import main
+
+    assert main(["info", str(store_root), "--plots", str(tmp_path / "plots")]) == 0
+    assert "plots written" in capsys.readouterr().out
+    for split in ("train", "val"):
+        assert (tmp_path / "plots" / f"boxes_{split}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_boxes_of_a_split_without_boxes(tmp_path):
+    from onedet.train.plots import plot_boxes
+
+    empty = {"image": np.zeros(0, int), "labels": np.zeros(0, int), "boxes_xyxy": np.zeros((0, 4))}
+    empty |= {"orig_boxes_xyxy": np.zeros((0, 4)), "orig_size": np.full((3, 2), 64)}
+    assert plot_boxes(empty, CLASSES, 48, tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"

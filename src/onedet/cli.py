@@ -61,6 +61,12 @@ def _run_info(opts: InfoOptions) -> int:
         _print_json(summary)
     else:
         print(format_summary(summary))
+    if opts.plots is not None:
+        from onedet.data.store import plot_splits
+
+        paths = plot_splits(opts.store, opts.plots)
+        if not opts.json:
+            print("plots written: " + ", ".join(map(str, paths)))
     return 0
 
 

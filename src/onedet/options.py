@@ -202,6 +202,8 @@ class InfoOptions:
     """A prepared store folder."""
     json: bool = False
     """Print a JSON object keyed by split."""
+    plots: Path | None = None
+    """A folder to draw each split's boxes into (boxes_<split>.png: per class, sizes, positions)."""
 
 
 @dataclass

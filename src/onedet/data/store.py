@@ -249,6 +249,21 @@ class Store:
         """One letterboxed image, uint8 [3, S, S]."""
         return self.read_batch([i])["images"][0]
 
+    def boxes(self) -> dict[str, np.ndarray]:
+        """Every box of the split (crowd regions aside), read without an image: `image` [N] (its index), `labels`
+        [N], `boxes_xyxy` [N, 4] (store pixels: the size the model sees), `orig_boxes_xyxy` [N, 4] (original
+        pixels); and per image `orig_size` [I, 2] (h, w)."""
+        image, slot = np.nonzero(self._tensors["valid"].numpy())
+        boxes = self._tensors["boxes_xyxy"].numpy()[image, slot]
+        scale = self._tensors["scale"].numpy()[image]
+        return {
+            "image": image,
+            "labels": self._tensors["labels"].numpy()[image, slot],
+            "boxes_xyxy": boxes,
+            "orig_boxes_xyxy": boxes / scale[:, None],
+            "orig_size": self._tensors["orig_size"].numpy(),
+        }
+
     def class_counts(self) -> list[int]:
         """Training boxes per label (from meta.json: no need to read the labels of a large store)."""
         if "boxes_per_class" in self.meta:
@@ -285,6 +300,21 @@ def summarize(store_path: str | Path) -> dict[str, dict]:
             "format": store.meta["format"],
         }
     return summary
+
+
+def plot_splits(store_path: str | Path, out: str | Path) -> list[Path]:
+    """`boxes_<split>.png` in `out` for each split of a store root (or the one split folder): see `plots.plot_boxes`."""
+    from onedet.train.plots import plot_boxes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split_dir in _split_dirs(Path(store_path)):
+        store = Store(split_dir)
+        split = store.meta.get("split", split_dir.name)
+        path = out / f"boxes_{split}.png"
+        paths.append(plot_boxes(store.boxes(), store.classes, store.image_size, path, str(store.path)))
+    return paths
 
 
 def format_summary(summary: dict[str, dict], max_files: int = 3) -> str:

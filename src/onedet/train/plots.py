@@ -1,5 +1,5 @@
 """PNG plots of a run (matplotlib, Agg backend): loss and mAP curves, per-class precision-recall, the confusion
-matrix, predictions.
+matrix, predictions; and of a store split's boxes.
 
 All functions take plain arrays and write one file, so they work the same during training, from a finished
 run's `metrics.csv`, and in the benchmarks.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,7 +18,7 @@ matplotlib.use("Agg")  # no display here, and none needed
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import patches
+from matplotlib import patches, ticker
 
 _COLORS = plt.get_cmap("tab10").colors
 
@@ -107,6 +108,86 @@ def plot_confusion_matrix(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_boxes(
+    boxes: dict[str, np.ndarray],
+    classes: Sequence[str],
+    image_size: int,
+    path: Path,
+    title: str = "",
+    strides: Sequence[int] = (8, 16, 32),
+    max_points: int = 20000,
+) -> Path:
+    """A store split's boxes (`Store.boxes()`) in four panels: boxes per class; width against height in original
+    pixels; centres relative to their image; and the side (square root of the area) in store pixels, the size
+    the model sees at `image_size`, against the pyramid's `strides` (a box much smaller than the finest stride
+    covers less than one location there). At most `max_points` boxes are scattered (a seeded sample)."""
+    labels = np.asarray(boxes["labels"], dtype=np.int64)
+    orig = np.asarray(boxes["orig_boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
+    seen = np.asarray(boxes["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
+    sizes = np.asarray(boxes["orig_size"], dtype=np.float64).reshape(-1, 2)[np.asarray(boxes["image"], dtype=int)]
+    fig, ((ax_count, ax_wh), (ax_xy, ax_side)) = plt.subplots(2, 2, figsize=(11, 9))
+    counts = np.bincount(labels, minlength=len(classes))[: len(classes)]
+    ax_count.barh(np.arange(len(classes)), counts, color=[_COLORS[i % len(_COLORS)] for i in range(len(classes))])
+    ax_count.set_yticks(np.arange(len(classes)), [str(c) for c in classes], fontsize=7 if len(classes) > 20 else 9)
+    ax_count.invert_yaxis()
+    ax_count.set_xlabel("boxes")
+    ax_count.set_title(f"{len(labels)} boxes in {len(boxes['orig_size'])} images")
+    pick = np.arange(len(labels))
+    if len(pick) > max_points:
+        pick = np.sort(np.random.default_rng(0).choice(len(pick), max_points, replace=False))
+    wh = np.clip(orig[pick, 2:] - orig[pick, :2], 1e-3, None)
+    colors = [_COLORS[int(c) % len(_COLORS)] for c in labels[pick]]
+    ax_wh.scatter(wh[:, 0], wh[:, 1], s=4, c=colors, alpha=0.5, linewidths=0)
+    if len(pick):  # a log scale of nothing fails
+        _plain_log(ax_wh, "xy")
+    if len(classes) <= 10:  # the bars above name the colours; a legend helps beside them only for a few classes
+        for i, name in enumerate(classes):
+            ax_wh.scatter([], [], s=12, color=_COLORS[i % len(_COLORS)], label=str(name))
+        ax_wh.legend(fontsize=7, markerscale=1.5)
+    ax_wh.set_xlabel("width (original pixels)")
+    ax_wh.set_ylabel("height (original pixels)")
+    ax_wh.grid(alpha=0.3, which="both")
+    centre = ((orig[:, :2] + orig[:, 2:]) / 2) / np.maximum(sizes[:, ::-1], 1)  # (x / w, y / h)
+    ax_xy.hist2d(centre[:, 0], centre[:, 1], bins=32, range=[[0, 1], [0, 1]], cmap="Blues")
+    ax_xy.invert_yaxis()  # image coordinates: y down
+    ax_xy.set_aspect("equal")
+    ax_xy.set_xlabel("centre x / image width")
+    ax_xy.set_ylabel("centre y / image height")
+    side = np.sqrt(np.clip(seen[:, 2:] - seen[:, :2], 0, None).prod(-1))
+    if len(side):
+        bins = np.geomspace(max(side.min(), 0.5), max(side.max(), 1.0) * 1.01, 40)
+        ax_side.hist(side, bins=bins, color="tab:blue")
+        _plain_log(ax_side, "x")
+    for stride in strides:
+        ax_side.axvline(stride, color="tab:red", ls="--", lw=1)
+        ax_side.text(
+            stride,
+            1,
+            f" stride {stride}",
+            color="tab:red",
+            fontsize=7,
+            transform=ax_side.get_xaxis_transform(),
+            va="top",
+        )
+    ax_side.set_xlabel(f"box side, sqrt(w h), in pixels at the {image_size} px input")
+    ax_side.set_ylabel("boxes")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _plain_log(ax: Any, which: str) -> None:
+    """Log scales on the `which` ("x", "y", "xy") axes of `ax`, labelled 20, 50, 100 rather than 2x10^1."""
+    for name in which:
+        getattr(ax, f"set_{name}scale")("log")
+        axis = getattr(ax, f"{name}axis")
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.ScalarFormatter())
+        axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def plot_predictions(
