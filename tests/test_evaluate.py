@@ -206,11 +206,25 @@ def test_confusion_matrix_ignores_crowd_regions_as_coco_does():
     np.testing.assert_array_equal(matrix, expected)
 
 
-def test_plot_confusion_matrix_writes_a_png(tmp_path):
-    from onedet.train.plots import plot_confusion_matrix
+def test_format_metrics_lists_each_class_counts_at_its_best_f1_score():
+    gt, det, _ = _f1_case()
+    lines = format_metrics(coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True)).splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["id", "class"])
+    assert header.split()[3:] == ["objects", "found", "as", "other", "missed", "false", "pos.", "from", "score"]
+    rows = {line.split()[1]: line.split()[3:] for line in lines if line.split()[:1] in (["3"], ["17"], ["42"])}
+    assert rows["cat"] == ["4", "3", "0", "1", "1", "0.60"]  # objects, found, as other, missed, false pos., score
+    assert rows["dog"] == ["2", "0", "0", "2", "0", "never"]
+    assert rows["bird"] == ["0", "0", "0", "0", "0", f"{F1_THRESHOLD_FALLBACK:.2f}"]
 
-    path = plot_confusion_matrix(np.array([[3, 0, 1], [1, 2, 0], [0, 1, 0]]), ["cat", "dog"], tmp_path / "cm.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+def test_metric_plots_write_pngs(tmp_path):
+    from onedet.train.report import write_metric_plots
+
+    gt, det, _ = _f1_case()
+    paths = write_metric_plots(coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True), CLASSES, tmp_path)
+    assert [p.name for p in paths] == ["pr.png", "f1.png", "confusion_matrix.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_format_metrics_shows_dataset_ids_and_names():

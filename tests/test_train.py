@@ -252,7 +252,7 @@ def test_cached_features_train_and_evaluate_like_the_model(store: Path, tmp_path
 def test_training_writes_the_run_folder(trained: Path) -> None:
     from onedet.train.logging import read_metrics
 
-    names = ("curves.png", "pr.png", "confusion_matrix.png", "predictions.png", "metrics.csv", "metrics.json")
+    names = ("curves.png", "pr.png", "f1.png", "confusion_matrix.png", "predictions.png", "metrics.csv", "metrics.json")
     for name in (*names, "train_config.json"):
         assert (trained / name).stat().st_size > 0, name
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
@@ -283,7 +283,7 @@ def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.Captur
     val = Store(store / "val")
     objects = int(sum(np.asarray(val.read_batch(np.arange(len(val)))["valid"]).sum(-1)))
     assert matrix[:, :-1].sum() == objects, "every object is found as some class or missed, once"
-    for name in ("pr.png", "confusion_matrix.png"):
+    for name in ("pr.png", "f1.png", "confusion_matrix.png"):
         assert (plots / name).stat().st_size > 0, name
 
 

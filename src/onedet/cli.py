@@ -113,7 +113,8 @@ def _run_eval(opts: EvalOptions) -> int:
     else:
         print(format_metrics(metrics))
         if opts.plots is not None:
-            print(f"plots written: {opts.plots / 'pr.png'}, {opts.plots / 'confusion_matrix.png'}")
+            names = ("pr.png", "f1.png", "confusion_matrix.png")
+            print("plots written: " + ", ".join(str(opts.plots / name) for name in names))
     return 0
 
 

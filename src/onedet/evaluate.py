@@ -251,21 +251,32 @@ def confusion_matrix(
     return matrix
 
 
-def best_f1_scores(pr: dict[str, Any]) -> dict[str, float | None]:
-    """Per class, the detection score at which F1 at IoU 0.5 is best along `coco_metrics`' `pr` curves: a
-    threshold for "is this detection an object". `math.inf` for a class with ground truth but no true positive (no
-    score is good enough), None for a class without ground truth (nothing to judge by).
-
-    Read at COCO's 101 recall points, with COCO's interpolated precision (the best at this recall or more).
-    """
+def f1_curves(pr: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """Per class, `(scores [R], f1 [R])` along `coco_metrics`' `pr` curves at IoU 0.5: the F1 a detection threshold
+    of that score gives (COCO's 101 recall points, with COCO's interpolated precision, the best at this recall or
+    more; F1 0 where the recall is never reached). None for a class without ground truth."""
     recall = np.asarray(pr["recall"], dtype=np.float64)
-    best: dict[str, float | None] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     for name, curve in pr["precision"].items():
         precision, scores = np.asarray(curve, dtype=np.float64), np.asarray(pr["scores"][name], dtype=np.float64)
         if (precision < 0).all():
-            best[name] = None
+            curves[name] = None
             continue
         f1 = np.where(precision > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        curves[name] = (scores, f1)
+    return curves
+
+
+def best_f1_scores(pr: dict[str, Any]) -> dict[str, float | None]:
+    """Per class, the detection score at which F1 at IoU 0.5 is best along `f1_curves`: a threshold for "is this
+    detection an object". `math.inf` for a class with ground truth but no true positive (no score is good enough),
+    None for a class without ground truth (nothing to judge by)."""
+    best: dict[str, float | None] = {}
+    for name, curve in f1_curves(pr).items():
+        if curve is None:
+            best[name] = None
+            continue
+        scores, f1 = curve
         best[name] = float(scores[int(f1.argmax())]) if f1.max() > 0 else math.inf
     return best
 
@@ -354,7 +365,9 @@ def evaluate_run(
 
 
 def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None = None) -> str:
-    """A readable table: the summary numbers in percent, then AP per class with the dataset's own ids."""
+    """A readable table: the summary numbers in percent, then AP per class with the dataset's own ids, and with
+    `confusion` (metrics evaluated `with_pr`) each class's counts at its best-F1 score: its objects found as
+    itself, found as another class, missed, and its false positives."""
 
     def pct(v: float) -> str:
         return "    -" if v < 0 else f"{100 * v:5.1f}"
@@ -365,11 +378,33 @@ def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None =
         "  ".join(pct(metrics[n]) for n in _STAT_NAMES),
     ]
     per_class = metrics.get("per_class", {})
-    if per_class:
-        ids = metrics.get("category_ids", category_ids)
-        width = max(len("class"), *(len(name) for name in per_class))
-        lines += ["", f"{'id':>6}  {'class':<{width}}  {'AP':>5}"]
-        for i, (name, ap) in enumerate(per_class.items()):
-            cid = str(ids[i]) if ids is not None else str(i)
-            lines.append(f"{cid:>6}  {name:<{width}}  {pct(ap)}")
+    if not per_class:
+        return "\n".join(lines)
+    ids = metrics.get("category_ids", category_ids)
+    width = max(len("class"), *(len(name) for name in per_class))
+    confusion = metrics.get("confusion")
+    counts = ""
+    if confusion is not None:
+        counts = (
+            f"  {'objects':>7}  {'found':>5}  {'as other':>8}  {'missed':>6}  {'false pos.':>10}  {'from score':>10}"
+        )
+        matrix = np.asarray(confusion["matrix"])
+    lines += ["", f"{'id':>6}  {'class':<{width}}  {'AP':>5}{counts}"]
+    for i, (name, ap) in enumerate(per_class.items()):
+        cid = str(ids[i]) if ids is not None else str(i)
+        line = f"{cid:>6}  {name:<{width}}  {pct(ap)}"
+        if confusion is not None:
+            column, found = matrix[:, i], int(matrix[i, i])
+            score = confusion["thresholds"].get(name)
+            shown = "never" if score is None else f"{score:.2f}"
+            line += (
+                f"  {int(column.sum()):>7}  {found:>5}  {int(column[:-1].sum()) - found:>8}  {int(column[-1]):>6}"
+                f"  {int(matrix[i, -1]):>10}  {shown:>10}"
+            )
+        lines.append(line)
+    if confusion is not None:
+        lines += [
+            f"(counts at IoU {confusion['iou']}, each class's detections from the score where its F1 is best:",
+            " a threshold for `onedet predict --threshold`; 'never': no score finds one of that class)",
+        ]
     return "\n".join(lines)

@@ -221,7 +221,7 @@ class EvalOptions:
     batch_size: int = 8
     """Images per forward pass."""
     plots: Path | None = None
-    """A folder to write this split's precision-recall curves (pr.png) and confusion matrix into."""
+    """A folder to draw this split's pr.png, f1.png and confusion_matrix.png into."""
     json: bool = False
     """Print the metrics as JSON (less the precision-recall curves, as the run's metrics.json)."""
 

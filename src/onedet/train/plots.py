@@ -1,5 +1,5 @@
-"""PNG plots of a run (matplotlib, Agg backend): loss and mAP curves, per-class precision-recall, the confusion
-matrix, predictions; and of a store split's boxes.
+"""PNG plots of a run (matplotlib, Agg backend): loss and mAP curves, per-class precision-recall and F1, the
+confusion matrix, predictions; and of a store split's boxes.
 
 All functions take plain arrays and write one file, so they work the same during training, from a finished
 run's `metrics.csv`, and in the benchmarks.
@@ -68,6 +68,38 @@ def plot_precision_recall(
         ax.plot(recall, precision, color=_COLORS[i % len(_COLORS)], label=f"{name} ({ap:.2f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_f1(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    title: str = "F1 against the score threshold (IoU 0.5)",
+) -> Path:
+    """One F1-against-score curve per class (`evaluate.f1_curves`), the best point marked and named in the legend:
+    where to set a detection threshold."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, (name, (scores, f1)) in enumerate(curves.items()):
+        scores, f1 = np.asarray(scores), np.asarray(f1)
+        reached = f1 > 0
+        color = _COLORS[i % len(_COLORS)]
+        if not reached.any():
+            ax.plot([], [], color=color, label=f"{name} (never found)")
+            continue
+        best = int(f1.argmax())
+        ax.plot(scores[reached], f1[reached], color=color, label=f"{name} ({f1[best]:.2f} at {scores[best]:.2f})")
+        ax.plot(scores[best], f1[best], "o", color=color)
+    ax.set_xlabel("score threshold")
+    ax.set_ylabel("F1")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

@@ -1,5 +1,5 @@
-"""The end-of-run figures of the best checkpoint: per-class precision-recall curves (`pr.png`), the confusion
-matrix (`confusion_matrix.png`) and its predictions on the first validation images (`predictions.png`)."""
+"""The end-of-run figures of the best checkpoint: per-class precision-recall and F1 curves (`pr.png`, `f1.png`), the
+confusion matrix (`confusion_matrix.png`) and its predictions on the first validation images (`predictions.png`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from onedet.evaluate import f1_curves
 from onedet.model.postprocess import decode_topk
-from onedet.train.plots import plot_confusion_matrix, plot_precision_recall, plot_predictions
+from onedet.train.plots import plot_confusion_matrix, plot_f1, plot_precision_recall, plot_predictions
 
 
 def write_metric_plots(metrics: dict[str, Any], classes: list[str], out: Path) -> list[Path]:
-    """`pr.png` and `confusion_matrix.png` in `out` from `coco_metrics(..., with_pr=True)`; returns their paths."""
+    """`pr.png`, `f1.png` and `confusion_matrix.png` in `out` from `coco_metrics(..., with_pr=True)`; returns their
+    paths."""
     pr = metrics.get("pr", {})
     recall = np.asarray(pr.get("recall", []))
     curves = {}
@@ -24,6 +26,9 @@ def write_metric_plots(metrics: dict[str, Any], classes: list[str], out: Path) -
         if (precision >= 0).any():
             curves[name] = (recall, np.clip(precision, 0, None))
     paths = [plot_precision_recall(curves, out / "pr.png")]
+    if pr:
+        f1 = {name: curve for name, curve in f1_curves(pr).items() if curve is not None}
+        paths.append(plot_f1(f1, out / "f1.png"))
     if "confusion" in metrics:
         matrix = np.asarray(metrics["confusion"]["matrix"])
         title = "confusion matrix (IoU 0.5; each class's detections from the score of its best F1)"
