@@ -23,6 +23,25 @@ from matplotlib import patches, ticker
 _COLORS = plt.get_cmap("tab10").colors
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _unit_axes(ax: Any, xlabel: str, ylabel: str, title: str, legend: bool) -> None:
+    """Axes of a curve between 0 and 1 on both axes (precision-recall, F1 against the score)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title)
+
+
 def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
     """Train loss (and its terms) and validation AP / AP50 against the epoch, from `metrics.csv` rows."""
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
@@ -51,10 +70,7 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -
     if epochs:
         ax_ap.set_xlim(left=min(epochs) - 0.5)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_precision_recall(
@@ -66,18 +82,8 @@ def plot_precision_recall(
         recall, precision = np.asarray(recall), np.asarray(precision)
         ap = float(np.trapezoid(precision, recall)) if len(recall) > 1 else 0.0
         ax.plot(recall, precision, color=_COLORS[i % len(_COLORS)], label=f"{name} ({ap:.2f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    _unit_axes(ax, "recall", "precision", title, legend=bool(curves))
+    return _save(fig, path)
 
 
 def plot_f1(
@@ -98,18 +104,8 @@ def plot_f1(
         best = int(f1.argmax())
         ax.plot(scores[reached], f1[reached], color=color, label=f"{name} ({f1[best]:.2f} at {scores[best]:.2f})")
         ax.plot(scores[best], f1[best], "o", color=color)
-    ax.set_xlabel("score threshold")
-    ax.set_ylabel("F1")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    _unit_axes(ax, "score threshold", "F1", title, legend=bool(curves))
+    return _save(fig, path)
 
 
 def plot_confusion_matrix(
@@ -136,10 +132,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("true class (background: false positives)")
     ax.set_ylabel("predicted class (background: missed objects)")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_boxes(
@@ -206,10 +199,7 @@ def plot_boxes(
     ax_side.set_xlabel(f"box side, sqrt(w h), in pixels at the {image_size} px input")
     ax_side.set_ylabel("boxes")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _plain_log(ax: Any, which: str) -> None:
@@ -265,7 +255,4 @@ def plot_predictions(
                 va="bottom",
                 bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "lw": 0},
             )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
