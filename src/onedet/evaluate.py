@@ -336,7 +336,7 @@ def evaluate_run(
     against the store's: the metrics with `pr` and `confusion` (see `coco_metrics`).
 
     `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`; `plots`: a
-    folder to write `pr.png` and `confusion_matrix.png` into.
+    folder to draw `pr.png`, `f1.png` and `confusion_matrix.png` into.
     """
     from onedet.checkpoint import load_run
     from onedet.data.store import Store
