@@ -353,7 +353,7 @@ class DistillTrainer(Trainer):
 
     def _f1_thresholds(self) -> dict[str, float]:
         """Per class, the score at which the teacher's F1 on the val split is best (`kd_pseudo_threshold` none)."""
-        from onedet.evaluate import best_f1_scores, evaluate_model
+        from onedet.evaluate import evaluate_model, score_thresholds
 
         teacher = self.teacher().model
         filtered, teacher.head.use_peak_filter = teacher.head.use_peak_filter, True  # judge it as inference runs it
@@ -361,8 +361,7 @@ class DistillTrainer(Trainer):
             metrics = evaluate_model(teacher, self.val_store, with_pr=True)
         finally:
             teacher.head.use_peak_filter = filtered
-        best = best_f1_scores(metrics["pr"])
-        return {name: PSEUDO_THRESHOLD_FALLBACK if best[name] is None else best[name] for name in self.classes}
+        return score_thresholds(metrics["pr"])
 
     def trainable_extras(self) -> nn.Module | None:
         return self.forward.projectors

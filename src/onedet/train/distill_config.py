@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from onedet.errors import OnedetError
+from onedet.evaluate import F1_THRESHOLD_FALLBACK
 from onedet.train.config import TrainConfig
 
-PSEUDO_THRESHOLD_FALLBACK = 0.4
-"""The pseudo-label threshold of a class the val split has no boxes of (with `kd_pseudo_threshold` none)."""
+PSEUDO_THRESHOLD_FALLBACK = F1_THRESHOLD_FALLBACK
+"""The pseudo-label threshold of a class the val split has no boxes of (with `kd_pseudo_threshold` none): the
+confusion matrix's fallback too, as both read `evaluate.score_thresholds`."""
 
 
 @dataclass(kw_only=True)
