@@ -273,31 +273,19 @@ def _print_joint_latency(
 
 def _plot_curves(runs: list[tuple[str, str, list[Path]]], path: Path, title: str) -> None:
     """Val AP per epoch of each run (every seed; one colour per student and recipe), the teacher's final val AP as
-    a line: where distillation speeds learning up, and where labels alone catch up."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    a line: where distillation speeds learning up, and where labels alone catch up (`benchmarks/curves.py`)."""
+    from curves import plot_runs  # benchmarks/curves.py (scripts run with benchmarks/ on sys.path)
 
     from onedet.train.logging import read_metrics
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, recipe, seeds), color in zip(runs, plt.cm.tab10.colors * 3):
-        for i, run in enumerate(seeds):
-            rows = [r for r in read_metrics(run) if "AP" in r]
-            epochs, aps = [r["epoch"] for r in rows], [r["AP"] for r in rows]
-            if model == "teacher":
-                ax.axhline(aps[-1], color="k", ls="--", lw=1, label=f"teacher, final ({aps[-1]:.3f})")
-                continue
-            ax.plot(epochs, aps, color=color, alpha=0.8, lw=1.2, label=f"{model} ({recipe})" if i == 0 else None)
-    ax.set_xlabel("student epoch")
-    ax.set_ylabel("val AP (evaluated after each epoch)")
-    ax.set_title(title, fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    lines, students = [], []
+    for model, recipe, seeds in runs:
+        if model == "teacher":
+            final = [r["AP"] for r in read_metrics(seeds[0]) if "AP" in r][-1]
+            lines.append((final, f"teacher, final ({final:.3f})"))
+        else:
+            students += [(run, f"{model} ({recipe})") for run in seeds]
+    plot_runs(students, path, x="epoch", lines=lines, title=title)
 
 
 def _plot(
