@@ -113,8 +113,9 @@ def _run_eval(opts: EvalOptions) -> int:
     else:
         print(format_metrics(metrics))
         if opts.plots is not None:
-            names = ("pr.png", "f1.png", "confusion_matrix.png")
-            print("plots written: " + ", ".join(str(opts.plots / name) for name in names))
+            from onedet.train.report import METRIC_PLOTS
+
+            print("plots written: " + ", ".join(str(opts.plots / name) for name in METRIC_PLOTS))
     return 0
 
 

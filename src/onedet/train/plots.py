@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import patches, ticker
 
+from onedet.config import ModelConfig
+
 _COLORS = plt.get_cmap("tab10").colors
 
 
@@ -141,13 +143,14 @@ def plot_boxes(
     image_size: int,
     path: Path,
     title: str = "",
-    strides: Sequence[int] = (8, 16, 32),
+    strides: Sequence[int] = ModelConfig.strides,
     max_points: int = 20000,
 ) -> Path:
     """A store split's boxes (`Store.boxes()`) in four panels: boxes per class; width against height in original
     pixels; centres relative to their image; and the side (square root of the area) in store pixels, the size
     the model sees at `image_size`, against the pyramid's `strides` (a box much smaller than the finest stride
-    covers less than one location there). At most `max_points` boxes are scattered (a seeded sample)."""
+    covers less than one location there; the model's default ones unless given). At most `max_points` boxes are
+    scattered (a seeded sample)."""
     labels = np.asarray(boxes["labels"], dtype=np.int64)
     orig = np.asarray(boxes["orig_boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
     seen = np.asarray(boxes["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)

@@ -14,26 +14,29 @@ from onedet.evaluate import f1_curves
 from onedet.model.postprocess import decode_topk
 from onedet.train.plots import plot_confusion_matrix, plot_f1, plot_precision_recall, plot_predictions
 
+METRIC_PLOTS = ("pr.png", "f1.png", "confusion_matrix.png")
+"""What `write_metric_plots` writes, in order."""
+
 
 def write_metric_plots(metrics: dict[str, Any], classes: list[str], out: Path) -> list[Path]:
-    """`pr.png`, `f1.png` and `confusion_matrix.png` in `out` from `coco_metrics(..., with_pr=True)`; returns their
+    """`METRIC_PLOTS` in `out` from `coco_metrics(..., with_pr=True)` (its `pr` and `confusion`); returns their
     paths."""
-    pr = metrics.get("pr", {})
-    recall = np.asarray(pr.get("recall", []))
+    pr = metrics["pr"]
+    recall = np.asarray(pr["recall"])
     curves = {}
-    for name, precision in pr.get("precision", {}).items():
+    for name, precision in pr["precision"].items():
         precision = np.asarray(precision)
         if (precision >= 0).any():
             curves[name] = (recall, np.clip(precision, 0, None))
-    paths = [plot_precision_recall(curves, out / "pr.png")]
-    if pr:
-        f1 = {name: curve for name, curve in f1_curves(pr).items() if curve is not None}
-        paths.append(plot_f1(f1, out / "f1.png"))
-    if "confusion" in metrics:
-        matrix = np.asarray(metrics["confusion"]["matrix"])
-        title = "confusion matrix (IoU 0.5; each class's detections from the score of its best F1)"
-        paths.append(plot_confusion_matrix(matrix, classes, out / "confusion_matrix.png", title=title))
-    return paths
+    f1 = {name: curve for name, curve in f1_curves(pr).items() if curve is not None}
+    matrix = np.asarray(metrics["confusion"]["matrix"])
+    title = "confusion matrix (IoU 0.5; each class's detections from the score of its best F1)"
+    pr_path, f1_path, confusion_path = (out / name for name in METRIC_PLOTS)
+    return [
+        plot_precision_recall(curves, pr_path),
+        plot_f1(f1, f1_path),
+        plot_confusion_matrix(matrix, classes, confusion_path, title=title),
+    ]
 
 
 def write_final_plots(
