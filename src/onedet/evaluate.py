@@ -192,15 +192,17 @@ def score_thresholds(pr: dict[str, Any]) -> dict[str, float]:
     return {name: F1_THRESHOLD_FALLBACK if t is None else t for name, t in best_f1_scores(pr).items()}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU `[A, B]` of xyxy boxes, and the intersection over the area of each `a` box (COCO's IoU with a crowd)."""
+def _iou(a: np.ndarray, b: np.ndarray, over_a: bool = False) -> np.ndarray:
+    """IoU `[A, B]` of xyxy boxes; with `over_a`, the intersection over each `a` box's area (COCO's IoU with a
+    crowd region)."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return inter / np.maximum(union, 1e-12), inter / np.maximum(area_a[:, None], 1e-12)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)[:, None]
+    if over_a:
+        return inter / np.maximum(area_a, 1e-12)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)[None, :]
+    return inter / np.maximum(area_a + area_b - inter, 1e-12)
 
 
 def confusion_matrix(
@@ -236,8 +238,8 @@ def confusion_matrix(
         boxes, labels = boxes[keep][order], labels[keep][order]
         crowd = np.asarray(g.get("crowd_boxes_xyxy", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
         crowd_labels = np.asarray(g.get("crowd_labels", np.full(len(crowd), -1))).reshape(-1)
-        iou = _iou(boxes, true_boxes)[0]
-        on_crowd = _iou(boxes, crowd)[1] >= iou_threshold  # [D, C]
+        iou = _iou(boxes, true_boxes)
+        on_crowd = _iou(boxes, crowd, over_a=True) >= iou_threshold  # [D, C]
         found = np.zeros(len(true_boxes), dtype=bool)
         for i, label in enumerate(labels):
             candidates = np.where(found, -1.0, iou[i])
