@@ -14,6 +14,7 @@ from onedet.evaluate import (
     coco_metrics,
     confusion_matrix,
     format_metrics,
+    own_thresholds,
 )
 
 CLASSES = ["cat", "dog", "bird"]
@@ -134,6 +135,10 @@ def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
     assert best["cat"] == pytest.approx(expected)
     assert best["dog"] == float("inf")  # boxes, but no score finds one
     assert best["bird"] is None  # no boxes to judge by
+    # What predict takes as each class's own threshold, by label: none where F1 chose none.
+    own = own_thresholds(coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True), CLASSES)
+    assert own == [pytest.approx(expected), None, None]
+    json.dumps(own, allow_nan=False)  # model.json and the ONNX metadata hold it
 
 
 def test_the_confusion_matrix_counts_from_each_class_best_f1_score():

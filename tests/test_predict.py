@@ -126,3 +126,69 @@ def test_predict_python_api(setup: dict) -> None:
     assert isinstance(many, list) and len(many) == 2
     np.testing.assert_allclose(np.sort(many[0].scores), np.sort(one.scores), atol=1e-4)
     assert many[1].boxes_xyxy[:, 2].max() <= 90 and many[1].boxes_xyxy[:, 3].max() <= 300
+
+
+def _recording(run: Path, folder: Path, thresholds: list) -> Path:
+    """A copy of `run` whose best checkpoint records `thresholds` as training does (`update_model_json`)."""
+    import shutil
+
+    from onedet.runtime import SCORE_THRESHOLDS_KEY
+    from onedet.train.saving import update_model_json
+
+    copy = Path(shutil.copytree(run, folder))
+    update_model_json(copy / "weights" / "best", {SCORE_THRESHOLDS_KEY: thresholds})
+    return copy
+
+
+def test_by_default_each_class_has_its_own_threshold(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run that records per-class thresholds (training writes each class's best-F1 score on val) predicts with
+    them when no threshold is given, in PyTorch and from its exported file; a class without one takes 0.3."""
+    from onedet.export import export
+    from onedet.predict import TorchDetector
+    from onedet.runtime import DEFAULT_THRESHOLD, OnnxDetector
+
+    image = np.asarray(Image.open(setup["root"] / "images" / "a.png").convert("RGB"))
+    everything = TorchDetector(setup["run"])(image, threshold=0.0)[0]
+    # thresholds that keep about half of the first two classes' detections; the third class records none
+    thresholds = [float(np.median(everything.scores[everything.category_ids == cid])) for cid in CATEGORY_IDS[:2]]
+    run = _recording(setup["run"], tmp_path / "run", [*thresholds, None])
+    limits = dict(zip(CATEGORY_IDS, [*thresholds, DEFAULT_THRESHOLD]))
+    [onnx_file] = export(run, tmp_path / "own.onnx")
+    for detector in (TorchDetector(run), OnnxDetector(onnx_file)):
+        assert detector.score_thresholds == [*thresholds, None]
+        every = detector(image, threshold=0.0)[0]
+        keep = every.scores >= np.array([limits[int(c)] for c in every.category_ids], dtype=np.float32)
+        got = detector(image)[0]
+        assert 0 < len(got) < len(every)
+        np.testing.assert_array_equal(got.scores, every.scores[keep])
+        np.testing.assert_array_equal(got.category_ids, every.category_ids[keep])
+        # a threshold given is one for every class
+        np.testing.assert_array_equal(detector(image, threshold=0.2)[0].scores, every.scores[every.scores >= 0.2])
+    # the CLI says which thresholds it uses
+    assert main(["predict", "--model", str(onnx_file), str(setup["root"] / "images" / "a.png"), "--out",
+                 str(tmp_path / "out"), "--json"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert f"circle {thresholds[0]:.3g}" in captured.err and "triangle 0.3 (none of its own)" in captured.err
+    assert [r["score"] for r in json.loads(captured.out)] == [round(float(s), 5) for s in got.scores]
+
+
+def test_a_model_without_thresholds_of_its_own_uses_0_3(setup: dict, capsys: pytest.CaptureFixture) -> None:
+    from onedet.predict import predict
+
+    image = np.asarray(Image.open(setup["root"] / "images" / "a.png").convert("RGB"))
+    for model in (setup["onnx"], setup["run"]):  # written before runs recorded thresholds, as old files are
+        np.testing.assert_array_equal(predict(model, image).scores, predict(model, image, threshold=0.3).scores)
+    assert main(["predict", "--model", str(setup["onnx"]), str(setup["root"] / "images" / "a.png"), "--out",
+                 str(setup["root"] / "out_default")]) == 0  # fmt: skip
+    assert "score threshold 0.3 for every class (the model records none of its own)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [[0.5, 1.5, None], [0.5, 0.5], "0.5", [0.5, True, None]])
+def test_bad_recorded_thresholds_are_a_clear_error(setup: dict, tmp_path: Path, bad: object) -> None:
+    from onedet.predict import TorchDetector
+
+    run = _recording(setup["run"], tmp_path / "run", bad)  # type: ignore[arg-type]
+    with pytest.raises(OnedetError, match=r"model\.json: 'score_thresholds' must be a list of 3 scores in 0\.\.1"):
+        TorchDetector(run)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from train_helpers import cli_args, make_store, tiny_config
 
+from onedet.checkpoint import load_run
 from onedet.data.store import Store
 from onedet.errors import OnedetError
 from onedet.options import add_arguments, field_docs, from_args
@@ -266,6 +267,12 @@ def test_training_writes_the_run_folder(trained: Path) -> None:
     assert all(math.isfinite(r["loss"]) and 0 <= r["AP50"] <= 1 and r["lr"] > 0 for r in rows)
     info = json.loads((trained / "weights" / "best" / "model.json").read_text())
     assert info["classes"] and info["model"]["num_classes"] == len(info["classes"])
+    # each class's own score threshold for predict: its best-F1 score on val, as metrics.json's confusion matrix
+    # took it, None where that is none (never found: null there; no val boxes: the matrix's fallback)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    counted, ap = metrics["confusion"]["thresholds"], metrics["per_class"]  # AP -1: no val box of the class
+    assert info["score_thresholds"] == [counted[name] if ap[name] >= 0 else None for name in info["classes"]]
+    assert load_run(trained).score_thresholds == info["score_thresholds"]
 
 
 def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -122,8 +122,11 @@ class OneDet:
         result = distill(cfg)
         return OneDet.from_run(result.run, device=device)
 
-    def predict(self, images: Any, threshold: float = PredictOptions.threshold) -> Detections | list[Detections]:
-        """One image (uint8 [H, W, 3] RGB array, Pillow image or path) -> `Detections`; a list -> a list."""
+    def predict(self, images: Any, threshold: float | None = PredictOptions.threshold) -> Detections | list[Detections]:
+        """One image (uint8 [H, W, 3] RGB array, Pillow image or path) -> `Detections`; a list -> a list.
+
+        `threshold` is the minimum score for every class; by default each class has its own, the score where its F1
+        was best on the val split in training (0.3 for a class, or a model, without one)."""
         from onedet.predict import load_predictor, predict
 
         if self._predictor is None:

@@ -6,7 +6,8 @@ package (`onedet.train.saving` writes checkpoints).
 A checkpoint folder (`RUN/weights/last`, `RUN/weights/best`) holds:
 
 - `model.safetensors`: the weights to use (EMA, LoRA merged) under the plain `Detector` names;
-- `model.json`: `{"model": ModelConfig.to_dict(), "classes", "category_ids", "onedet_version", ...}`;
+- `model.json`: `{"model": ModelConfig.to_dict(), "classes", "category_ids", "onedet_version", ...}`; in a finished
+  run's `best/`, also `score_thresholds` (each class's best-F1 score on the val split: `onedet.runtime`);
 - in `last/` only, `train_state.pt`: everything resuming needs (the live, un-averaged weights that differ
   from `model.safetensors`, optimizer, scheduler, EMA, loader and RNG states). It holds only tensors, dicts,
   lists and numbers, so it loads with `torch.load(weights_only=True)`: nothing arbitrary is unpickled;
@@ -31,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from onedet.errors import OnedetError
+from onedet.runtime import SCORE_THRESHOLDS_KEY, parse_score_thresholds
 
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -43,6 +45,8 @@ class LoadedRun(NamedTuple):
     config: Any  # onedet.config.ModelConfig
     classes: list[str]
     category_ids: list[int]
+    score_thresholds: list[float | None] | None = None
+    """Each class's own score threshold (`onedet.runtime.SCORE_THRESHOLDS_KEY`), when the checkpoint records them."""
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
@@ -163,4 +167,7 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     problem = f"weights do not match the model in {MODEL_JSON}"
     load_weights(model, read_weights(folder), folder / WEIGHTS, optional=AUX_PREFIX, problem=problem)
     model.to(device).eval()
-    return LoadedRun(model, config, list(info["classes"]), [int(c) for c in info["category_ids"]])
+    classes = list(info["classes"])
+    own = info.get(SCORE_THRESHOLDS_KEY)  # written after training's last evaluation; absent before it
+    thresholds = None if own is None else parse_score_thresholds(own, len(classes), folder / MODEL_JSON)
+    return LoadedRun(model, config, classes, [int(c) for c in info["category_ids"]], thresholds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -283,6 +283,14 @@ def best_f1_scores(pr: dict[str, Any]) -> dict[str, float | None]:
     return best
 
 
+def own_thresholds(metrics: dict[str, Any], classes: Sequence[str]) -> list[float | None]:
+    """Each class's own score threshold for prediction, by contiguous label (`onedet.runtime.SCORE_THRESHOLDS_KEY`),
+    from `coco_metrics(..., with_pr=True)`: its best-F1 score, None for a class never found or without boxes (where
+    prediction falls back to one threshold for all, `onedet.runtime.DEFAULT_THRESHOLD`)."""
+    best = best_f1_scores(metrics["pr"])
+    return [t if t is not None and math.isfinite(t) else None for t in (best[str(name)] for name in classes)]
+
+
 def ground_truth(batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:
     """Image `i` of a `Store.read_batch` batch as `build_coco_dicts` ground truth, in original image pixels."""
     scale = np.float64(batch["scale"][i])  # float64 boxes, as COCO JSON holds them
@@ -295,10 +303,20 @@ def ground_truth(batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate_model(
-    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, with_pr: bool = False
-) -> dict:
-    """COCO metrics of `model` (a `Detector`, switched to eval mode) over a `Store` split (see `coco_metrics`).
+class SplitDetections(NamedTuple):
+    """A model's detections over a store split and the split's ground truth, in original image pixels, per image:
+    `coco_metrics(*split, classes, category_ids, image_ids, orig_sizes)`'s inputs."""
+
+    gt: list[dict[str, np.ndarray]]
+    detections: list[dict[str, np.ndarray]]
+    image_ids: list[int]
+    orig_sizes: list[tuple[int, int]]
+
+
+def detect_split(
+    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None
+) -> SplitDetections:
+    """Run `model` (a `Detector`, switched to eval mode) over every image of a `Store` split.
 
     Images are read in batches with `store.read_batch` (uint8), passed as `[0, 1]` floats, decoded with
     `decode_topk` (k: the model config's `topk`, else 100) and mapped back to original pixels with the store's
@@ -312,10 +330,7 @@ def evaluate_model(
         k = int(getattr(getattr(model, "config", None), "topk", None) or 100)
     model.eval()
     device = next(model.parameters()).device
-    gt: list[dict[str, np.ndarray]] = []
-    detections: list[dict[str, np.ndarray]] = []
-    image_ids: list[int] = []
-    orig_sizes: list[tuple[int, int]] = []
+    split = SplitDetections([], [], [], [])
     with torch.inference_mode():
         for start in range(0, len(store), batch_size):
             batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))), device=device)
@@ -324,11 +339,27 @@ def evaluate_model(
             boxes = to_original(boxes.float(), batch["scale"].to(device), batch["orig_size"].to(device))
             boxes, scores, labels = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
             for i in range(len(batch["index"])):
-                gt.append(ground_truth(batch, i))
-                detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})
-                image_ids.append(int(batch["image_id"][i]))
-                orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
-    return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes, with_pr=with_pr)
+                split.gt.append(ground_truth(batch, i))
+                split.detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})
+                split.image_ids.append(int(batch["image_id"][i]))
+                split.orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
+    return split
+
+
+def evaluate_model(
+    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, with_pr: bool = False
+) -> dict:
+    """COCO metrics of `model` (a `Detector`) over a `Store` split (`detect_split`, then `coco_metrics`)."""
+    split = detect_split(model, store, batch_size, k)
+    return coco_metrics(
+        split.gt,
+        split.detections,
+        store.classes,
+        store.category_ids,
+        split.image_ids,
+        split.orig_sizes,
+        with_pr=with_pr,
+    )
 
 
 def evaluate_run(

@@ -31,6 +31,7 @@ from onedet.runtime import (
     MARKER_VERSION,
     OUTPUT_NAMES,
     PRECISION_KEY,
+    SCORE_THRESHOLDS_KEY,
     VERSION_KEY,
 )
 
@@ -45,8 +46,14 @@ FOLD_LIMIT = 1 << 24
 _FORBIDDEN_OPS = {"GridSample", "Resize"}
 
 
-def _metadata(classes: list[str], category_ids: list[int], image_size: int, precision: str) -> dict[str, str]:
-    return {
+def _metadata(
+    classes: list[str],
+    category_ids: list[int],
+    image_size: int,
+    precision: str,
+    score_thresholds: list[float | None] | None = None,
+) -> dict[str, str]:
+    meta = {
         MARKER_KEY: MARKER_VERSION,
         VERSION_KEY: __version__,
         CLASSES_KEY: json.dumps(classes),
@@ -54,6 +61,9 @@ def _metadata(classes: list[str], category_ids: list[int], image_size: int, prec
         IMAGE_SIZE_KEY: str(image_size),
         PRECISION_KEY: precision,
     }
+    if score_thresholds is not None:  # the run's own, so that the file alone predicts as the run does
+        meta[SCORE_THRESHOLDS_KEY] = json.dumps(score_thresholds)
+    return meta
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -163,7 +173,9 @@ def export(
     from onedet.quantize import quantize_int8_dynamic, quantize_int8_static  # imports this module
 
     module, classes, category_ids = build_end_to_end(weights, classes, category_ids, max_detections=max_detections)
-    meta = _metadata(classes, category_ids, module.image_size, "fp32")
+    own = getattr(weights, "score_thresholds", None)  # a LoadedRun's (a bare Detector has none)
+    own = own if own is not None and len(own) == len(classes) else None
+    meta = _metadata(classes, category_ids, module.image_size, "fp32", own)
     paths = [export_onnx(module, out, meta, opset)]
     if int8:
         if calibration is None:

@@ -248,8 +248,9 @@ class PredictOptions:
     """Images, folders or globs."""
     out: Path
     """Folder for annotated images and detections.json."""
-    threshold: float = 0.3
-    """Minimum score of a detection."""
+    threshold: float | None = None
+    """Minimum score of a detection, for every class (default: the model's own per class, the score where the
+    class's F1 was best on the val split in training; 0.3 for a class, or a model, without one)."""
     json: bool = False
     """Also print the detections."""
 

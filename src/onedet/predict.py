@@ -33,7 +33,12 @@ class TorchDetector(BatchDetector):
 
         from onedet.end_to_end import build_end_to_end
 
+        if isinstance(run, (str, Path)):
+            from onedet.checkpoint import load_run
+
+            run = load_run(Path(run))
         self.module, self.classes, self.category_ids = build_end_to_end(run)
+        self.score_thresholds = getattr(run, "score_thresholds", None)  # a LoadedRun's; a bare Detector has none
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module.to(self.device)
         self.image_size = self.module.image_size
@@ -64,10 +69,11 @@ def load_predictor(model: str | Path | Any) -> OnnxDetector | TorchDetector:
 
 
 def predict(
-    model: str | Path | Any, images: Any, threshold: float = PredictOptions.threshold
+    model: str | Path | Any, images: Any, threshold: float | None = PredictOptions.threshold
 ) -> Detections | list[Detections]:
     """Detect objects: one image (uint8 [H, W, 3] RGB array, Pillow image or file path) -> `Detections`;
-    a list of them -> a list of `Detections`. `model` is a run folder, an `.onnx` file or a loaded predictor."""
+    a list of them -> a list of `Detections`. `model` is a run folder, an `.onnx` file or a loaded predictor.
+    `threshold`: the minimum score for every class; None, each class's own (`BatchDetector.class_thresholds`)."""
     detector = load_predictor(model)
     single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
     items = [images] if single else list(images)
@@ -152,7 +158,10 @@ def _output_name(path: Path, used: set[str]) -> str:
 
 
 def predict_files(
-    model: str | Path | Any, sources: Sequence[str | Path], out: str | Path, threshold: float = PredictOptions.threshold
+    model: str | Path | Any,
+    sources: Sequence[str | Path],
+    out: str | Path,
+    threshold: float | None = PredictOptions.threshold,
 ) -> list[dict[str, Any]]:
     """Detect objects in every image of `sources`; write annotated PNGs and `detections.json` into `out`.
 
@@ -160,7 +169,8 @@ def predict_files(
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name). Images that cannot be
     read are skipped, counted and named on stderr (the run fails only when none can be read).
     """
-    check_threshold(threshold)  # before --out is created
+    if threshold is not None:
+        check_threshold(threshold)  # before --out is created
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OnedetError(f"{out}: exists and is not a folder; pass another --out")
@@ -172,6 +182,7 @@ def predict_files(
         print(f"skipped {len(shown)} non-image file(s): {', '.join(shown[:10])}{more}", file=sys.stderr)
     detector = load_predictor(model)
     out.mkdir(parents=True, exist_ok=True)
+    print(detector.describe_thresholds(threshold), file=sys.stderr)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     used: set[str] = set()

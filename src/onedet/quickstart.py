@@ -125,7 +125,7 @@ def quickstart(
     try:
         from onedet.predict import predict_files
 
-        predict_files(run, images, out / "predictions", threshold=0.4)
+        predict_files(run, images, out / "predictions")  # each class from its own best-F1 score on val
         _say(f"annotated predictions of {len(images)} validation images in {out / 'predictions'}")
     except ImportError:
         _say("onedet.predict is not available: skipping predictions")

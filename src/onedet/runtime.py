@@ -10,7 +10,7 @@ Importing this module must never import torch: it is what a serving image instal
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,13 @@ CATEGORY_IDS_KEY = "category_ids"
 IMAGE_SIZE_KEY = "image_size"
 PRECISION_KEY = "precision"
 """fp32, fp16, int8-dynamic or int8-static."""
+SCORE_THRESHOLDS_KEY = "score_thresholds"
+"""JSON list, by contiguous label, of each class's own score threshold: the score at which its F1 (IoU 0.5) was best
+on the val split when the model was trained; null where there is none (the class was never found there, or the
+split has no box of it). Also a `model.json` key of the checkpoint it was measured on."""
+
+DEFAULT_THRESHOLD = 0.3
+"""The score threshold of a class the model records no threshold of (and of every class of a model without any)."""
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
@@ -87,6 +94,19 @@ class Detections:
         )
 
 
+def parse_score_thresholds(value: Any, num_classes: int, source: str | Path) -> list[float | None]:
+    """`SCORE_THRESHOLDS_KEY`'s value (already JSON-decoded) checked: one score in 0..1 or None per class."""
+
+    def valid(t: Any) -> bool:
+        return t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0)
+
+    if not isinstance(value, list) or len(value) != num_classes or not all(map(valid, value)):
+        raise OnedetError(
+            f"{source}: '{SCORE_THRESHOLDS_KEY}' must be a list of {num_classes} scores in 0..1 or null, got {value!r}"
+        )
+    return [None if t is None else float(t) for t in value]
+
+
 def check_threshold(threshold: float) -> None:
     """Refuse a score threshold outside 0..1: scores are in 0..1, so NaN or 2 would silently return nothing."""
     if not 0.0 <= threshold <= 1.0:
@@ -98,10 +118,14 @@ def make_detections(
     scores: np.ndarray,
     category_ids: np.ndarray,
     names_by_id: dict[int, str],
-    threshold: float,
+    threshold: float | Mapping[int, float],
 ) -> Detections:
-    """Detections of one image from the graph's fixed-size outputs ([K, 4], [K], [K]), keeping score >= threshold."""
-    keep = scores >= threshold
+    """Detections of one image from the graph's fixed-size outputs ([K, 4], [K], [K]), keeping score >= threshold
+    (one for every class, or one per category id: `BatchDetector.class_thresholds`)."""
+    if isinstance(threshold, Mapping):
+        keep = scores >= np.array([threshold.get(int(c), DEFAULT_THRESHOLD) for c in category_ids], dtype=scores.dtype)
+    else:
+        keep = scores >= threshold
     ids = category_ids[keep].astype(np.int64)
     return Detections(
         boxes_xyxy=boxes_xyxy[keep].astype(np.float32),
@@ -156,27 +180,55 @@ SPINNING_KEY = "session.intra_op.allow_spinning"
 class BatchDetector:
     """What the onnxruntime and the PyTorch predictors share: images of any sizes in, one `Detections` each out.
 
-    Subclasses provide `names_by_id` and `run_batch` (a `[B, H, W, 3]` uint8 batch of one size -> boxes, scores,
-    labels as numpy arrays); images of the same size are batched together.
+    Subclasses provide `category_ids` and `names_by_id`, `score_thresholds` (the model's own per class, by contiguous
+    label, None where it has none; or None) and `run_batch` (a `[B, H, W, 3]` uint8 batch of one size -> boxes,
+    scores, labels as numpy arrays); images of the same size are batched together.
     """
 
+    category_ids: list[int]
     names_by_id: dict[int, str]
+    score_thresholds: list[float | None] | None = None
+
+    def class_thresholds(self) -> dict[int, float]:
+        """The score threshold of each category id when the caller gives none: the model's own (`score_thresholds`),
+        `DEFAULT_THRESHOLD` for a class without one."""
+        own = self.score_thresholds or [None] * len(self.category_ids)
+        return {cid: DEFAULT_THRESHOLD if t is None else t for cid, t in zip(self.category_ids, own)}
+
+    def describe_thresholds(self, threshold: float | None = None) -> str:
+        """One line saying which score thresholds `threshold` means for this model (what `onedet predict` prints)."""
+        if threshold is not None:
+            return f"score threshold {threshold:g} for every class"
+        if not self.score_thresholds or all(t is None for t in self.score_thresholds):
+            return f"score threshold {DEFAULT_THRESHOLD:g} for every class (the model records none of its own)"
+        names = [self.names_by_id[cid] for cid in self.category_ids]
+        shown = ", ".join(
+            f"{name} {t:.3g}" if t is not None else f"{name} {DEFAULT_THRESHOLD:g} (none of its own)"
+            for name, t in zip(names, self.score_thresholds)
+        )
+        return f"score thresholds per class (each class's best F1 on the val split): {shown}"
 
     def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def __call__(self, images: Any, threshold: float = PredictOptions.threshold) -> list[Detections]:
+    def __call__(self, images: Any, threshold: float | None = PredictOptions.threshold) -> list[Detections]:
         """Detect objects in one image, a list of images (any sizes) or a [B, H, W, 3] batch (uint8 RGB).
 
-        Returns one `Detections` per image, in input order, keeping detections with score >= threshold.
+        Returns one `Detections` per image, in input order, keeping detections with score >= threshold; with
+        `threshold=None`, each class's own (`class_thresholds`).
         """
-        check_threshold(threshold)
+        limits: float | dict[int, float]
+        if threshold is None:
+            limits = self.class_thresholds()
+        else:
+            check_threshold(threshold)
+            limits = threshold
         arrays = as_image_list(images)
         results: list[Detections | None] = [None] * len(arrays)
         for idx in group_by_size(arrays):
             boxes, scores, labels = self.run_batch(np.stack([arrays[i] for i in idx]))
             for j, i in enumerate(idx):
-                results[i] = make_detections(boxes[j], scores[j], labels[j], self.names_by_id, threshold)
+                results[i] = make_detections(boxes[j], scores[j], labels[j], self.names_by_id, limits)
         return [r for r in results if r is not None]
 
 
@@ -230,6 +282,9 @@ class OnnxDetector(BatchDetector):
         self.image_size = int(meta[IMAGE_SIZE_KEY])
         self.precision = meta.get(PRECISION_KEY, "fp32")
         self.names_by_id = dict(zip(self.category_ids, self.classes))
+        own = meta.get(SCORE_THRESHOLDS_KEY)  # absent from files exported before onedet recorded them
+        if own is not None:
+            self.score_thresholds = parse_score_thresholds(json.loads(own), len(self.classes), self.path)
 
     def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The raw graph outputs for a uint8 [B, H, W, 3] batch: boxes [B, K, 4], scores [B, K], labels [B, K]."""

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from onedet.atomic import write_json
-from onedet.checkpoint import read_train_state
+from onedet.checkpoint import checkpoint_dir, read_train_state
 from onedet.data.loader import Batch
 from onedet.errors import OnedetError
+from onedet.runtime import SCORE_THRESHOLDS_KEY
 from onedet.train import amp, distributed, saving
 from onedet.train.config import TRAIN_CONFIG, TrainConfig, TrainResult, config_to_dict
 from onedet.train.ema import WeightEma
@@ -333,16 +334,20 @@ class Trainer:
                 plot_curves(self.log.rows, self.out / "curves.png", title=str(self.out.name))
 
     def _finish(self) -> TrainResult:
-        """Evaluate `best` once more with precision-recall curves; write metrics.json, pr.png and predictions.png."""
+        """Evaluate `best` once more with precision-recall curves; write metrics.json, pr.png and predictions.png, and
+        record each class's best-F1 score in best's model.json (what predict and export use as its threshold)."""
         metrics = None
         if self.is_main and self.val_store is not None:
             from onedet.checkpoint import load_run
+            from onedet.evaluate import own_thresholds
             from onedet.train.report import write_final_plots
 
             model = self._eval_model(load_run(self.out, "best", device=self.device).model)
             metrics = self._evaluate(with_pr=True, model=model)
             write_final_plots(model, metrics, self.val_store, self.classes, self.out, self.device)
             write_json(self.out / "metrics.json", {k: v for k, v in metrics.items() if k != "pr"})
+            own = own_thresholds(metrics, self.classes)
+            saving.update_model_json(checkpoint_dir(self.out, "best"), {SCORE_THRESHOLDS_KEY: own})
         distributed.barrier()
         return TrainResult(self.out, metrics)
 
