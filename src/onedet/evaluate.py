@@ -437,7 +437,8 @@ def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None =
         lines.append(line)
     if confusion is not None:
         lines += [
-            f"(counts at IoU {confusion['iou']}, each class's detections from the score where its F1 is best:",
-            " a threshold for `onedet predict --threshold`; 'never': no score finds one of that class)",
+            f"(counts at IoU {confusion['iou']}, each class's detections from the score where its F1 is best; on the",
+            " val split, the threshold a run records and `onedet predict` uses;",
+            " 'never': no score finds one of that class)",
         ]
     return "\n".join(lines)
