@@ -80,8 +80,7 @@ def main() -> None:
         run = load_run(Path(path))
         if list(run.classes) != classes:
             raise SystemExit(f"{path}: classes {run.classes} are not the store's {classes}")
-        _, val_metrics = _detect(run.model, val)
-        own = run.score_thresholds or own_thresholds(val_metrics, classes)
+        own = run.score_thresholds or own_thresholds(_detect(run.model, val)[1], classes)  # val only if unrecorded
         split, test_metrics = _detect(run.model, test)
         chosen = {
             **{f"fixed {t:g}": [t] * len(classes) for t in FIXED},

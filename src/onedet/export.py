@@ -173,8 +173,7 @@ def export(
     from onedet.quantize import quantize_int8_dynamic, quantize_int8_static  # imports this module
 
     module, classes, category_ids = build_end_to_end(weights, classes, category_ids, max_detections=max_detections)
-    own = getattr(weights, "score_thresholds", None)  # a LoadedRun's (a bare Detector has none)
-    own = own if own is not None and len(own) == len(classes) else None
+    own = getattr(weights, "score_thresholds", None)  # a LoadedRun's, checked by load_run (a bare Detector has none)
     meta = _metadata(classes, category_ids, module.image_size, "fp32", own)
     paths = [export_onnx(module, out, meta, opset)]
     if int8:

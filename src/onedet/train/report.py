@@ -30,7 +30,8 @@ def write_metric_plots(metrics: dict[str, Any], classes: list[str], out: Path) -
             curves[name] = (recall, np.clip(precision, 0, None))
     f1 = {name: curve for name, curve in f1_curves(pr).items() if curve is not None}
     matrix = np.asarray(metrics["confusion"]["matrix"])
-    title = "confusion matrix (IoU 0.5; each class's detections from the score of its best F1)"
+    iou = metrics["confusion"]["iou"]
+    title = f"confusion matrix (IoU {iou:g}; each class's detections from the score of its best F1)"
     pr_path, f1_path, confusion_path = (out / name for name in METRIC_PLOTS)
     return [
         plot_precision_recall(curves, pr_path),
