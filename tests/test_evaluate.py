@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from onedet.evaluate import (
-    F1_THRESHOLD_FALLBACK,
     best_f1_scores,
     build_coco_dicts,
     coco_metrics,
@@ -16,6 +15,7 @@ from onedet.evaluate import (
     format_metrics,
     own_thresholds,
 )
+from onedet.runtime import DEFAULT_THRESHOLD
 
 CLASSES = ["cat", "dog", "bird"]
 CATEGORY_IDS = [3, 17, 42]  # the dataset's own ids, not 0..C-1
@@ -141,18 +141,20 @@ def test_best_f1_scores_pick_the_threshold_of_the_best_f1():
     json.dumps(own, allow_nan=False)  # model.json and the ONNX metadata hold it
 
 
-def test_the_confusion_matrix_counts_from_each_class_best_f1_score():
-    """The `_f1_case` by hand: cats from 0.6 (3 found, 1 false positive, 1 missed), no dog detection counted (no
-    score finds a dog: both missed), birds from the fallback 0.4 (none). JSON holds the never-found threshold as
-    null."""
+def test_the_confusion_matrix_counts_what_predict_keeps():
+    """The `_f1_case` by hand, each class from the threshold predict would take after training on it: cats from
+    their best-F1 score 0.6 (3 found, 1 false positive, 1 missed); dogs, which no score finds, from the default 0.3
+    (both dog detections are false positives, both dogs missed); birds (no boxes) from the default too (none)."""
     gt, det, _ = _f1_case()
-    confusion = coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True)["confusion"]
+    metrics = coco_metrics(gt, det, CLASSES, CATEGORY_IDS, with_pr=True)
+    confusion = metrics["confusion"]
     expected = np.zeros((4, 4), dtype=int)
-    expected[0, 0], expected[0, 3], expected[3, 0], expected[3, 1] = 3, 1, 1, 2
+    expected[0, 0], expected[0, 3], expected[3, 0] = 3, 1, 1
+    expected[1, 3], expected[3, 1] = 2, 2
     np.testing.assert_array_equal(confusion["matrix"], expected)
-    assert confusion["thresholds"]["cat"] == pytest.approx(0.6)
-    assert confusion["thresholds"]["dog"] is None
-    assert confusion["thresholds"]["bird"] == F1_THRESHOLD_FALLBACK
+    assert confusion["thresholds"] == {"cat": pytest.approx(0.6), "dog": None, "bird": None}
+    assert list(confusion["thresholds"].values()) == own_thresholds(metrics, CLASSES), "what a run records"
+    assert confusion["default_threshold"] == DEFAULT_THRESHOLD == 0.3
     json.dumps(confusion, allow_nan=False)  # metrics.json must stay valid JSON
     assert "confusion" not in coco_metrics(gt, det, CLASSES, CATEGORY_IDS)
 
@@ -218,8 +220,8 @@ def test_format_metrics_lists_each_class_counts_at_its_best_f1_score():
     assert header.split()[3:] == ["objects", "found", "as", "other", "missed", "false", "pos.", "from", "score"]
     rows = {line.split()[1]: line.split()[3:] for line in lines if line.split()[:1] in (["3"], ["17"], ["42"])}
     assert rows["cat"] == ["4", "3", "0", "1", "1", "0.60"]  # objects, found, as other, missed, false pos., score
-    assert rows["dog"] == ["2", "0", "0", "2", "0", "never"]
-    assert rows["bird"] == ["0", "0", "0", "0", "0", f"{F1_THRESHOLD_FALLBACK:.2f}"]
+    assert rows["dog"] == ["2", "0", "0", "2", "2", "0.30*"]  # from the default: both dog detections count
+    assert rows["bird"] == ["0", "0", "0", "0", "0", "0.30*"]
 
 
 def test_metric_plots_write_pngs(tmp_path):

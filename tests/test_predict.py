@@ -132,8 +132,8 @@ def _recording(run: Path, folder: Path, thresholds: list) -> Path:
     """A copy of `run` whose best checkpoint records `thresholds` as training does (`update_model_json`)."""
     import shutil
 
+    from onedet.checkpoint import update_model_json
     from onedet.runtime import SCORE_THRESHOLDS_KEY
-    from onedet.train.saving import update_model_json
 
     copy = Path(shutil.copytree(run, folder))
     update_model_json(copy / "weights" / "best", {SCORE_THRESHOLDS_KEY: thresholds})

@@ -267,11 +267,10 @@ def test_training_writes_the_run_folder(trained: Path) -> None:
     assert all(math.isfinite(r["loss"]) and 0 <= r["AP50"] <= 1 and r["lr"] > 0 for r in rows)
     info = json.loads((trained / "weights" / "best" / "model.json").read_text())
     assert info["classes"] and info["model"]["num_classes"] == len(info["classes"])
-    # each class's own score threshold for predict: its best-F1 score on val, as metrics.json's confusion matrix
-    # took it, None where that is none (never found: null there; no val boxes: the matrix's fallback)
-    metrics = json.loads((trained / "metrics.json").read_text())
-    counted, ap = metrics["confusion"]["thresholds"], metrics["per_class"]  # AP -1: no val box of the class
-    assert info["score_thresholds"] == [counted[name] if ap[name] >= 0 else None for name in info["classes"]]
+    # each class's own score threshold for predict: its best-F1 score on val, from which metrics.json's confusion
+    # matrix counted its detections (None where F1 chose none: a class never found, or without val boxes)
+    counted = json.loads((trained / "metrics.json").read_text())["confusion"]["thresholds"]
+    assert info["score_thresholds"] == [counted[name] for name in info["classes"]]
     assert load_run(trained).score_thresholds == info["score_thresholds"]
 
 
@@ -292,6 +291,58 @@ def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.Captur
     assert matrix[:, :-1].sum() == objects, "every object is found as some class or missed, once"
     for name in ("pr.png", "f1.png", "confusion_matrix.png"):
         assert (plots / name).stat().st_size > 0, name
+
+
+def test_eval_records_thresholds_for_a_run_without_them(
+    trained: Path, store: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """`onedet eval --record` gives a run that records no thresholds (as runs trained before they were recorded)
+    those training records: each class's best-F1 score on val. On `last` it records last's own and leaves best's;
+    `OneDet.evaluate(record=True)` predicts with them at once."""
+    import shutil
+
+    from onedet import OneDet
+    from onedet.cli import main
+    from onedet.predict import predict
+
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    best, last = (run / "weights" / which / "model.json" for which in ("best", "last"))
+
+    def forget() -> list:
+        info = json.loads(best.read_text())
+        own = info.pop("score_thresholds")
+        best.write_text(json.dumps(info))
+        assert load_run(run).score_thresholds is None
+        return own
+
+    expected = forget()
+    assert main(["eval", "--weights", str(run), "--data", str(store / "val"), "--record"]) == 0
+    assert f"recorded in {best}" in capsys.readouterr().out
+    assert load_run(run).score_thresholds == expected
+    assert "score_thresholds" not in json.loads(last.read_text())
+    assert main(["eval", "--weights", str(run / "weights" / "last"), "--data", str(store / "val"), "--record",
+                 "--json"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["recorded"] == {
+        "file": str(last),
+        "score_thresholds": list(metrics["confusion"]["thresholds"].values()),
+    }
+    assert load_run(run, "last").score_thresholds == metrics["recorded"]["score_thresholds"]
+    assert load_run(run).score_thresholds == expected, "best keeps its own"
+
+    forget()
+    detector = OneDet.from_run(run)
+    image = np.ascontiguousarray(Store(store / "val").read_batch(np.array([0]))["images"][0].permute(1, 2, 0))
+    before = detector.predict(image)
+    detector.evaluate(store / "val", record=True)
+    assert detector.run.score_thresholds == expected == load_run(run).score_thresholds
+    after, every = detector.predict(image), detector.predict(image, threshold=0.0)
+    for got, own in ((before, [None] * len(expected)), (after, expected)):  # 0.3 for all, then the recorded ones
+        limits = {cid: 0.3 if t is None else t for cid, t in zip(detector.run.category_ids, own)}
+        keep = every.scores >= np.array([limits[int(c)] for c in every.category_ids], dtype=np.float32)
+        np.testing.assert_array_equal(got.scores, every.scores[keep])
+    np.testing.assert_array_equal(after.scores, predict(run, image).scores)  # as a new load of the run predicts
+    assert len(after.scores) != len(before.scores), "the case tells the recorded thresholds from 0.3"
 
 
 def test_an_occupied_run_folder_needs_resume(trained: Path, store: Path) -> None:

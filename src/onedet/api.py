@@ -133,12 +133,23 @@ class OneDet:
             self._predictor = load_predictor(self.run)
         return predict(self._predictor, images, threshold=threshold)
 
-    def evaluate(self, data: Any, batch_size: int = EvalOptions.batch_size, plots: str | Path | None = None) -> dict:
+    def evaluate(
+        self,
+        data: Any,
+        batch_size: int = EvalOptions.batch_size,
+        plots: str | Path | None = None,
+        record: bool = EvalOptions.record,
+    ) -> dict:
         """COCO metrics on a store split (a path such as `store/val`, or a `Store`), with the precision-recall curves
-        (`pr`) and the confusion matrix (`confusion`); `plots`: a folder to draw them into."""
+        (`pr`) and the confusion matrix (`confusion`); `plots`: a folder to draw them into; `record`: make each
+        class's best-F1 score on this split its own score threshold, in the checkpoint and for `predict`."""
         from onedet.evaluate import evaluate_run
 
-        return evaluate_run(self.run, data, batch_size=batch_size, plots=plots)
+        metrics = evaluate_run(self.run, data, batch_size=batch_size, plots=plots, record=record)
+        if record:
+            self._run = self.run._replace(score_thresholds=metrics["recorded"]["score_thresholds"])
+            self._predictor = None
+        return metrics
 
     def export(
         self,

@@ -7,7 +7,8 @@ A checkpoint folder (`RUN/weights/last`, `RUN/weights/best`) holds:
 
 - `model.safetensors`: the weights to use (EMA, LoRA merged) under the plain `Detector` names;
 - `model.json`: `{"model": ModelConfig.to_dict(), "classes", "category_ids", "onedet_version", ...}`; in a finished
-  run's `best/`, also `score_thresholds` (each class's best-F1 score on the val split: `onedet.runtime`);
+  run's `best/`, also `score_thresholds` (each class's best-F1 score on the val split: `onedet.runtime`; written by
+  `update_model_json`; for any checkpoint by `onedet eval --record`);
 - in `last/` only, `train_state.pt`: everything resuming needs (the live, un-averaged weights that differ
   from `model.safetensors`, optimizer, scheduler, EMA, loader and RNG states). It holds only tensors, dicts,
   lists and numbers, so it loads with `torch.load(weights_only=True)`: nothing arbitrary is unpickled;
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from safetensors.torch import load_file
 
+from onedet.atomic import write_json
 from onedet.errors import OnedetError
 from onedet.runtime import SCORE_THRESHOLDS_KEY, parse_score_thresholds
 
@@ -47,6 +49,15 @@ class LoadedRun(NamedTuple):
     category_ids: list[int]
     score_thresholds: list[float | None] | None = None
     """Each class's own score threshold (`onedet.runtime.SCORE_THRESHOLDS_KEY`), when the checkpoint records them."""
+    folder: Path | None = None
+    """The checkpoint folder the weights were read from."""
+
+
+def update_model_json(folder: Path | str, entries: dict[str, Any]) -> Path:
+    """Add `entries` to the `model.json` of the written checkpoint `folder`, atomically. The file is replaced, not
+    rewritten in place, so a `last/` whose files `best/` hard-links keeps its own."""
+    path = Path(folder) / MODEL_JSON
+    return write_json(path, {**json.loads(path.read_text()), **entries})
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
@@ -170,4 +181,4 @@ def load_run(path: Path | str, which: str = "best", device: str | torch.device =
     classes = list(info["classes"])
     own = info.get(SCORE_THRESHOLDS_KEY)  # written after training's last evaluation; absent before it
     thresholds = None if own is None else parse_score_thresholds(own, len(classes), folder / MODEL_JSON)
-    return LoadedRun(model, config, classes, [int(c) for c in info["category_ids"]], thresholds)
+    return LoadedRun(model, config, classes, [int(c) for c in info["category_ids"]], thresholds, folder)

@@ -116,6 +116,8 @@ def _run_eval(opts: EvalOptions) -> int:
             from onedet.train.report import METRIC_PLOTS
 
             print("plots written: " + ", ".join(str(opts.plots / name) for name in METRIC_PLOTS))
+        if opts.record:
+            print(f"each class's score threshold (the 'from score' column) recorded in {metrics['recorded']['file']}")
     return 0
 
 

@@ -17,12 +17,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from onedet.options import EvalOptions
+from onedet.runtime import DEFAULT_THRESHOLD
 
 # COCO's summary order (maxDets 100; area all/small/medium/large).
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-F1_THRESHOLD_FALLBACK = 0.4
-"""The score threshold of a class the split has no boxes of, where F1 cannot choose one (`score_thresholds`)."""
 
 CONFUSION_IOU = 0.5
 """The IoU from which a detection and an object match in `confusion_matrix` (as AP50 and the `pr` curves)."""
@@ -175,21 +173,17 @@ def coco_metrics(
     if with_pr:
         recall = list(map(float, evaluator.params.recThrs))
         metrics["pr"] = {"recall": recall, "precision": curves, "scores": score_curves}
-        thresholds = score_thresholds(metrics["pr"])
-        matrix = confusion_matrix(gt, detections, [thresholds[str(name)] for name in classes])
+        # Counted as `onedet predict` would keep the detections with the thresholds a run records from them.
+        own = own_thresholds(metrics, classes)
+        matrix = confusion_matrix(gt, detections, [DEFAULT_THRESHOLD if t is None else t for t in own])
         metrics["confusion"] = {
             "matrix": matrix.tolist(),
             "iou": CONFUSION_IOU,
-            # JSON has no infinity: null is "no score found a true positive, no detection counted".
-            "thresholds": {name: (t if math.isfinite(t) else None) for name, t in thresholds.items()},
+            # null: no score of its own (never found, or no boxes here), so counted from `default_threshold`.
+            "thresholds": {str(name): t for name, t in zip(classes, own)},
+            "default_threshold": DEFAULT_THRESHOLD,
         }
     return metrics
-
-
-def score_thresholds(pr: dict[str, Any]) -> dict[str, float]:
-    """Per class, the score from which a detection counts as one: where its F1 at IoU 0.5 is best
-    (`best_f1_scores`), `math.inf` for a class never found, `F1_THRESHOLD_FALLBACK` for a class without boxes."""
-    return {name: F1_THRESHOLD_FALLBACK if t is None else t for name, t in best_f1_scores(pr).items()}
 
 
 def _iou(a: np.ndarray, b: np.ndarray, over_a: bool = False) -> np.ndarray:
@@ -291,6 +285,19 @@ def own_thresholds(metrics: dict[str, Any], classes: Sequence[str]) -> list[floa
     return [t if t is not None and math.isfinite(t) else None for t in (best[str(name)] for name in classes)]
 
 
+def record_thresholds(
+    folder: str | Path, metrics: dict[str, Any], classes: Sequence[str]
+) -> tuple[Path, list[float | None]]:
+    """Write `own_thresholds(metrics, classes)` into the checkpoint `folder`'s model.json (atomically, the file
+    replaced: a `last/` sharing best's files keeps its own), where `load_run`, predict and export read them; returns
+    the file and the thresholds."""
+    from onedet.checkpoint import update_model_json
+    from onedet.runtime import SCORE_THRESHOLDS_KEY
+
+    own = own_thresholds(metrics, classes)
+    return update_model_json(Path(folder), {SCORE_THRESHOLDS_KEY: own}), own
+
+
 def ground_truth(batch: dict[str, Any], i: int) -> dict[str, np.ndarray]:
     """Image `i` of a `Store.read_batch` batch as `build_coco_dicts` ground truth, in original image pixels."""
     scale = np.float64(batch["scale"][i])  # float64 boxes, as COCO JSON holds them
@@ -363,13 +370,18 @@ def evaluate_model(
 
 
 def evaluate_run(
-    weights: Any, data: Any, batch_size: int = EvalOptions.batch_size, plots: str | Path | None = None
+    weights: Any,
+    data: Any,
+    batch_size: int = EvalOptions.batch_size,
+    plots: str | Path | None = None,
+    record: bool = EvalOptions.record,
 ) -> dict:
     """`load_run(weights)` + `Store(data)` + `evaluate_model(..., with_pr=True)`, with the run's classes checked
     against the store's: the metrics with `pr` and `confusion` (see `coco_metrics`).
 
     `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`; `plots`: a
-    folder to draw `pr.png`, `f1.png` and `confusion_matrix.png` into.
+    folder to draw `pr.png`, `f1.png` and `confusion_matrix.png` into; `record`: write `own_thresholds` into the
+    checkpoint's model.json (as training does at its end) and return them as `recorded: {file, score_thresholds}`.
     """
     from onedet.checkpoint import load_run
     from onedet.data.store import Store
@@ -389,6 +401,11 @@ def evaluate_run(
             f"{store.path}: the store's classes {store.classes} differ from the model's {list(run.classes)}"
         )
     metrics = evaluate_model(run.model, store, batch_size=batch_size, with_pr=True)
+    if record:
+        if getattr(run, "folder", None) is None:
+            raise OnedetError("record: these weights were not read from a checkpoint folder, so there is none to write")
+        path, own = record_thresholds(run.folder, metrics, store.classes)
+        metrics["recorded"] = {"file": str(path), "score_thresholds": own}
     if plots is not None:
         from onedet.train.report import write_metric_plots
 
@@ -429,7 +446,7 @@ def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None =
         if confusion is not None:
             column, found = matrix[:, i], int(matrix[i, i])
             score = confusion["thresholds"].get(name)
-            shown = "never" if score is None else f"{score:.2f}"
+            shown = f"{confusion.get('default_threshold', DEFAULT_THRESHOLD):.2f}*" if score is None else f"{score:.2f}"
             line += (
                 f"  {int(column.sum()):>7}  {found:>5}  {int(column[:-1].sum()) - found:>8}  {int(column[-1]):>6}"
                 f"  {int(matrix[i, -1]):>10}  {shown:>10}"
@@ -437,8 +454,8 @@ def format_metrics(metrics: dict[str, Any], category_ids: Sequence[int] | None =
         lines.append(line)
     if confusion is not None:
         lines += [
-            f"(counts at IoU {confusion['iou']}, each class's detections from the score where its F1 is best; on the",
-            " val split, the threshold a run records and `onedet predict` uses;",
-            " 'never': no score finds one of that class)",
+            f"(counts at IoU {confusion['iou']}, each class's detections from the score where its F1 is best: on the",
+            " val split, the threshold a run records and `onedet predict` uses; *: no score of its own, as the class",
+            " is never found or has no boxes here, so from the default, as predict does)",
         ]
     return "\n".join(lines)

@@ -222,6 +222,10 @@ class EvalOptions:
     """Images per forward pass."""
     plots: Path | None = None
     """A folder to draw this split's pr.png, f1.png and confusion_matrix.png into."""
+    record: bool = False
+    """Record each class's best-F1 score on this split as the checkpoint's own score thresholds (its model.json),
+    which predict and export then use, as training does with the val split at its end: for a run trained before
+    runs recorded them, for `last`, or to choose them on another split."""
     json: bool = False
     """Print the metrics as JSON (less the precision-recall curves, as the run's metrics.json)."""
 

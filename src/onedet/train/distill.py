@@ -353,7 +353,7 @@ class DistillTrainer(Trainer):
 
     def _f1_thresholds(self) -> dict[str, float]:
         """Per class, the score at which the teacher's F1 on the val split is best (`kd_pseudo_threshold` none)."""
-        from onedet.evaluate import evaluate_model, score_thresholds
+        from onedet.evaluate import best_f1_scores, evaluate_model
 
         teacher = self.teacher().model
         filtered, teacher.head.use_peak_filter = teacher.head.use_peak_filter, True  # judge it as inference runs it
@@ -361,7 +361,8 @@ class DistillTrainer(Trainer):
             metrics = evaluate_model(teacher, self.val_store, with_pr=True)
         finally:
             teacher.head.use_peak_filter = filtered
-        return score_thresholds(metrics["pr"])
+        best = best_f1_scores(metrics["pr"])  # inf for a class never found: no pseudo-labels of it
+        return {name: PSEUDO_THRESHOLD_FALLBACK if t is None else t for name, t in best.items()}
 
     def trainable_extras(self) -> nn.Module | None:
         return self.forward.projectors

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from onedet.errors import OnedetError
-from onedet.evaluate import F1_THRESHOLD_FALLBACK
 from onedet.train.config import TrainConfig
 
-PSEUDO_THRESHOLD_FALLBACK = F1_THRESHOLD_FALLBACK
-"""The pseudo-label threshold of a class the val split has no boxes of (with `kd_pseudo_threshold` none): the
-confusion matrix's fallback too, as both read `evaluate.score_thresholds`."""
+PSEUDO_THRESHOLD_FALLBACK = 0.4
+"""The pseudo-label threshold of a class the val split has no boxes of (with `kd_pseudo_threshold` none), where
+F1 cannot choose one: `kd_pseudo_threshold`'s default. (A class the teacher never finds on val gets no
+pseudo-labels: no score of its is good enough. Prediction, which must show something, takes 0.3 for both.)"""
 
 
 @dataclass(kw_only=True)

@@ -27,7 +27,6 @@ from onedet.atomic import write_json
 from onedet.checkpoint import checkpoint_dir, read_train_state
 from onedet.data.loader import Batch
 from onedet.errors import OnedetError
-from onedet.runtime import SCORE_THRESHOLDS_KEY
 from onedet.train import amp, distributed, saving
 from onedet.train.config import TRAIN_CONFIG, TrainConfig, TrainResult, config_to_dict
 from onedet.train.ema import WeightEma
@@ -339,15 +338,14 @@ class Trainer:
         metrics = None
         if self.is_main and self.val_store is not None:
             from onedet.checkpoint import load_run
-            from onedet.evaluate import own_thresholds
+            from onedet.evaluate import record_thresholds
             from onedet.train.report import write_final_plots
 
             model = self._eval_model(load_run(self.out, "best", device=self.device).model)
             metrics = self._evaluate(with_pr=True, model=model)
             write_final_plots(model, metrics, self.val_store, self.classes, self.out, self.device)
             write_json(self.out / "metrics.json", {k: v for k, v in metrics.items() if k != "pr"})
-            own = own_thresholds(metrics, self.classes)
-            saving.update_model_json(checkpoint_dir(self.out, "best"), {SCORE_THRESHOLDS_KEY: own})
+            record_thresholds(checkpoint_dir(self.out, "best"), metrics, self.classes)
         distributed.barrier()
         return TrainResult(self.out, metrics)
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from onedet import __version__
-from onedet.atomic import replace_folder, write_json
+from onedet.atomic import replace_folder
 from onedet.checkpoint import ADAPTER, MODEL_JSON, TRAIN_STATE, WEIGHTS
 from onedet.errors import OnedetError
 
@@ -61,13 +61,6 @@ def write_checkpoint(
             write_extra(tmp)
 
     return _replace_folder(Path(folder), fill)
-
-
-def update_model_json(folder: Path, entries: dict[str, Any]) -> Path:
-    """Add `entries` to the `model.json` of the written checkpoint `folder`, atomically. The file is replaced, not
-    rewritten in place, so a `last/` whose files `best/` hard-links keeps its own."""
-    path = Path(folder) / MODEL_JSON
-    return write_json(path, {**json.loads(path.read_text()), **entries})
 
 
 def link_checkpoint(source: Path, folder: Path) -> Path:
