@@ -428,6 +428,46 @@ def test_a_spent_time_budget_stops_after_the_epoch(store: Path, tmp_path: Path) 
     assert result.metrics is not None, "the last epoch is evaluated and `best` written"
 
 
+def test_patience_stops_when_val_ap_stops_improving(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Val AP (scripted) improves until epoch 2, then not: with --patience 2 the run stops after epoch 4, `best` is
+    epoch 2's, and a resume counts from that best (so it stops after one more epoch without improvement, and goes on
+    with a larger patience). Without a val split --patience is a clear error."""
+    from onedet.train import loop, train
+    from onedet.train.logging import read_metrics
+
+    scripted = iter([0.1, 0.3, 0.2, 0.3, 0.25, 0.2, 0.1])
+    evaluate = loop.Trainer._evaluate
+
+    def scripted_ap(self, with_pr=False, model=None):
+        metrics = evaluate(self, with_pr=with_pr, model=model)
+        return metrics if with_pr else {**metrics, "AP": next(scripted)}  # the end-of-run evaluation is real
+
+    monkeypatch.setattr(loop.Trainer, "_evaluate", scripted_ap)
+    cfg = tiny_config(store, tmp_path / "run", epochs=8, patience=2, augment=False)
+    result = train(cfg)
+    assert [r["AP"] for r in read_metrics(result.run)] == [0.1, 0.3, 0.2, 0.3], "an equal AP is no improvement"
+    assert "val AP has not improved for 2 epochs (--patience 2); the best, AP 0.3000, is epoch 2's" in (
+        capsys.readouterr().err
+    )
+    best = torch.load(result.run / "weights" / "last" / "train_state.pt", weights_only=True)
+    assert (best["best_ap"], best["best_epoch"]) == (0.3, 2)
+    result = train(dataclasses.replace(cfg, resume=True))  # epoch 5: 0.25, stale since epoch 2
+    assert [r["AP"] for r in read_metrics(result.run)] == [0.1, 0.3, 0.2, 0.3, 0.25]
+    assert "val AP has not improved for 3 epochs" in capsys.readouterr().err
+    result = train(dataclasses.replace(cfg, resume=True, patience=5))  # 0.2, 0.1: stale 5 epochs after epoch 7
+    assert [r["epoch"] for r in read_metrics(result.run)] == [1, 2, 3, 4, 5, 6, 7]
+
+    no_val = tmp_path / "no_val"
+    no_val.mkdir()
+    (no_val / "train").symlink_to(store / "train", target_is_directory=True)
+    with pytest.raises(OnedetError, match="--patience stops when val AP stops improving, but there is no val split"):
+        train(tiny_config(no_val, tmp_path / "run2", patience=2))
+    with pytest.raises(OnedetError, match="--patience must be at least 1"):
+        tiny_config(store, tmp_path / "run3", patience=0)
+
+
 @pytest.mark.slow
 def test_a_subclass_trains_extra_modules_through_the_seams(tmp_path: Path) -> None:
     """`build_criterion` adds a term, `trainable_extras` gives it parameters: optimised, saved under "extras" in

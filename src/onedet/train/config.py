@@ -74,6 +74,9 @@ class TrainConfig:
     """Wall-clock budget: after each epoch the schedule (cosine included) is refitted to end within it at the pace
     so far (at most `epochs`), going on from the learning rate it has reached, and training stops after the epoch
     during which it runs out."""
+    patience: int | None = None
+    """Early stopping: stop when val AP has not improved for this many epochs (judged after each evaluation); the
+    `best` checkpoint is the run's result either way. Default: train the whole schedule."""
     progress: bool = True
     """Show a progress bar."""
     image_size: int | None = None
@@ -96,6 +99,7 @@ class TrainConfig:
             ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "0 or more"),
             ("mixup", 0 <= self.mixup <= 1, "a probability, in [0, 1]"),
+            ("patience", self.patience is None or self.patience >= 1, "at least 1 (or none)"),
         ):
             if not ok:
                 raise OnedetError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
@@ -118,8 +122,9 @@ class TrainResult(NamedTuple):
 
 TRAIN_CONFIG = "train_config.json"
 """The run folder's copy of its TrainConfig."""
-RESUME_OVERRIDES = ("data", "out", "resume", "device", "workers", "progress", "max_minutes")
-"""Settings that may differ when resuming (where and how it runs); everything else comes from the saved run."""
+RESUME_OVERRIDES = ("data", "out", "resume", "device", "workers", "progress", "max_minutes", "patience")
+"""Settings that may differ when resuming (where and how it runs, when it stops); everything else comes from the
+saved run."""
 
 
 def resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:

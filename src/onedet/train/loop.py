@@ -60,6 +60,8 @@ class Trainer:
         distributed.barrier()
 
         self.train_store, self.val_store = open_splits(Path(cfg.data))
+        if cfg.patience is not None and self.val_store is None:
+            raise OnedetError(f"{cfg.data}: --patience stops when val AP stops improving, but there is no val split")
         self.classes = list(self.train_store.classes)
         self.category_ids = list(self.train_store.category_ids)
         torch.manual_seed(cfg.seed)
@@ -94,6 +96,7 @@ class Trainer:
         self.params = [p for p in trained.parameters() if p.requires_grad]
         self.global_step = 0
         self.best_ap = -math.inf
+        self.best_epoch = 0  # the epoch (from 1) whose evaluation gave best_ap
         self.elapsed = 0.0
         self.meter = EpochMeter()
         if self.resume_from is not None:
@@ -163,6 +166,7 @@ class Trainer:
             **{k: dict(v.state_dict()) for k, v in self._stateful().items()},
             "rng": saving.rng_state(),
             "best_ap": float(self.best_ap),
+            "best_epoch": self.best_epoch,
             "elapsed": float(self.elapsed),
             **self.meter.state_dict(),
             "finetune": self.cfg.finetune,
@@ -200,6 +204,8 @@ class Trainer:
         if self.schedule.epochs != int(state["epochs"]):
             self.schedule.refit(self.global_step, int(state["epochs"]))
         self.best_ap = float(state["best_ap"])
+        # (checkpoints written before early stopping existed do not say: patience counts from the resume)
+        self.best_epoch = int(state.get("best_epoch", self.loader.epoch))
         self.elapsed = float(state["elapsed"])
         self.meter.load_state_dict(state)
         self.log.message(f"resumed {self.out} at epoch {self.loader.epoch + 1}, step {self.global_step}")
@@ -285,11 +291,21 @@ class Trainer:
             if cfg.max_minutes is not None:
                 stop = bool(distributed.broadcast_object(self.elapsed > cfg.max_minutes * 60))
             last = stop or epoch + 1 >= self.schedule.epochs
-            self._end_epoch(epoch, evaluate=last or (epoch + 1) % max(1, cfg.eval_every) == 0)
+            evaluate = last or (epoch + 1) % max(1, cfg.eval_every) == 0
+            self._end_epoch(epoch, evaluate=evaluate)
             self.elapsed = time.perf_counter() - start
             if stop:
                 self.log.message(f"stopping after epoch {epoch + 1}: --max-minutes {cfg.max_minutes} reached")
                 break
+            if cfg.patience is not None and evaluate and not last:
+                # rank 0 alone evaluates, so it decides for all
+                stale = int(distributed.broadcast_object(epoch + 1 - self.best_epoch))
+                if stale >= cfg.patience:
+                    self.log.message(
+                        f"stopping after epoch {epoch + 1}: val AP has not improved for {stale} epochs (--patience "
+                        f"{cfg.patience}); the best, AP {self.best_ap:.4f}, is epoch {self.best_epoch}'s"
+                    )
+                    break
             if cfg.max_minutes is not None:
                 self._fit_to_budget(epoch + 1, cfg.max_minutes * 60, time.perf_counter() - epoch_start)
             epoch += 1
@@ -320,7 +336,7 @@ class Trainer:
         self.meter.reset()
         improved = metrics is not None and metrics["AP"] > self.best_ap
         if improved:
-            self.best_ap = metrics["AP"]
+            self.best_ap, self.best_epoch = metrics["AP"], epoch + 1
         # Without a val split the last checkpoint is also the best one.
         tick = time.perf_counter()
         self.save(best=improved or (self.val_store is None and self.is_main))
