@@ -76,7 +76,8 @@ class TrainConfig:
     during which it runs out."""
     patience: int | None = None
     """Early stopping: stop when val AP has not improved for this many epochs (judged after each evaluation); the
-    `best` checkpoint is the run's result either way. Default: train the whole schedule."""
+    `best` checkpoint is the run's result either way. Default: train the whole schedule (val AP often climbs again
+    as the cosine schedule anneals: BENCHMARKS.md, Early stopping)."""
     progress: bool = True
     """Show a progress bar."""
     image_size: int | None = None
