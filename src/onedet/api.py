@@ -133,6 +133,17 @@ class OneDet:
             self._predictor = load_predictor(self.run)
         return predict(self._predictor, images, threshold=threshold)
 
+    def predict_video(
+        self, video: str | Path, out: str | Path | None = None, threshold: float | None = PredictOptions.threshold
+    ) -> list[Detections]:
+        """One `Detections` per frame of a video file; with `out` (e.g. `annotated.mp4`) the frames with their
+        detections drawn are written there (`onedet.predict.predict_video`; needs PyAV: `onedet[video]`)."""
+        from onedet.predict import load_predictor, predict_video
+
+        if self._predictor is None:
+            self._predictor = load_predictor(self.run)
+        return predict_video(self._predictor, video, out, threshold=threshold)
+
     def evaluate(
         self,
         data: Any,

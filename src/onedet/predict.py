@@ -1,8 +1,9 @@
-"""Predict on images, folders or globs with a run folder (PyTorch) or an exported `.onnx` file (onnxruntime).
+"""Predict on images, videos, folders or globs with a run folder (PyTorch) or an exported `.onnx` file (onnxruntime).
 
 Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.end_to_end.EndToEnd` and run
 eagerly, an `.onnx` file is that module exported. The ONNX path never imports torch (torch is imported lazily,
-only for run folders), so a serving image needs only onnxruntime, numpy and Pillow.
+only for run folders), so a serving image needs only onnxruntime, numpy and Pillow (and PyAV for videos:
+`onedet.video`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
 from onedet.options import PredictOptions
 from onedet.runtime import BatchDetector, Detections, OnnxDetector, check_threshold
+from onedet.video import VIDEO_SUFFIXES, VideoReader, VideoWriter, is_video
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,13 @@ def predict(
     return results[0] if single else results
 
 
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+"""What `expand_sources` takes from folders and globs: images and videos."""
+
+
 def expand_sources(sources: Sequence[str | Path], skipped: list[Path] | None = None) -> list[Path]:
-    """Image files from files, folders (their images, sorted, not recursive) and globs (`**` allowed), in order.
+    """Image and video files from files, folders (their images and videos, sorted, not recursive) and globs (`**`
+    allowed), in order.
 
     A source that names nothing raises OnedetError; a file listed twice is kept once. `skipped` receives the
     other entries of the folders (not sub-folders): notes, labels, broken links and symlink loops.
@@ -93,9 +100,9 @@ def expand_sources(sources: Sequence[str | Path], skipped: list[Path] | None = N
         path = Path(source)
         if path.is_dir():
             entries = sorted(path.iterdir())
-            matches = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            matches = [p for p in entries if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES]
             if not matches:
-                raise OnedetError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise OnedetError(f"{path}: folder holds no images or videos ({', '.join(sorted(MEDIA_SUFFIXES))})")
             if skipped is not None:
                 kept = set(matches)
                 skipped.extend(p for p in entries if p not in kept and not p.is_dir())
@@ -105,12 +112,12 @@ def expand_sources(sources: Sequence[str | Path], skipped: list[Path] | None = N
             raise OnedetError(f"{path}: a symbolic link that loops or points nowhere")
         elif any(c in str(source) for c in "*?["):
             matches = sorted(
-                Path(p) for p in glob.glob(str(source), recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES
+                Path(p) for p in glob.glob(str(source), recursive=True) if Path(p).suffix.lower() in MEDIA_SUFFIXES
             )
             if not matches:
-                raise OnedetError(f"{source}: the pattern matches no image files")
+                raise OnedetError(f"{source}: the pattern matches no image or video files")
         else:
-            raise OnedetError(f"{path}: no such image, folder or pattern")
+            raise OnedetError(f"{path}: no such image, video, folder or pattern")
         found.extend(matches)
     return list(dict.fromkeys(found))
 
@@ -147,14 +154,73 @@ def draw_detections(image: np.ndarray, detections: Detections) -> Any:
     return canvas
 
 
-def _output_name(path: Path, used: set[str]) -> str:
-    """`<stem>.png`, made unique when two sources share a file name. PNG: lossless, so thin box outlines and
-    small labels stay crisp (JPEG smears them)."""
-    name, n = f"{path.stem}.png", 1
+def _output_name(path: Path, used: set[str], suffix: str = ".png") -> str:
+    """`<stem><suffix>`, made unique when two sources share a file name. PNG for images: lossless, so thin box
+    outlines and small labels stay crisp (JPEG smears them); MP4 for videos."""
+    name, n = f"{path.stem}{suffix}", 1
     while name in used:
-        name, n = f"{path.stem}_{n}.png", n + 1
+        name, n = f"{path.stem}_{n}{suffix}", n + 1
     used.add(name)
     return name
+
+
+def _progress(total: int | None, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr when it is a terminal (and tqdm is installed: the serving image has no tqdm), else
+    None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total or None, desc=desc, unit=unit, leave=False)
+
+
+def predict_video(
+    model: str | Path | Any,
+    video: str | Path,
+    out: str | Path | None = None,
+    threshold: float | None = PredictOptions.threshold,
+    batch_size: int = 4,
+) -> list[Detections]:
+    """Detect objects in every frame of a video file (`onedet.video.VideoReader`: any container and codec FFmpeg
+    reads); one `Detections` per frame, in order. With `out` (a file such as `annotated.mp4`) the frames are also
+    written there with their detections drawn, at the video's frame rate, atomically (`onedet.video.VideoWriter`).
+    `batch_size` frames go through the model at a time. Needs PyAV (`pip install 'onedet[video]'`)."""
+    if threshold is not None:
+        check_threshold(threshold)
+    if batch_size < 1:
+        raise OnedetError(f"batch_size must be at least 1, got {batch_size}")
+    detector = load_predictor(model)
+    results: list[Detections] = []
+    with VideoReader(video) as reader:
+        writer = VideoWriter(out, reader.fps) if out is not None else None
+        bar = _progress(reader.frames, Path(video).name, "frame")
+        try:
+            frames = iter(reader)
+            while True:
+                batch = [frame for _, frame in zip(range(batch_size), frames)]  # the next batch_size frames
+                if not batch:
+                    break
+                found = detector(batch, threshold=threshold)
+                results.extend(found)
+                if writer is not None:
+                    for frame, detections in zip(batch, found):
+                        writer.write(np.asarray(draw_detections(frame, detections)))
+                if bar is not None:
+                    bar.update(len(batch))
+            if not results:
+                raise OnedetError(f"{video}: holds no frame that decodes")
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if writer is not None:
+            writer.close()
+    return results
 
 
 def predict_files(
@@ -163,11 +229,13 @@ def predict_files(
     out: str | Path,
     threshold: float | None = PredictOptions.threshold,
 ) -> list[dict[str, Any]]:
-    """Detect objects in every image of `sources`; write annotated PNGs and `detections.json` into `out`.
+    """Detect objects in every image and video of `sources`; write annotated PNGs (MP4s for videos) and
+    `detections.json` into `out`.
 
-    Returns the detections as COCO-results dicts: `file` (the image path), `bbox` [x, y, w, h] in original
-    pixels, `score`, `category_id` (the dataset's own id) and `category` (the name). Images that cannot be
-    read are skipped, counted and named on stderr (the run fails only when none can be read).
+    Returns the detections as COCO-results dicts: `file` (the image or video path), `bbox` [x, y, w, h] in original
+    pixels, `score`, `category_id` (the dataset's own id) and `category` (the name); for a video also `frame` (from
+    0). Images and videos that cannot be read are skipped, counted and named on stderr (the run fails only when none
+    can be read).
     """
     if threshold is not None:
         check_threshold(threshold)  # before --out is created
@@ -186,7 +254,20 @@ def predict_files(
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     used: set[str] = set()
+    images = [path for path in files if not is_video(path)]
+    bar = _progress(len(images), "images", "image") if len(images) > 1 else None
     for path in files:
+        if is_video(path):
+            try:
+                found = predict_video(detector, path, out / _output_name(path, used, ".mp4"), threshold=threshold)
+            except OnedetError as err:
+                skipped.append(str(err))
+                continue
+            for frame, detections in enumerate(found):
+                rows.extend({**row, "frame": frame} for row in detections.to_coco(str(path)))
+            continue
+        if bar is not None:
+            bar.update()
         try:
             image, _ = load_image(path)
         except OnedetError as err:
@@ -195,9 +276,11 @@ def predict_files(
         (detections,) = detector([image], threshold=threshold)
         rows.extend(detections.to_coco(str(path)))
         draw_detections(image, detections).save(out / _output_name(path, used))
+    if bar is not None:
+        bar.close()
     if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s):", *skipped, sep="\n  ", file=sys.stderr)
+        print(f"skipped {len(skipped)} unreadable file(s):", *skipped, sep="\n  ", file=sys.stderr)
         if len(skipped) == len(files):
-            raise OnedetError(f"none of the {len(files)} images could be read (first: {skipped[0]})")
+            raise OnedetError(f"none of the {len(files)} images and videos could be read (first: {skipped[0]})")
     (out / "detections.json").write_text(json.dumps(rows, indent=1) + "\n")
     return rows

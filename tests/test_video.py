@@ -1,0 +1,141 @@
+"""Videos: `onedet.video`'s reader and writer (PyAV), and `onedet predict` / `predict_video` on video files with
+an .onnx file and a run folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_predict import CATEGORY_IDS, KEYS, _image, make_run
+
+from onedet.errors import OnedetError
+
+av = pytest.importorskip("av")
+
+from onedet.video import VideoReader, VideoWriter  # noqa: E402
+
+
+def _frames(n: int, h: int = 96, w: int = 128) -> list[np.ndarray]:
+    """Moving rectangles on a gradient: frames a detector gives different scores."""
+    return [np.roll(_image(h, w, 0), 6 * i, axis=1) for i in range(n)]
+
+
+def _write(path: Path, frames: list[np.ndarray], fps: float = 10) -> Path:
+    with VideoWriter(path, fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return path
+
+
+def test_written_frames_read_back(tmp_path: Path) -> None:
+    frames = _frames(7)
+    path = _write(tmp_path / "clip.mp4", frames, fps=12.5)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"], "no temporary file left"
+    with VideoReader(path) as reader:
+        assert (reader.width, reader.height, reader.fps) == (128, 96, Fraction(25, 2))
+        decoded = list(reader)
+    assert len(decoded) == 7 and decoded[0].shape == (96, 128, 3) and decoded[0].dtype == np.uint8
+    # lossy, but the same picture: H.264 at constant quality 20
+    assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(decoded, frames)) < 3
+
+
+def test_an_odd_size_is_padded_by_one_edge_pixel(tmp_path: Path) -> None:
+    frames = _frames(3, h=47, w=63)
+    with VideoReader(_write(tmp_path / "odd.mp4", frames)) as reader:
+        decoded = list(reader)
+    assert decoded[0].shape == (48, 64, 3)
+
+    def error(dy: int, dx: int) -> float:
+        return float(np.abs(decoded[1][dy : 47 + dy, dx : 63 + dx].astype(int) - frames[1]).mean())
+
+    assert error(0, 0) < min(error(1, 0), error(0, 1), error(1, 1)), "the picture at its place, not shifted"
+
+
+def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(OnedetError, match=r"frame 1 is 64x48, the video's first 128x96"):
+        _write(tmp_path / "mixed.mp4", [_frames(1)[0], _frames(1, 48, 64)[0]])
+    with pytest.raises(OnedetError, match="no frame to write"):
+        _write(tmp_path / "empty.mp4", [])
+    with pytest.raises(OnedetError, match=r"frames must be uint8 \[H, W, 3\] RGB"):
+        _write(tmp_path / "float.mp4", [np.zeros((8, 8, 3), np.float32)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_videos_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(OnedetError, match=r"notes\.mp4: not a readable video"):
+        VideoReader(tmp_path / "notes.mp4")
+    monkeypatch.setitem(sys.modules, "av", None)  # as where PyAV is not installed
+    with pytest.raises(OnedetError, match=r"needs PyAV: pip install 'onedet\[video\]'"):
+        VideoReader(tmp_path / "notes.mp4")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from onedet.export import export
+
+    root = tmp_path_factory.mktemp("video")
+    run = make_run(root / "run")
+    [onnx_file] = export(run, root / "model.onnx")
+    video = _write(root / "clip.mp4", _frames(6))
+    return {"root": root, "run": run, "onnx": onnx_file, "video": video}
+
+
+@pytest.mark.parametrize("model", ["onnx", "run"])
+def test_predict_video_detects_every_frame_as_the_images_predict_does(models: dict, model: str) -> None:
+    """Each frame's detections equal `predict` on that decoded frame as an image, whatever the batch size; the
+    annotated video has every frame, at the source's frame rate."""
+    from onedet.predict import load_predictor, predict, predict_video
+
+    detector = load_predictor(models[model])
+    with VideoReader(models["video"]) as reader:
+        frames = list(reader)
+    out = models["root"] / f"annotated_{model}.mp4"
+    found = predict_video(detector, models["video"], out, threshold=0.2, batch_size=4)
+    assert len(found) == len(frames) == 6
+    assert sum(len(d) for d in found) > 0, "the test model finds something at 0.2"
+    for frame, detections in zip(frames, found):
+        alone = predict(detector, frame, threshold=0.2)
+        np.testing.assert_allclose(detections.scores, alone.scores, atol=1e-5)
+        np.testing.assert_allclose(detections.boxes_xyxy, alone.boxes_xyxy, atol=1e-3)
+    one_at_a_time = predict_video(detector, models["video"], threshold=0.2, batch_size=1)
+    assert [len(d) for d in one_at_a_time] == [len(d) for d in found]
+    if model == "run":  # the facade calls the same function
+        from onedet import OneDet
+
+        facade = OneDet.from_run(models["run"]).predict_video(models["video"], threshold=0.2)
+        assert [d.scores.tolist() for d in facade] == [d.scores.tolist() for d in found]
+    with VideoReader(out) as written:
+        assert (written.width, written.height, written.fps) == (128, 96, Fraction(10))
+        annotated = list(written)
+    assert len(annotated) == 6
+    assert np.abs(annotated[0].astype(int) - frames[0]).max() > 100, "the boxes are drawn"
+
+
+def test_predict_cli_takes_videos_beside_images(models: dict, capsys: pytest.CaptureFixture) -> None:
+    """A folder with a video, an image and a broken video: the video gives rows with its frame index and an
+    annotated MP4, the image a PNG, the broken video is skipped, counted and named."""
+    from PIL import Image
+
+    from onedet.cli import main
+
+    folder = models["root"] / "media"
+    folder.mkdir()
+    (folder / "clip.mp4").symlink_to(models["video"])
+    Image.fromarray(_image(80, 100, 3)).save(folder / "still.png")
+    (folder / "broken.avi").write_bytes(b"\x00" * 64)
+    out = models["root"] / "out"
+    args = ["predict", "--model", str(models["onnx"]), str(folder), "--out", str(out), "--threshold", "0.2", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert "skipped 1 unreadable file(s)" in captured.err and "broken.avi: not a readable video" in captured.err
+    from_video = [r for r in rows if r["file"].endswith("clip.mp4")]
+    assert from_video and all(set(r) == KEYS | {"frame"} and 0 <= r["frame"] < 6 for r in from_video)
+    assert all(r["category_id"] in CATEGORY_IDS for r in rows)
+    assert all(set(r) == KEYS for r in rows if r["file"].endswith("still.png"))
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "detections.json", "still.png"]
