@@ -55,6 +55,29 @@ def test_an_odd_size_is_padded_by_one_edge_pixel(tmp_path: Path) -> None:
     assert error(0, 0) < min(error(1, 0), error(0, 1), error(1, 1)), "the picture at its place, not shifted"
 
 
+def test_frames_come_upright_as_players_show_them(tmp_path: Path) -> None:
+    """A phone video stores its frames sideways with a display matrix saying how to turn them; the reader turns
+    them (a quarter turn counter-clockwise here: the stored top-left corner ends bottom-left)."""
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display matrix")
+    picture = np.zeros((32, 64, 3), np.uint8)
+    picture[:8, :8] = 255
+    container = av.open(str(tmp_path / "turned.mp4"), "w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+    stream.set_display_rotation(90)
+    for _ in range(2):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    with VideoReader(tmp_path / "turned.mp4") as reader:
+        frames = list(reader)
+    assert frames[0].shape == (64, 32, 3)
+    assert frames[0][56:, :8].mean() > 200 and frames[0][:8, :8].mean() < 50
+
+
 def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(OnedetError, match=r"frame 1 is 64x48, the video's first 128x96"):
         _write(tmp_path / "mixed.mp4", [_frames(1)[0], _frames(1, 48, 64)[0]])

@@ -45,12 +45,14 @@ def is_video(path: str | Path) -> bool:
 
 
 class VideoReader:
-    """The frames of a video file, decoded in order as uint8 `[H, W, 3]` RGB arrays (the first video stream).
+    """The frames of a video file, decoded in order as uint8 `[H, W, 3]` RGB arrays (the first video stream), upright
+    as players show them: a frame whose display matrix says to turn it (a phone held upright) is turned by its
+    quarter turns, as `onedet.data.images.load_image` applies an image's EXIF orientation.
 
     `fps` is the stream's average frame rate (`DEFAULT_FPS` when the file does not say), `frames` its frame count
-    as the container reports it (0 when unknown; an estimate for some containers), `width` and `height` the
-    decoded size. A file that is not a readable video, or has no video stream, raises `OnedetError` naming it; so
-    does a frame that fails to decode.
+    as the container reports it (0 when unknown; an estimate for some containers), `width` and `height` the size
+    as stored (before any turn). A file that is not a readable video, or has no video stream, raises `OnedetError`
+    naming it; so does a frame that fails to decode.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -75,7 +77,9 @@ class VideoReader:
         index = 0
         try:
             for frame in self._container.decode(self._stream):
-                yield frame.to_ndarray(format="rgb24")
+                pixels = frame.to_ndarray(format="rgb24")
+                turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counter-clockwise, as np.rot90
+                yield np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
                 index += 1
         except av.FFmpegError as err:
             raise OnedetError(f"{self.path}: frame {index} cannot be decoded ({err})") from err
