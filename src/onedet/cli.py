@@ -193,7 +193,7 @@ class _Parser(argparse.ArgumentParser):
     screenful that pushes the one line that matters off the top. Sub-parsers are made with the same class.
     """
 
-    commands: dict[str, argparse.ArgumentParser]
+    commands: dict[str, _Parser]
     """The top-level parser's sub-parsers by command name (set by `build_parser`)."""
 
     def error(self, message: str) -> NoReturn:

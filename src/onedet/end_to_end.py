@@ -32,6 +32,8 @@ class EndToEnd(nn.Module):
     letterbox and decoding stay in fp32 (coordinates up to thousands of pixels need fp32).
     """
 
+    category_ids: Tensor  # a buffer (registered in __init__)
+
     def __init__(
         self,
         model: nn.Module,

@@ -344,10 +344,10 @@ def detect_split(
             out = model(batch["images"].to(device).float() / 255)
             boxes, scores, labels = decode_topk(out.logits, out.boxes_xyxy, k)
             boxes = to_original(boxes.float(), batch["scale"].to(device), batch["orig_size"].to(device))
-            boxes, scores, labels = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
+            boxes_np, scores_np, labels_np = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
             for i in range(len(batch["index"])):
                 split.gt.append(ground_truth(batch, i))
-                split.detections.append({"boxes_xyxy": boxes[i], "scores": scores[i], "labels": labels[i]})
+                split.detections.append({"boxes_xyxy": boxes_np[i], "scores": scores_np[i], "labels": labels_np[i]})
                 split.image_ids.append(int(batch["image_id"][i]))
                 split.orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
     return split
@@ -402,9 +402,10 @@ def evaluate_run(
         )
     metrics = evaluate_model(run.model, store, batch_size=batch_size, with_pr=True)
     if record:
-        if getattr(run, "folder", None) is None:
+        folder = getattr(run, "folder", None)
+        if folder is None:
             raise OnedetError("record: these weights were not read from a checkpoint folder, so there is none to write")
-        path, own = record_thresholds(run.folder, metrics, store.classes)
+        path, own = record_thresholds(folder, metrics, store.classes)
         metrics["recorded"] = {"file": str(path), "score_thresholds": own}
     if plots is not None:
         from onedet.train.report import write_metric_plots

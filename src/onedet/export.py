@@ -121,6 +121,7 @@ def export_onnx(module: EndToEnd, out: Path, metadata: dict[str, str], opset: in
             optimize=True,
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     # The exporter folds constants only up to 262144 elements; the neck computes its fuse conv's weight and bias
     # from parameters (the tap norms folded in, onedet/model/neck.py), larger than that at base. Folded here
     # they become initializers, which the int8 quantizers need to quantize that conv.

@@ -135,6 +135,7 @@ class VideoWriter:
         h, w = frame.shape[:2]
         if self._stream is None:
             self._open_stream(h, w)
+        assert self.size is not None  # set by _open_stream on the first frame
         if (h, w) != self.size:
             raise OnedetError(
                 f"{self.path}: frame {self.frames} is {w}x{h}, the video's first {self.size[1]}x{self.size[0]}"

@@ -126,7 +126,8 @@ class BatchAugment(nn.Module):
         self.min_size, self.min_visible = min_size, min_visible
         # the loader's default (2 workers, prefetch 2) holds up to ~10 output batches at once (loader.py); the
         # canvases live only during a call, one per thread calling at once
-        self.buffers = buffers
+        # named so as not to shadow nn.Module.buffers() (the method every module has, e.g. for DDP's buffer sync)
+        self.num_buffers = buffers
         self._outputs, self._canvases = BufferPool(buffers), BufferPool(max(0, min(buffers, 4)))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -137,7 +138,7 @@ class BatchAugment(nn.Module):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._outputs, self._canvases = BufferPool(self.buffers), BufferPool(max(0, min(self.buffers, 4)))
+        self._outputs, self._canvases = BufferPool(self.num_buffers), BufferPool(max(0, min(self.num_buffers, 4)))
 
     def _empty(self, pool: BufferPool, like: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """An uninitialised tensor on `like`'s device: recycled on the CPU, from the caching allocator elsewhere."""
@@ -216,6 +217,8 @@ class BatchAugment(nn.Module):
         work = images if images.device.type == "cpu" or images.dtype != torch.uint8 else images.float()
         fill = 114 if images.dtype == torch.uint8 else FILL
         canvas = self._empty(self._canvases, work, (b, c, out_h, out_w), work.dtype)
+        kx: float | Tensor  # a float per sample in the loop, then a column of all samples
+        ky: float | Tensor
         affine = torch.zeros(b, 4)  # per sample: x_out = x_in * kx + tx, y_out = y_in * ky + ty
         # One interpolate per sample (B small calls; no per-pixel Python): each sample has its own window size.
         for i in range(b):

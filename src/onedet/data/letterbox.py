@@ -16,7 +16,7 @@ level apart (rounding).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -134,8 +134,9 @@ def letterbox_float(
     """
     h, w = images.shape[-2], images.shape[-1]
     longest = torch.sym_max(h, w)
-    new_h = torch.sym_max((2 * h * size + longest) // (2 * longest), 1)
-    new_w = torch.sym_max((2 * w * size + longest) // (2 * longest), 1)
+    # ints in eager mode; SymInts (which stand in for ints) while tracing or exporting
+    new_h = cast(int, torch.sym_max((2 * h * size + longest) // (2 * longest), 1))
+    new_w = cast(int, torch.sym_max((2 * w * size + longest) // (2 * longest), 1))
     resized = resize(images.float(), new_h, new_w)
     return F.pad(resized, (0, size - new_w, 0, size - new_h), value=float(PAD_VALUE))
 

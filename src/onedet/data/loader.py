@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class Batch(NamedTuple):
     """int64 [B, M]."""
     valid: Tensor
     """bool [B, M]."""
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # shadows tuple.index(); a public field name, kept
     """int64 [B]: store indices, for evaluation bookkeeping."""
 
 
@@ -222,7 +222,8 @@ class BatchLoader:
             items = _prefetched(parts, self.prefetch)
         step = start
         for item in items:
-            batch = self._finish(item, epoch, step) if self._pin else item
+            # _produce yields raw dicts exactly when pinning, finished Batches otherwise
+            batch = self._finish(cast(dict[str, Tensor], item), epoch, step) if self._pin else cast(Batch, item)
             step += 1
             self.position = step  # counted before the yield: a checkpoint taken now resumes after this batch
             yield batch

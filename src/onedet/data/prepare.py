@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -103,7 +103,7 @@ def _decode(task: tuple[int, str]) -> _Decoded:
     return _Decoded(slot, pixels.shape[:2], fixes, jpeg, None, digest)
 
 
-def _decode_all(paths: Iterable[str], count: int, workers: int, init_args: tuple) -> Iterator[_Decoded]:
+def _decode_all(paths: Iterable[str], count: int, workers: int, init_args: tuple) -> Generator[_Decoded, None, None]:
     """Results in order; in-process for one worker (no fork, easy to debug), else a forked pool.
 
     `paths` is consumed lazily (the pool's feeder blocks on its pipe), so no list of tasks is built.
@@ -304,6 +304,7 @@ def _decode_split(
             targets.add(result.size_hw, *_fix_boxes(image, result.size_hw, report), image.image_id)
             kept[n], digests[n] = result.slot, (result.digest or "").encode()
             if encoded_file is not None:
+                assert result.jpeg is not None  # the compact layout's workers return the JPEG of every image read
                 encoded_file.write(result.jpeg.tobytes())
                 offsets[n + 1] = offsets[n] + len(result.jpeg)
             n += 1

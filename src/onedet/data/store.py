@@ -217,6 +217,7 @@ class Store:
         if out is None:
             src = self._tensors["images"]
             out = torch.empty((len(index), *src.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        assert self._images_np is not None  # set for the raw layout, the only one read_batch takes images from
         np.take(self._images_np, index.numpy(), axis=0, out=out.numpy(), mode="clip")
         return out
 

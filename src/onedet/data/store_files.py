@@ -8,21 +8,23 @@ prepare writes meta.json last (`onedet.atomic.write_json`): its presence makes t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool}
 
 
-def new_memmap(folder: Path, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+def new_memmap(folder: Path, key: str, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> np.memmap:
     """A new (sparse, zero) memmap file `folder/<key>.memmap`, the file name tensordict expects for `key`."""
     return np.memmap(folder / f"{key}.memmap", dtype=dtype, mode="w+", shape=shape)
 
 
-def close_holes(images_file: Path, shape: tuple[int, ...], kept: list[int]) -> None:
+def close_holes(images_file: Path, shape: tuple[int, ...], kept: Sequence[int] | np.ndarray) -> None:
     """Move kept images down over the holes of skipped ones (in place, rare path) and truncate the file."""
     images = np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape)
     for dst, src in enumerate(kept):
@@ -56,7 +58,7 @@ class TargetWriter:
         self.max_kept, self.max_kept_crowd = 0, 0
         self.boxes_per_class = np.zeros(num_classes, np.int64)
         m, mc = self.m, self.mc
-        self._buf = {
+        self._buf: dict[str, np.ndarray] = {
             "boxes_xyxy": np.zeros((chunk, m, 4), np.float32),
             "labels": np.zeros((chunk, m), np.int64),
             "valid": np.zeros((chunk, m), np.bool_),

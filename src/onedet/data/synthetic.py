@@ -55,7 +55,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     else:  # smooth value noise: a coarse random grid upsampled bicubically
         cells = int(rng.integers(3, 9))
         coarse = (rng.random((cells, cells)) * 255).astype(np.uint8)
-        t = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.float32) / 255
+        t = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
     img = c0 + t[..., None] * (c1 - c0)
     return img + rng.normal(0, 4, img.shape).astype(np.float32)
 
@@ -77,7 +77,7 @@ def _shape_mask(kind: int, cx: float, cy: float, w: float, h: float, size: int) 
 
 def _render_one(rng: np.random.Generator, size: int, plain: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image: uint8 [S, S, 3], boxes float32 [K, 4] (visible extents), labels int64 [K]."""
-    img = np.broadcast_to(np.float32(PLAIN_BACKGROUND), (size, size, 3)).copy() if plain else _background(rng, size)
+    img = np.full((size, size, 3), PLAIN_BACKGROUND, np.float32) if plain else _background(rng, size)
     owner = np.full((size, size), -1, np.int16)  # which object each pixel shows, for the visible extents
     kinds: list[int] = []
     num_objects = int(rng.integers(1, _MAX_OBJECTS + 1))
@@ -132,7 +132,8 @@ def _split_indices(num_images: int, val_fraction: float, seed: int) -> dict[str,
 
 
 def _write_coco(out: Path, split: str, names: list[str], targets: list, size: int) -> None:
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id, (name, (boxes, labels)) in enumerate(zip(names, targets), start=1):
         images.append({"id": image_id, "file_name": name, "height": size, "width": size})
         for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist()):

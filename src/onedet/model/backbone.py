@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import cast
 from unittest import mock
 from urllib.parse import urlparse
 
@@ -82,6 +83,7 @@ class ViTBackbone(VisionTransformer):
             act_layer=act,
             weight_init="" if init_weights else "skip",
         )
+        assert self.pos_embed is not None and self.cls_token is not None  # class_token=True, absolute pos_embed
         if not init_weights:  # 'skip' leaves these two as torch.empty: make them finite, cheaply
             nn.init.normal_(self.pos_embed, std=0.02)
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -120,9 +122,10 @@ class ViTBackbone(VisionTransformer):
             return resample_abs_pos_embed(
                 self.pos_embed, new_size=(grid_h, grid_w), old_size=self.grid_size, num_prefix_tokens=1
             )
-        return self.pos_embed
+        return cast(torch.Tensor, self.pos_embed)  # never None (asserted in __init__)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    # Returns the tapped maps, not timm's pooled features, and takes no attention mask: a deliberate override.
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         """Normalised images `[B, 3, H, W]` -> one `[B, C, H/p, W/p]` map per tap, in tap order."""
         x = self.patch_embed.proj(x)  # (B, C, gh, gw); timm's PatchEmbed would assert the configured size
         batch, dim, grid_h, grid_w = x.shape
@@ -138,7 +141,7 @@ class ViTBackbone(VisionTransformer):
         x = x.flatten(2).transpose(1, 2) + pos[:, 1:]  # (B, gh*gw, C)
         # window-major: (B, nh, ws, nw, ws, C) -> (B*nW, ws*ws, C), windows in row-major order
         x = x.reshape(batch, num_h, ws, num_w, ws, dim).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, dim)
-        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        cls = (cast(torch.Tensor, self.cls_token) + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = self.norm_pre(torch.cat([cls, x], dim=1))  # (B*nW, 1 + ws*ws, C)
         tokens = x.shape[1]
 
@@ -165,8 +168,11 @@ class ViTBackbone(VisionTransformer):
 def _torch_load(path: Path) -> object:
     # OpenAI's original CLIP files (e.g. ViT-B-16.pt) are TorchScript archives (a zip with code/), not pickles;
     # TorchScript runs no pickled Python, and torch.load would dispatch to it anyway, with a warning.
-    if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
-        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            torchscript = any("/code/" in n for n in archive.namelist())
+        if torchscript:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -177,6 +183,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise OnedetError(f"{path}: pretrained weights file not found")
+    state: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -47,6 +47,9 @@ class Detector(nn.Module):
     background), so N depends on the padded size. Attributes `backbone`, `neck`, `head` are the three parts.
     """
 
+    pixel_mean: torch.Tensor  # buffers (registered in __init__)
+    pixel_std: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, init_backbone: bool = True) -> None:
         """`init_backbone=False` skips the backbone's random init (weights are loaded right after)."""
         flush_denormals()  # before any torch thread exists: they inherit the mode (onedet/cpu.py)

@@ -37,8 +37,8 @@ The weights are applied outside, by `onedet.model.loss.weighted_total` (`Distill
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +69,9 @@ def build_projectors(student_channels: int, teacher_channels: int, num_levels: i
     projectors = nn.ModuleList(nn.Conv2d(student_channels, teacher_channels, 1) for _ in range(num_levels))
     if student_channels == teacher_channels:
         with torch.no_grad():
-            for conv in projectors:
+            for conv in cast(Iterable[nn.Conv2d], projectors):
                 conv.weight.copy_(torch.eye(teacher_channels)[:, :, None, None])
+                assert conv.bias is not None  # Conv2d's default bias=True
                 conv.bias.zero_()
     return projectors
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,8 +118,9 @@ class DetectionHead(nn.Module):
         bias_cls = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
         bias_box = math.log(math.expm1(INIT_DISTANCE))  # softplus(bias) == INIT_DISTANCE
         for cls, box in ((self.cls_pred, self.box_pred), (self.aux_cls_pred, self.aux_box_pred)):
-            if cls is None:
+            if cls is None or box is None:  # the aux layers: both or neither
                 continue
+            assert cls.bias is not None and box.bias is not None  # made with bias=True
             nn.init.normal_(cls.weight, std=0.01)
             nn.init.constant_(cls.bias, bias_cls)
             nn.init.normal_(box.weight, std=0.01)
@@ -145,10 +146,13 @@ class DetectionHead(nn.Module):
             boxes.append(self._decode(self.box_pred(box_feat), pts, stride, self.scales[level]))
             points.append(pts)
             strides.append(torch.full((pts.shape[0],), float(stride), device=x.device))
-            if aux:
-                aux_cls, aux_box = self.aux_cls_tower(x), self.aux_box_tower(x)
-                aux_logits.append(_flatten(self.aux_cls_pred(aux_cls)).float())
-                aux_boxes.append(self._decode(self.aux_box_pred(aux_box), pts, stride, self.scales[level]))
+            if aux:  # then the aux layers exist (made together in __init__)
+                aux_cls = cast(nn.Sequential, self.aux_cls_tower)(x)
+                aux_box = cast(nn.Sequential, self.aux_box_tower)(x)
+                aux_logits.append(_flatten(cast(nn.Conv2d, self.aux_cls_pred)(aux_cls)).float())
+                aux_boxes.append(
+                    self._decode(cast(nn.Conv2d, self.aux_box_pred)(aux_box), pts, stride, self.scales[level])
+                )
         return HeadOutput(
             logits=torch.cat(logits, dim=1),
             boxes_xyxy=torch.cat(boxes, dim=1),

@@ -10,6 +10,7 @@ names (what predict and export load), and the adapters alone in peft's own forma
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
@@ -35,12 +36,20 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float | None = None, drop
 
     `alpha` defaults to `rank` (a scaling of 1). Returns the peft config (saved beside the adapters).
     """
-    targets = lora_target_names(model.backbone)
+    backbone = cast(nn.Module, model.backbone)
+    targets = lora_target_names(backbone)
     if not targets:
         raise ValueError("the backbone has no attention/MLP linears named qkv, proj, fc1 or fc2")
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, target_modules=targets, bias="none")
-    inject_adapter_in_model(config, model.backbone, adapter_name=ADAPTER_NAME)
-    for name, param in model.backbone.named_parameters():
+    # peft annotates lora_alpha as int but only divides by it (scaling = lora_alpha / r): a float alpha works
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+    )
+    inject_adapter_in_model(config, backbone, adapter_name=ADAPTER_NAME)
+    for name, param in backbone.named_parameters():
         param.requires_grad = "lora_" in name
     return config
 

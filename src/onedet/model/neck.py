@@ -28,6 +28,7 @@ backbone is frozen, and no LayerNorm runs over that input while training on cach
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -108,16 +109,17 @@ class SimpleFeaturePyramid(nn.Module):
         return torch.cat(
             [
                 F.layer_norm(m.permute(0, 2, 3, 1), m.shape[1:2], eps=norm.eps).permute(0, 3, 1, 2)
-                for norm, m in zip(self.tap_norms, maps)
+                for norm, m in zip(cast("Sequence[LayerNorm2d]", self.tap_norms), maps)
             ],
             dim=1,
         )
 
     def pyramid(self, taps: torch.Tensor) -> list[torch.Tensor]:
         """Normalised taps (`normalize_taps`) -> the pyramid maps."""
-        conv = self.fuse[0]
-        gamma = torch.cat([norm.weight for norm in self.tap_norms])
-        beta = torch.cat([norm.bias for norm in self.tap_norms])
+        conv = cast(nn.Conv2d, self.fuse[0])
+        norms = cast("Sequence[LayerNorm2d]", self.tap_norms)
+        gamma = torch.cat([norm.weight for norm in norms])
+        beta = torch.cat([norm.bias for norm in norms])
         weight = conv.weight * gamma[None, :, None, None]  # (out, in, 1, 1)
         x = self.fuse[1](F.conv2d(taps, weight, conv.weight.flatten(1) @ beta))
         x = self.refine(x)

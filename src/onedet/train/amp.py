@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from onedet.model.detector import Detector
 
 
 @functools.cache
@@ -54,7 +57,7 @@ class AmpForward(nn.Module):
     """The detector's forward under autocast `dtype`, from images or (`cached`) from the features `[B, T*C, h, w]`
     of `Detector.forward_features`. DDP wraps this module, so that its forward is the training step's."""
 
-    def __init__(self, detector: nn.Module, dtype: torch.dtype | None, device: torch.device, cached: bool = False):
+    def __init__(self, detector: Detector, dtype: torch.dtype | None, device: torch.device, cached: bool = False):
         super().__init__()
         self.detector, self.dtype, self.device, self.cached = detector, dtype, device, cached
         self.config = detector.config

@@ -20,14 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from onedet.checkpoint import AUX_PREFIX, WEIGHTS, LoadedRun, checkpoint_dir, load_run
+from onedet.data.loader import Batch
 from onedet.errors import OnedetError
-from onedet.model.detector import DetectorOutput
+from onedet.model.detector import Detector, DetectorOutput
 from onedet.model.distill_loss import DistillLoss, DistillOutput, build_projectors, check_compatible
 from onedet.model.student import build_student, parse_student, student_config
 from onedet.train import amp, distributed
@@ -55,7 +56,7 @@ class DistillBatch(NamedTuple):
     boxes_xyxy: Tensor
     labels: Tensor
     valid: Tensor
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # shadows tuple.index; the name is Batch's field, kept
     labeled: Tensor
 
 
@@ -114,6 +115,7 @@ class PairedLoader:
             self.unlabeled.load_state_dict(state["unlabeled"])
 
     def _cycle(self) -> Iterator[Any]:
+        assert self.unlabeled is not None  # only cycled with an unlabelled loader (`__iter__`)
         while True:  # a pass advances the unlabelled loader's epoch by itself
             yield from self.unlabeled
 
@@ -123,7 +125,7 @@ class PairedLoader:
             batch = self._mark(batch)
             yield batch if extra is None else _concat(batch, next(extra))
 
-    def _mark(self, batch: Any) -> DistillBatch:
+    def _mark(self, batch: Batch) -> DistillBatch:
         device = batch.images.device
         if self.labeled_subset is None:
             return DistillBatch(*batch, torch.ones(len(batch.index), dtype=torch.bool, device=device))
@@ -139,8 +141,8 @@ class DistillForward(nn.Module):
 
     def __init__(
         self,
-        student: nn.Module,
-        teacher: nn.Module | None,
+        student: Detector,
+        teacher: Detector | None,
         projectors: nn.ModuleList,
         dtype: torch.dtype | None,
         device: torch.device,
@@ -176,8 +178,9 @@ class DistillForward(nn.Module):
             teacher_maps = self.teacher.neck.pyramid(self.teacher.forward_features(images))
             teacher = DetectorOutput(*self.teacher.head(teacher_maps, with_aux=self.teacher_aux))
         # Inference tensors cannot be saved for backward (the soft BCE saves its target): plain float32 copies, one
-        # copy each (`.float().clone()` copied bf16 outputs twice).
-        teacher = DetectorOutput(*(None if t is None else t.to(torch.float32, copy=True) for t in teacher))
+        # copy each (`.float().clone()` copied bf16 outputs twice); the aux fields may be None.
+        copies: Iterator[Any] = (None if t is None else t.to(torch.float32, copy=True) for t in teacher)
+        teacher = DetectorOutput(*copies)
         return DistillOutput(output, teacher, projected, tuple(m.to(torch.float32, copy=True) for m in teacher_maps))
 
 
@@ -204,6 +207,9 @@ def _open_unlabeled(path: Path, out: Path, image_size: int, is_main: bool) -> An
 
 class DistillTrainer(Trainer):
     """One distillation run (module docstring); `fit()` runs it."""
+
+    cfg: DistillConfig  # `resolve_run` keeps the config's class (a resumed run's saved config is one too)
+    forward: DistillForward  # what `build_forward` returns
 
     def __init__(self, cfg: DistillConfig) -> None:
         if cfg.cache_features:
@@ -257,7 +263,7 @@ class DistillTrainer(Trainer):
         check_compatible(cfg, teacher.config, self.train_store.image_size)
         return cfg
 
-    def build_detector(self) -> tuple[nn.Module, Any]:
+    def build_detector(self) -> tuple[Detector, Any]:
         if self.resume_from is not None:
             return super().build_detector()
         detector = build_student(parse_student(self.cfg.student), self.teacher().model, **self._student_fields())
@@ -302,7 +308,7 @@ class DistillTrainer(Trainer):
 
     # --- the seam ----------------------------------------------------------------------------------------------
 
-    def build_forward(self) -> nn.Module:
+    def build_forward(self) -> DistillForward:
         teacher = self.teacher().model
         check_compatible(self.model_config, teacher.config, self.train_store.image_size)
         weights = self.cfg.loss_weights()
@@ -326,7 +332,8 @@ class DistillTrainer(Trainer):
 
         cfg = self.cfg
         detection = DetectionLoss.from_config(self.model_config)  # stateless: ground truth and pseudo-labels share it
-        threshold: float | Tensor = PSEUDO_THRESHOLD_FALLBACK
+        threshold: float | Tensor | None  # (declared apart: mypy narrows a plain assignment, not an annotated one)
+        threshold = PSEUDO_THRESHOLD_FALLBACK
         if cfg.pseudo_labels():
             threshold = cfg.kd_pseudo_threshold
             if threshold is None:
@@ -335,7 +342,8 @@ class DistillTrainer(Trainer):
                         f"{cfg.data}: no val split, so the per-class pseudo-label thresholds (--kd-pseudo-threshold "
                         "none) cannot be chosen; give a score, e.g. --kd-pseudo-threshold 0.4"
                     )
-                self.pseudo_thresholds = distributed.broadcast_object(self._f1_thresholds() if self.is_main else None)
+                chosen = distributed.broadcast_object(self._f1_thresholds() if self.is_main else None)
+                self.pseudo_thresholds = cast("dict[str, float]", chosen)  # rank 0's, on every rank
                 threshold = torch.tensor([self.pseudo_thresholds[c] for c in self.classes], dtype=torch.float32)
         loss = DistillLoss(
             detection if cfg.gt_weight > 0 else None,

@@ -7,7 +7,7 @@ process and every helper here is a no-op. The process group uses NCCL on CUDA an
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -86,10 +86,13 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
+T = TypeVar("T")
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
     """A picklable object from rank `src` to every rank (used for small control messages only)."""
     if not is_initialized():
         return obj
-    box = [obj]
+    box: list[T] = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]

@@ -36,7 +36,7 @@ class WeightEma:
         """Move the shadow weights towards the model's current weights."""
         self.num_updates += 1
         weight = 1.0 - self.current_decay()
-        named = dict(model.named_parameters())
+        named: dict[str, torch.Tensor] = dict(model.named_parameters())
         named.update(model.named_buffers())
         ema_values = list(self.shadow.values())
         model_values = [named[name].detach() for name in self.shadow]
@@ -45,7 +45,7 @@ class WeightEma:
     @contextmanager
     def applied(self, model: nn.Module) -> Iterator[nn.Module]:
         """Temporarily load the EMA weights into `model` (restored on exit)."""
-        named = dict(model.named_parameters())
+        named: dict[str, torch.Tensor] = dict(model.named_parameters())
         named.update(model.named_buffers())
         backup = {name: named[name].detach().clone() for name in self.shadow}
         with torch.no_grad():

@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from onedet.atomic import write_json
 from onedet.data.loader import Batch, BatchLoader
 from onedet.train import amp
 from onedet.train.distributed import barrier
+
+if TYPE_CHECKING:
+    from onedet.model.detector import Detector
 
 # What a cache file holds; part of its key, so a cache written by another version is recomputed, not misread.
 CACHE_FORMAT = "normalized-taps-1"
@@ -67,7 +70,7 @@ class FeatureCache:
         return torch.tensor([self._by_fingerprint[tuple(fp)] for fp in image_fingerprints(images_uint8).tolist()])
 
     @staticmethod
-    def key(model: nn.Module, store: Any) -> str:
+    def key(model: Detector, store: Any) -> str:
         """What the cache depends on: the backbone's config and weights, what it stores, and the store split."""
         weights = sum(float(p.detach().double().sum()) for p in model.backbone.parameters())
         text = json.dumps(
@@ -85,7 +88,7 @@ class FeatureCache:
     @classmethod
     def build(
         cls,
-        model: nn.Module,
+        model: Detector,
         store: Any,
         folder: Path,
         name: str,
@@ -216,7 +219,7 @@ class CachedFeatureModel(nn.Module):
     cached store split only) and runs the neck and head on them.
     """
 
-    def __init__(self, detector: nn.Module, cache: FeatureCache) -> None:
+    def __init__(self, detector: Detector, cache: FeatureCache) -> None:
         super().__init__()
         self.detector = detector
         self.cache = cache
@@ -229,7 +232,7 @@ class CachedFeatureModel(nn.Module):
 
 
 def cached_loaders(
-    detector: nn.Module,
+    detector: Detector,
     index_loader: BatchLoader,
     val_store: Any,
     folder: Path,
@@ -244,7 +247,9 @@ def cached_loaders(
 ) -> tuple[CachedFeatureLoader, FeatureCache | None]:
     """The training loader over the feature cache of `index_loader`'s store (computed or reused in `folder`), and
     the cache of `val_store` (None without one). Features are read in `dtype` (the autocast plan; None: fp32)."""
-    build = dict(batch_size=batch_size, device=device, dtype=dtype, rank=rank, world_size=world_size, progress=progress)
+    build: dict[str, Any] = dict(
+        batch_size=batch_size, device=device, dtype=dtype, rank=rank, world_size=world_size, progress=progress
+    )
     store = index_loader.store
     cache = FeatureCache.build(detector, store, folder, "train", **build)
     loader = CachedFeatureLoader(cache, store, index_loader, flip=flip, dtype=dtype or torch.float32)

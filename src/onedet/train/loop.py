@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,9 @@ from onedet.train.features import CachedFeatureModel
 from onedet.train.logging import EpochMeter, RunLog
 from onedet.train.optim import CosineSchedule, build_optimizer, epochs_in_budget
 from onedet.train.setup import build_loaders, build_run_detector, open_splits, resolve_run, run_model_config
+
+if TYPE_CHECKING:
+    from onedet.model.detector import Detector
 
 
 class Trainer:
@@ -129,7 +132,7 @@ class Trainer:
     def build_model_config(self) -> Any:
         return run_model_config(self.cfg, self.train_store, self.resume_from)
 
-    def build_detector(self) -> tuple[nn.Module, Any]:  # (the detector to train, its LoRA config or None)
+    def build_detector(self) -> tuple[Detector, Any]:  # (the detector to train, its LoRA config or None)
         return build_run_detector(self.model_config, self.cfg.finetune, self.cfg.lora_rank, self.resume_from)
 
     def build_loaders(self) -> tuple[Any, Any]:  # (the training loader, the val feature cache or None)
@@ -256,7 +259,7 @@ class Trainer:
         with self._ema_weights() as detector:
             return evaluate_model(self._eval_model(detector), self.val_store, batch_size=batch_size, with_pr=with_pr)
 
-    def _eval_model(self, detector: nn.Module) -> nn.Module:
+    def _eval_model(self, detector: Detector) -> nn.Module:
         """`detector` as evaluation runs it: on the cached val features, or under the autocast plan."""
         if self.val_cache is not None:
             return CachedFeatureModel(detector, self.val_cache)
@@ -299,7 +302,7 @@ class Trainer:
                 break
             if cfg.patience is not None and evaluate and not last:
                 # rank 0 alone evaluates, so it decides for all
-                stale = int(distributed.broadcast_object(epoch + 1 - self.best_epoch))
+                stale = distributed.broadcast_object(epoch + 1 - self.best_epoch)
                 if stale >= cfg.patience:
                     self.log.message(
                         f"stopping after epoch {epoch + 1}: val AP has not improved for {stale} epochs (--patience "
@@ -316,7 +319,7 @@ class Trainer:
         included), re-judged after every epoch, never beyond `epochs`; rank 0 decides for all. Since it depends
         on the clock, a resumed run may fit differently from an uninterrupted one."""
         fit = epochs_in_budget(epochs_done, self.cfg.epochs, max(0.0, budget - self.elapsed), last_epoch)
-        fit = int(distributed.broadcast_object(fit))
+        fit = distributed.broadcast_object(fit)
         if fit != self.schedule.epochs:
             self.log.message(
                 f"--max-minutes {budget / 60:g}: at {last_epoch:.0f} s per epoch, the schedule now ends after "
@@ -336,6 +339,7 @@ class Trainer:
         self.meter.reset()
         improved = metrics is not None and metrics["AP"] > self.best_ap
         if improved:
+            assert metrics is not None  # `improved` says so
             self.best_ap, self.best_epoch = metrics["AP"], epoch + 1
         # Without a val split the last checkpoint is also the best one.
         tick = time.perf_counter()
@@ -359,6 +363,7 @@ class Trainer:
 
             model = self._eval_model(load_run(self.out, "best", device=self.device).model)
             metrics = self._evaluate(with_pr=True, model=model)
+            assert metrics is not None  # there is a val split
             write_final_plots(model, metrics, self.val_store, self.classes, self.out, self.device)
             write_json(self.out / "metrics.json", {k: v for k, v in metrics.items() if k != "pr"})
             record_thresholds(checkpoint_dir(self.out, "best"), metrics, self.classes)

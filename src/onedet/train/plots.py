@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -19,10 +19,12 @@ matplotlib.use("Agg")  # no display here, and none needed
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import patches, ticker
+from matplotlib.colors import ListedColormap
 
 from onedet.config import ModelConfig
 
-_COLORS = plt.get_cmap("tab10").colors
+# tab10 is a ListedColormap, whose colors are a tuple of RGB tuples
+_COLORS = cast("tuple[tuple[float, float, float], ...]", cast(ListedColormap, plt.get_cmap("tab10")).colors)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -217,9 +219,9 @@ def _plain_log(ax: Any, which: str) -> None:
 
 def plot_predictions(
     images: Sequence[np.ndarray],
-    boxes_xyxy: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    scores: Sequence[np.ndarray],
+    boxes_xyxy: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    scores: Sequence[np.ndarray] | np.ndarray,
     classes: Sequence[str],
     path: Path,
     *,

@@ -26,7 +26,7 @@ from onedet.errors import OnedetError
 
 def _contiguous_unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share storage (tied weights); clone the later ones.
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int | torch.SymInt]] = set()
     out = {}
     for name, value in state.items():
         value = value.detach().cpu().contiguous()

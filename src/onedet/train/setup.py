@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from onedet.checkpoint import WEIGHTS, checkpoint_dir, load_weights, parse_model_config, read_info, read_weights
 from onedet.config import ModelConfig
 from onedet.errors import OnedetError
 from onedet.train.config import TRAIN_CONFIG, TrainConfig, model_config, resume_config
+
+if TYPE_CHECKING:
+    from onedet.model.detector import Detector
 
 
 def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
@@ -65,7 +67,7 @@ def run_model_config(cfg: TrainConfig, train_store: Any, resume_from: Path | Non
 
 def build_run_detector(
     config: ModelConfig, finetune: str, lora_rank: int, resume_from: Path | None
-) -> tuple[nn.Module, Any]:
+) -> tuple[Detector, Any]:
     """(the detector to train, its LoRA config or None): pretrained backbone weights for a new run, `last`'s
     weights when resuming; the backbone frozen unless `finetune` is `full`, LoRA adapters added for `lora`."""
     from onedet.model.detector import Detector, build_detector
@@ -79,7 +81,7 @@ def build_run_detector(
     return detector, prepare_for_finetune(detector, finetune, lora_rank)
 
 
-def prepare_for_finetune(detector: nn.Module, finetune: str, lora_rank: int) -> Any:
+def prepare_for_finetune(detector: Detector, finetune: str, lora_rank: int) -> Any:
     """Freeze the backbone unless `finetune` is `full`; add LoRA adapters for `lora`; returns their config or None."""
     detector.set_backbone_frozen(finetune != "full")
     if finetune != "lora":
@@ -93,7 +95,7 @@ def build_loaders(
     cfg: TrainConfig,
     train_store: Any,
     val_store: Any,
-    detector: nn.Module,
+    detector: Detector,
     dtype: torch.dtype | None,
     device: torch.device,
     dist: Any,

@@ -268,16 +268,17 @@ class _ImageFinder:
 
     def find(self, stem: str, filename: str | None, path_text: str | None) -> Path | None:
         """`stem` is the XML's name relative to the annotation folder (`dir/img1` for CVAT's sub-folders)."""
-        names: list[str | None] = []
+        candidates: list[str | None] = []
         if filename:
             # CVAT may write <filename> without its extension, and without the sub-folder of its split file names
             given = [filename] if Path(filename).suffix.lower() in IMAGE_SUFFIXES else [filename, *_suffixed(filename)]
-            if (folder := PurePosixPath(stem).parent).name and "/" not in filename:
-                names += [f"{folder}/{name}" for name in given]
-            names += given
+            if (sub := PurePosixPath(stem).parent).name and "/" not in filename:
+                candidates += [f"{sub}/{name}" for name in given]
+            candidates += given
         # <path> is often C:\Users\...\x.jpg from the author's machine: only its file name is used.
-        names += [PureWindowsPath(path_text).name if path_text else None, *_suffixed(stem)]
-        names = [n for n in dict.fromkeys(names) if n]
+        candidates += [PureWindowsPath(path_text).name if path_text else None, *_suffixed(stem)]
+        names = [n for n in dict.fromkeys(candidates) if n]
+        p: Path | None
         for name in names:
             for folder in self.dirs:
                 if (p := folder / name).is_file():
