@@ -329,6 +329,10 @@ def test_eval_records_thresholds_for_a_run_without_them(
     }
     assert load_run(run, "last").score_thresholds == metrics["recorded"]["score_thresholds"]
     assert load_run(run).score_thresholds == expected, "best keeps its own"
+    from onedet.evaluate import evaluate_run
+
+    with pytest.raises(OnedetError, match="record: these weights were not read from a checkpoint folder"):
+        evaluate_run(load_run(run)._replace(folder=None), store / "val", record=True)
 
     forget()
     detector = OneDet.from_run(run)
