@@ -179,7 +179,12 @@ COMMANDS: list[Command] = [
     ),
     Command("eval", "COCO metrics of a trained run on a store split", EvalOptions, _run_eval),
     Command("export", "one ONNX file from uint8 pixels to boxes in original coordinates", ExportOptions, _run_export),
-    Command("predict", "detect objects in images with a run folder or an .onnx file", PredictOptions, _run_predict),
+    Command(
+        "predict",
+        "detect objects in images and videos with a run folder or an .onnx file",
+        PredictOptions,
+        _run_predict,
+    ),
     Command(
         "quickstart", "the whole loop on the built-in synthetic dataset, on the CPU", QuickstartOptions, _run_quickstart
     ),

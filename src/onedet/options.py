@@ -249,7 +249,7 @@ class PredictOptions:
     model: Path
     """Run folder or .onnx file."""
     sources: list[str] = field(metadata=_positional())
-    """Images, folders or globs."""
+    """Images, videos (PyAV: onedet[video]), folders or globs."""
     out: Path
     """Folder for annotated images and detections.json."""
     threshold: float | None = None
