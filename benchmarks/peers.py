@@ -7,7 +7,7 @@ Peers' files are made outside this project (their packages are not onedet's depe
 e.g. `YOLO("yolo11n.yaml").export(format="onnx", imgsz=640)`: random weights, as onedet's here (`pretrained=None`),
 since latency does not depend on the weights. Every file runs on onnxruntime's CPU provider, batch 1, `--threads`
 intra-op threads, spinning off (so files timed round-robin do not slow each other), medians of `--repeats`
-round-robin rounds after a warm-up, on one real 640x480 BCCD photo (a synthetic picture without ../shared/data).
+round-robin rounds after a warm-up, on one real 640x480 BCCD photo (synthetic noise without ../shared/data).
 
 What each call covers differs, against onedet: a peer's call is its graph alone on an input letterboxed and
 normalised beforehand (its NMS, for YOLO11, is not in the graph and not timed), while onedet's call is its whole
@@ -23,19 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from inference import _image  # benchmarks/inference.py: a BCCD photo, else synthetic noise
 from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _image() -> tuple[np.ndarray, str]:
-    from onedet.data.images import load_image
-
-    photos = sorted((SHARED / "bccd/BCCD/JPEGImages").glob("*.jpg"))[:1]
-    if photos:
-        return load_image(photos[0])[0], photos[0].name
-    rng = np.random.default_rng(0)
-    return np.kron(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8)), "synthetic"
 
 
 def _params(path: Path) -> int:
@@ -108,7 +97,7 @@ def main() -> None:
 
     from onedet.runtime import OnnxDetector
 
-    image, source = _image()
+    image, source = _image(None)
     files: dict[str, Path] = {}
     calls = {}
     for name, path in args.peer:
