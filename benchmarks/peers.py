@@ -1,7 +1,8 @@
 """CPU latency of onedet's presets against peers' ONNX files (e.g. Ultralytics YOLO11 / YOLO26), in one process.
 
     .venv/bin/python benchmarks/peers.py --peer yolo11n=/work/peers/yolo11n.onnx [--peer NAME=FILE ...]
-        [--presets tiny small base] [--image-size 640] [--threads 2] [--repeats 7] [--out benchmarks/out/peers]
+        [--presets tiny small base "tiny:global_blocks=()"] [--image-size 640] [--threads 2] [--repeats 7]
+        [--out benchmarks/out/peers] [--fp32-only]
 
 Peers' files are made outside this project (their packages are not onedet's dependencies; Ultralytics is AGPL),
 e.g. `YOLO("yolo11n.yaml").export(format="onnx", imgsz=640)`: random weights, as onedet's here (`pretrained=None`),
@@ -56,21 +57,29 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 def _onedet_files(preset: str, image_size: int, out: Path) -> dict[str, Path]:
-    """onedet `preset` (random weights, 80 classes) exported end to end at `image_size`, fp32 and int8 dynamic."""
+    """onedet `preset` (random weights, 80 classes; `PRESET:FIELD=VALUE,...` overrides ModelConfig fields, as
+    `onedet distill --student` reads them) exported end to end at `image_size`, fp32 and int8 dynamic."""
+    import re
+
     import torch
 
     from onedet.config import from_preset
     from onedet.end_to_end import build_end_to_end
     from onedet.export import _metadata, export_onnx
     from onedet.model.detector import build_detector
+    from onedet.model.student import parse_student
     from onedet.quantize import quantize_int8_dynamic
 
-    folder = out / f"{preset}_{image_size}"
+    spec = parse_student(preset)
+    if spec.derived:
+        raise SystemExit(f"{preset}: a derived student needs a trained teacher; time its exported file as a --peer")
+    folder = out / f"{re.sub(r'[^A-Za-z0-9]+', '-', preset).strip('-')}_{image_size}"
     files = {"fp32": folder / "model.onnx", "int8 dynamic": folder / "int8d.onnx"}
     if all(p.is_file() for p in files.values()):
         return files
     torch.manual_seed(0)
-    model = build_detector(from_preset(preset, pretrained=None, image_size=image_size, num_classes=80)).eval()
+    config = from_preset(spec.name, pretrained=None, image_size=image_size, num_classes=80, **spec.overrides)
+    model = build_detector(config).eval()
     module, classes, ids = build_end_to_end(model, classes=[str(i) for i in range(80)])
     meta = _metadata(classes, ids, image_size, "fp32")
     export_onnx(module, files["fp32"], meta)
@@ -93,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/peers"))
+    parser.add_argument("--fp32-only", action="store_true", help="time onedet's fp32 files only")
     args = parser.parse_args()
 
     from onedet.runtime import OnnxDetector
@@ -107,6 +117,8 @@ def main() -> None:
         calls[name] = lambda s=session, f=feed: s.run(None, f)
     for preset in args.presets:
         for variant, path in _onedet_files(preset, args.image_size, args.out).items():
+            if args.fp32_only and variant != "fp32":
+                continue
             name = f"onedet {preset} {variant}"
             detector = OnnxDetector(path, threads=args.threads, spinning=False)
             files[name] = path
