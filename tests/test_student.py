@@ -85,6 +85,24 @@ def test_shallow_student_copies_the_kept_blocks(teacher: Detector) -> None:
     assert student.backbone.frozen == teacher.backbone.frozen
 
 
+def test_a_derived_student_may_window_the_teachers_global_blocks(teacher: Detector) -> None:
+    """`global_blocks=()`: the same kept blocks and weights as the default depth-4 student, every block windowed, so
+    its outputs differ; at full depth with the teacher's own global blocks it is the teacher again."""
+    default, windowed = derive_student(teacher, 4), derive_student(teacher, 4, global_blocks=())
+    assert windowed.config.global_blocks == () and windowed.backbone.global_blocks == set()
+    assert default.config.global_blocks == (1, 3)
+    ours, theirs = windowed.state_dict(), default.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    images = torch.rand(1, 3, 256, 256)  # 16 x 16 patches: four 8 x 8 windows (at 128 px one window is the image)
+    with torch.no_grad():
+        assert not torch.allclose(windowed.eval()(images).boxes_xyxy, default.eval()(images).boxes_xyxy)
+    assert parse_student("teacher:depth=6,global_blocks=()").overrides == {"depth": 6, "global_blocks": ()}
+    same = derive_student(teacher, teacher.config.depth, global_blocks=teacher.config.global_blocks)
+    assert same.config == teacher.config
+    with pytest.raises(OnedetError, match=r"block indices \[7\] in global_blocks/taps are outside 0..3"):
+        derive_student(teacher, 4, global_blocks=(7,))
+
+
 def test_narrow_student_takes_the_teachers_weights_at_a_stride(teacher: Detector) -> None:
     # tiny: embed_dim 192 in 3 heads of 64, neck 96; half of each -> every second channel, the same ones everywhere
     student = derive_student(teacher, 4, embed_dim=96, neck_channels=48)

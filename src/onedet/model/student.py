@@ -36,7 +36,7 @@ TEACHER = "teacher"
 # stride (`select_width`), the position embedding is resampled to another image size's grid, the rest change no
 # weight's shape.
 WIDTHS = ("embed_dim", "neck_channels")
-DERIVED_OVERRIDES = ("depth", *WIDTHS, "image_size", "window_size", "topk", "peak_filter", "aux_head")
+DERIVED_OVERRIDES = ("depth", *WIDTHS, "image_size", "window_size", "global_blocks", "topk", "peak_filter", "aux_head")
 
 
 class StudentSpec(NamedTuple):
@@ -111,7 +111,9 @@ def select_blocks(num_blocks: int, taps: tuple[int, ...], global_blocks: tuple[i
 def derived_config(teacher: ModelConfig, depth: int, **overrides: Any) -> tuple[ModelConfig, list[int]]:
     """The config of a student derived from `teacher` with `depth` blocks, and the teacher blocks it keeps.
 
-    `taps` and `global_blocks` are renumbered to the kept blocks; `overrides` (DERIVED_OVERRIDES) apply on top.
+    `taps` and `global_blocks` are renumbered to the kept blocks; `overrides` (DERIVED_OVERRIDES) apply on top. A
+    `global_blocks` override (in the student's numbering, e.g. `()` for every block windowed) changes only which
+    blocks attend over the whole image: a block's weights are the same either way, so the kept blocks are too.
     """
     kept = select_blocks(teacher.depth, teacher.taps, teacher.global_blocks, depth)
     for name in WIDTHS:
@@ -132,7 +134,7 @@ def derived_config(teacher: ModelConfig, depth: int, **overrides: Any) -> tuple[
         **overrides,
         "depth": depth,
         "taps": [position[b] for b in teacher.taps],
-        "global_blocks": [position[b] for b in teacher.global_blocks if b in position],
+        "global_blocks": overrides.get("global_blocks", [position[b] for b in teacher.global_blocks if b in position]),
         "pretrained": None,  # the weights come from the teacher
     }
     return ModelConfig.from_dict(fields), kept
