@@ -28,7 +28,8 @@ class DistillConfig(TrainConfig):
     student: str
     """The student: a preset (`tiny`, `small`, `base`), optionally `PRESET:FIELD=VALUE,...`, or a student derived
     from the teacher, `teacher:depth=N[,FIELD=VALUE...]` (its weights copied from the teacher's blocks; with a
-    smaller `embed_dim` or `neck_channels`, which must divide the teacher's, taken from them at a stride)."""
+    smaller `embed_dim` or `neck_channels`, which must divide the teacher's, taken from them at a stride;
+    `global_blocks=()` makes every block windowed)."""
     unlabeled: Path | None = None
     """Images without boxes: a store split (or a store with a `train` split), or a folder of images, which is
     prepared once into `out/unlabeled_store` at the train split's size. Each step adds a batch of them, which learn
