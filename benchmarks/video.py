@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/video.py [--preset tiny] [--image-size 320] [--window-size 10] [--frames 48]
         [--threads 2] [--repeats 3] [--out benchmarks/out/video]
 
-A 640x480 H.264 clip of `--frames` frames is made from a real BCCD photo (panned a few pixels per frame; a
-synthetic picture without ../shared/data). The model has random weights (`pretrained=None`; speed does not depend
+A 640x480 H.264 clip of `--frames` frames is made from a real BCCD photo (panned a few pixels per frame; synthetic
+noise without ../shared/data). The model has random weights (`pretrained=None`; speed does not depend
 on them), exported end to end at `--image-size` and run by onnxruntime (spinning threads off, so the variants
 timed round-robin do not slow each other). Variants, each over the whole clip:
 
@@ -25,23 +25,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from inference import _image  # benchmarks/inference.py: a BCCD photo, else synthetic noise
 from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _clip(path: Path, frames: int) -> tuple[Path, str]:
     from onedet.video import VideoWriter
 
-    photos = sorted((SHARED / "bccd/BCCD/JPEGImages").glob("*.jpg"))[:1]
-    if photos:
-        from onedet.data.images import load_image
-
-        picture, source = load_image(photos[0])[0], photos[0].name
-    else:
-        rng = np.random.default_rng(0)
-        picture = np.kron(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
-        source = "a synthetic 640x480 picture"
+    picture, source = _image(None)
     with VideoWriter(path, 25) as writer:
         for i in range(frames):
             writer.write(np.roll(picture, 4 * i, axis=1))

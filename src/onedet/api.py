@@ -127,22 +127,26 @@ class OneDet:
 
         `threshold` is the minimum score for every class; by default each class has its own, the score where its F1
         was best on the val split in training (0.3 for a class, or a model, without one)."""
-        from onedet.predict import load_predictor, predict
+        from onedet.predict import predict
 
-        if self._predictor is None:
-            self._predictor = load_predictor(self.run)
-        return predict(self._predictor, images, threshold=threshold)
+        return predict(self._loaded_predictor(), images, threshold=threshold)
 
     def predict_video(
         self, video: str | Path, out: str | Path | None = None, threshold: float | None = PredictOptions.threshold
     ) -> list[Detections]:
         """One `Detections` per frame of a video file; with `out` (e.g. `annotated.mp4`) the frames with their
         detections drawn are written there (`onedet.predict.predict_video`; needs PyAV: `onedet[video]`)."""
-        from onedet.predict import load_predictor, predict_video
+        from onedet.predict import predict_video
+
+        return predict_video(self._loaded_predictor(), video, out, threshold=threshold)
+
+    def _loaded_predictor(self) -> Any:
+        """The PyTorch predictor of the loaded weights, built on first use (`evaluate(record=True)` resets it)."""
+        from onedet.predict import load_predictor
 
         if self._predictor is None:
             self._predictor = load_predictor(self.run)
-        return predict_video(self._predictor, video, out, threshold=threshold)
+        return self._predictor
 
     def evaluate(
         self,

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from onedet.options import EvalOptions
-from onedet.runtime import DEFAULT_THRESHOLD
+from onedet.runtime import DEFAULT_THRESHOLD, SCORE_THRESHOLDS_KEY
 
 # COCO's summary order (maxDets 100; area all/small/medium/large).
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -292,7 +292,6 @@ def record_thresholds(
     replaced: a `last/` sharing best's files keeps its own), where `load_run`, predict and export read them; returns
     the file and the thresholds."""
     from onedet.checkpoint import update_model_json
-    from onedet.runtime import SCORE_THRESHOLDS_KEY
 
     own = own_thresholds(metrics, classes)
     return update_model_json(Path(folder), {SCORE_THRESHOLDS_KEY: own}), own

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -193,15 +194,13 @@ def predict_video(
         raise OnedetError(f"batch_size must be at least 1, got {batch_size}")
     detector = load_predictor(model)
     results: list[Detections] = []
-    with VideoReader(video) as reader:
-        writer = VideoWriter(out, reader.fps) if out is not None else None
-        bar = _progress(reader.frames, Path(video).name, "frame")
+    bar = None
+    # the writer's `with` renames the finished file, or removes it when anything below fails
+    with VideoReader(video) as reader, VideoWriter(out, reader.fps) if out is not None else nullcontext() as writer:
         try:
+            bar = _progress(reader.frames, Path(video).name, "frame")
             frames = iter(reader)
-            while True:
-                batch = [frame for _, frame in zip(range(batch_size), frames)]  # the next batch_size frames
-                if not batch:
-                    break
+            while batch := [frame for _, frame in zip(range(batch_size), frames)]:  # the next batch_size frames
                 found = detector(batch, threshold=threshold)
                 results.extend(found)
                 if writer is not None:
@@ -211,15 +210,9 @@ def predict_video(
                     bar.update(len(batch))
             if not results:
                 raise OnedetError(f"{video}: holds no frame that decodes")
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
         finally:
             if bar is not None:
                 bar.close()
-        if writer is not None:
-            writer.close()
     return results
 
 
