@@ -47,7 +47,8 @@ def detector(onnx_file: Path) -> OnnxDetector:
 
 
 def test_runtime_never_imports_torch(onnx_file: Path, tmp_path: Path) -> None:
-    """The runtime and `onedet predict` on an .onnx file work in a process where torch is never imported."""
+    """The runtime, `onedet predict` on an .onnx file and tracking (where trackers is installed) work in a process
+    where torch is never imported."""
     from PIL import Image
 
     Image.fromarray(np.full((40, 90, 3), 200, np.uint8)).save(tmp_path / "a.png")
@@ -60,6 +61,14 @@ def test_runtime_never_imports_torch(onnx_file: Path, tmp_path: Path) -> None:
 
         result = OnnxDetector({str(onnx_file)!r})(np.zeros((50, 70, 3), np.uint8), threshold=0.0)
         assert len(result) == 1 and len(result[0]) > 0
+        try:
+            import trackers
+        except ImportError:
+            pass
+        else:
+            from onedet.track import Tracker
+
+            Tracker(0.0).update(result[0])
         assert main(["predict", "--model", {str(onnx_file)!r}, {str(tmp_path / "a.png")!r}, "--out",
                      {str(tmp_path / "out")!r}]) == 0
         loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))

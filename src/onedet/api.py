@@ -132,13 +132,18 @@ class OneDet:
         return predict(self._loaded_predictor(), images, threshold=threshold)
 
     def predict_video(
-        self, video: str | Path, out: str | Path | None = None, threshold: float | None = PredictOptions.threshold
+        self,
+        video: str | Path,
+        out: str | Path | None = None,
+        threshold: float | None = PredictOptions.threshold,
+        track: bool = PredictOptions.track,
     ) -> list[Detections]:
         """One `Detections` per frame of a video file; with `out` (e.g. `annotated.mp4`) the frames with their
-        detections drawn are written there (`onedet.predict.predict_video`; needs PyAV: `onedet[video]`)."""
+        detections drawn are written there (`onedet.predict.predict_video`; needs PyAV: `onedet[video]`). With
+        `track`, objects keep an id from frame to frame (`Detections.track_ids`; ByteTrack: `onedet[track]`)."""
         from onedet.predict import predict_video
 
-        return predict_video(self._loaded_predictor(), video, out, threshold=threshold)
+        return predict_video(self._loaded_predictor(), video, out, threshold=threshold, track=track)
 
     def _loaded_predictor(self) -> Any:
         """The PyTorch predictor of the loaded weights, built on first use (`evaluate(record=True)` resets it)."""

@@ -257,6 +257,8 @@ class PredictOptions:
     class's F1 was best on the val split in training; 0.3 for a class, or a model, without one)."""
     json: bool = False
     """Also print the detections."""
+    track: bool = False
+    """Follow objects from frame to frame in videos (ByteTrack: onedet[track]); JSON rows get a track_id."""
 
 
 @dataclass

@@ -132,7 +132,8 @@ def _color(category_id: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: np.ndarray, detections: Detections) -> Any:
-    """A Pillow image of `image` with each box, class name and score drawn on it."""
+    """A Pillow image of `image` with each box, class name and score drawn on it; tracked detections also show
+    their track id (`#7`) and take a colour per track instead of per class."""
     from PIL import Image, ImageDraw, ImageFont
 
     canvas = Image.fromarray(image)
@@ -145,9 +146,13 @@ def draw_detections(image: np.ndarray, detections: Detections) -> Any:
     # Draw the weakest first so the strongest boxes end up on top.
     for i in reversed(range(len(detections))):
         x0, y0, x1, y1 = detections.boxes_xyxy[i].tolist()
-        color = _color(int(detections.category_ids[i]))
-        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=width)
         text = f"{detections.class_names[i]} {detections.scores[i]:.2f}"
+        if detections.track_ids is None:
+            color = _color(int(detections.category_ids[i]))
+        else:
+            color = _color(int(detections.track_ids[i]))
+            text = f"#{int(detections.track_ids[i])} {text}"
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=width)
         tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), text, font=font)
         top = y0 - (ty1 - ty0) - 2 if y0 - (ty1 - ty0) - 2 >= 0 else y0
         draw.rectangle([x0, top, x0 + (tx1 - tx0) + 4, top + (ty1 - ty0) + 2], fill=color)
@@ -183,25 +188,42 @@ def predict_video(
     out: str | Path | None = None,
     threshold: float | None = PredictOptions.threshold,
     batch_size: int = 4,
+    track: bool = PredictOptions.track,
 ) -> list[Detections]:
     """Detect objects in every frame of a video file (`onedet.video.VideoReader`: any container and codec FFmpeg
     reads); one `Detections` per frame, in order. With `out` (a file such as `annotated.mp4`) the frames are also
     written there with their detections drawn, at the video's frame rate, atomically (`onedet.video.VideoWriter`).
-    `batch_size` frames go through the model at a time. Needs PyAV (`pip install 'onedet[video]'`)."""
+    `batch_size` frames go through the model at a time. Needs PyAV (`pip install 'onedet[video]'`).
+
+    With `track`, objects are followed from frame to frame (ByteTrack, `onedet.track.Tracker`; needs
+    `onedet[track]`): each frame keeps the detections that belong to a track, with their `track_ids`. `threshold`
+    (else each class's own) is then the score that starts a track; lower-scoring detections (down to
+    `onedet.track.LOW_SCORE`) only extend tracks that exist."""
     if threshold is not None:
         check_threshold(threshold)
     if batch_size < 1:
         raise OnedetError(f"batch_size must be at least 1, got {batch_size}")
     detector = load_predictor(model)
+    if track:
+        from onedet.track import Tracker, require_trackers
+
+        require_trackers()  # before the video is opened
+    tracker = None
     results: list[Detections] = []
     bar = None
     # the writer's `with` renames the finished file, or removes it when anything below fails
     with VideoReader(video) as reader, VideoWriter(out, reader.fps) if out is not None else nullcontext() as writer:
         try:
+            if track:
+                limits = detector.class_thresholds() if threshold is None else threshold
+                tracker = Tracker(limits, fps=float(reader.fps))
             bar = _progress(reader.frames, Path(video).name, "frame")
             frames = iter(reader)
             while batch := [frame for _, frame in zip(range(batch_size), frames)]:  # the next batch_size frames
-                found = detector(batch, threshold=threshold)
+                if tracker is None:
+                    found = detector(batch, threshold=threshold)
+                else:
+                    found = [tracker.update(d) for d in detector(batch, threshold=tracker.low_score)]
                 results.extend(found)
                 if writer is not None:
                     for frame, detections in zip(batch, found):
@@ -221,14 +243,15 @@ def predict_files(
     sources: Sequence[str | Path],
     out: str | Path,
     threshold: float | None = PredictOptions.threshold,
+    track: bool = PredictOptions.track,
 ) -> list[dict[str, Any]]:
     """Detect objects in every image and video of `sources`; write annotated PNGs (MP4s for videos) and
     `detections.json` into `out`.
 
     Returns the detections as COCO-results dicts: `file` (the image or video path), `bbox` [x, y, w, h] in original
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name); for a video also `frame` (from
-    0). Images and videos that cannot be read are skipped, counted and named on stderr (the run fails only when none
-    can be read).
+    0), and with `track` its `track_id` (`predict_video`; images are not tracked). Images and videos that cannot be
+    read are skipped, counted and named on stderr (the run fails only when none can be read).
     """
     if threshold is not None:
         check_threshold(threshold)  # before --out is created
@@ -242,6 +265,10 @@ def predict_files(
         more = f", ... ({len(shown) - 10} more)" if len(shown) > 10 else ""
         print(f"skipped {len(shown)} non-image file(s): {', '.join(shown[:10])}{more}", file=sys.stderr)
     detector = load_predictor(model)
+    if track and any(map(is_video, files)):
+        from onedet.track import require_trackers
+
+        require_trackers()  # one clear error, not every video skipped for it
     out.mkdir(parents=True, exist_ok=True)
     print(detector.describe_thresholds(threshold), file=sys.stderr)
     rows: list[dict[str, Any]] = []
@@ -252,7 +279,9 @@ def predict_files(
     for path in files:
         if is_video(path):
             try:
-                found = predict_video(detector, path, out / _output_name(path, used, ".mp4"), threshold=threshold)
+                found = predict_video(
+                    detector, path, out / _output_name(path, used, ".mp4"), threshold=threshold, track=track
+                )
             except OnedetError as err:
                 skipped.append(str(err))
                 continue

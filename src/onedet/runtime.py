@@ -56,26 +56,30 @@ class Detections:
     """int64 [n]: the dataset's own class ids (COCO category ids; for VOC/YOLO the contiguous label)."""
     class_names: list[str] = field(default_factory=list)
     """[n]: the class name of each detection."""
+    track_ids: np.ndarray | None = None
+    """int64 [n]: each detection's track in a video (`onedet.track.Tracker`); None when not tracked."""
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     def to_coco(self, file: str = "") -> list[dict[str, Any]]:
-        """COCO-results dicts: `file`, `bbox` [x, y, w, h], `score`, `category_id`, `category`."""
+        """COCO-results dicts: `file`, `bbox` [x, y, w, h], `score`, `category_id`, `category`, and `track_id` when
+        tracked."""
         rows = []
-        for box, score, cid, name in zip(
-            self.boxes_xyxy.tolist(), self.scores.tolist(), self.category_ids, self.class_names
+        for i, (box, score, cid, name) in enumerate(
+            zip(self.boxes_xyxy.tolist(), self.scores.tolist(), self.category_ids, self.class_names)
         ):
             x0, y0, x1, y1 = box
-            rows.append(
-                {
-                    "file": file,
-                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "score": round(float(score), 5),
-                    "category_id": int(cid),
-                    "category": name,
-                }
-            )
+            row = {
+                "file": file,
+                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                "score": round(float(score), 5),
+                "category_id": int(cid),
+                "category": name,
+            }
+            if self.track_ids is not None:
+                row["track_id"] = int(self.track_ids[i])
+            rows.append(row)
         return rows
 
     def to_supervision(self) -> Any:
@@ -90,6 +94,7 @@ class Detections:
             xyxy=self.boxes_xyxy.astype(np.float32),
             confidence=self.scores.astype(np.float32),
             class_id=self.category_ids.astype(int),
+            tracker_id=None if self.track_ids is None else self.track_ids.astype(int),
             data={"class_name": np.array(self.class_names, dtype=str)},
         )
 
