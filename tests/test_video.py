@@ -162,3 +162,98 @@ def test_predict_cli_takes_videos_beside_images(models: dict, capsys: pytest.Cap
     assert all(r["category_id"] in CATEGORY_IDS for r in rows)
     assert all(set(r) == KEYS for r in rows if r["file"].endswith("still.png"))
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "detections.json", "still.png"]
+
+
+@pytest.fixture(scope="module")
+def server(models: dict):
+    """An HTTP server on 127.0.0.1 serving `models["root"]`, where `clip.ts` is the test clip as MPEG-TS (a format
+    that streams without seeking, as live HTTP video does)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    with VideoReader(models["video"]) as reader:
+        _write(models["root"] / "clip.ts", list(reader))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(models["root"])))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join()
+
+
+def test_stream_urls_are_sources(tmp_path: Path) -> None:
+    from onedet.predict import _output_name, expand_sources
+    from onedet.video import is_stream, is_video
+
+    assert is_stream("rtsp://cam1:554/live") and is_stream("http://host/a.ts") and is_video("udp://@:1234")
+    assert not is_stream(Path("rtsp://cam1/live")), "a Path is a file path"
+    assert not is_stream("clip.mp4") and not is_stream("C:/videos/clip.mp4")
+    (tmp_path / "a.png").write_bytes(b"")
+    assert expand_sources(["rtsp://cam1:554/live", tmp_path / "a.png"]) == ["rtsp://cam1:554/live", tmp_path / "a.png"]
+    used: set[str] = set()
+    names = [_output_name(u, used, ".mp4") for u in ("rtsp://cam1:554/live", "rtsp://cam2/live?x=1", "udp://@:1234")]
+    assert names == ["live.mp4", "live_1.mp4", "1234.mp4"]
+    assert _output_name("http://host/", used, ".mp4") == "host.mp4"
+    from onedet.predict import predict_files
+
+    with pytest.raises(OnedetError, match="max_frames must be at least 1, got 0"):
+        predict_files(tmp_path / "no.onnx", ["rtsp://cam1/live"], tmp_path / "out", max_frames=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_reads_a_stream_url(models: dict, server: str, capsys: pytest.CaptureFixture) -> None:
+    """`onedet predict` on an http:// URL: the frames are the clip's (detections equal to the local file's),
+    `--max-frames` stops it, the annotated video is named after the URL; a stream that does not open is skipped,
+    counted and named."""
+    from onedet.cli import main
+    from onedet.predict import predict_video
+
+    out = models["root"] / "from_stream"
+    url = f"{server}/clip.ts"
+    dead = "rtsp://127.0.0.1:9/nothing"  # the discard port: nothing listens
+    args = ["predict", "--model", str(models["onnx"]), url, dead, "--out", str(out), "--threshold", "0.2"]
+    assert main([*args, "--max-frames", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert "skipped 1 unreadable file(s)" in captured.err and f"{dead}: not a stream that opens" in captured.err
+    assert {r["frame"] for r in rows} <= {0, 1, 2, 3} and all(r["file"] == url for r in rows)
+    local = predict_video(models["onnx"], models["root"] / "clip.ts", threshold=0.2, max_frames=4)
+    assert len(rows) == sum(len(d) for d in local) > 0
+    for frame, detections in enumerate(local):
+        assert sorted(r["score"] for r in rows if r["frame"] == frame) == sorted(
+            round(float(s), 5) for s in detections.scores
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "detections.json"]
+    with VideoReader(out / "clip.mp4") as written:
+        assert len(list(written)) == 4
+
+
+def test_ctrl_c_ends_a_stream_but_aborts_a_file(models: dict, server: str, tmp_path: Path) -> None:
+    """Ctrl-C (KeyboardInterrupt) is how a live stream is stopped: the frames so far are returned and their
+    annotated video is complete. On a file it stops the run and leaves no partial video."""
+    from onedet.predict import load_predictor, predict_video
+
+    detector = load_predictor(models["onnx"])
+    run_batch, calls = detector.run_batch, []
+
+    def interrupted_on_the_third_batch(batch: np.ndarray) -> tuple:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run_batch(batch)
+
+    detector.run_batch = interrupted_on_the_third_batch  # type: ignore[method-assign]
+    found = predict_video(detector, f"{server}/clip.ts", tmp_path / "live.mp4", threshold=0.2, batch_size=1)
+    assert len(found) == 2
+    with VideoReader(tmp_path / "live.mp4") as written:
+        assert len(list(written)) == 2
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        predict_video(detector, models["root"] / "clip.ts", tmp_path / "file.mp4", threshold=0.2, batch_size=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mp4"]

@@ -137,13 +137,17 @@ class OneDet:
         out: str | Path | None = None,
         threshold: float | None = PredictOptions.threshold,
         track: bool = PredictOptions.track,
+        max_frames: int | None = PredictOptions.max_frames,
     ) -> list[Detections]:
-        """One `Detections` per frame of a video file; with `out` (e.g. `annotated.mp4`) the frames with their
-        detections drawn are written there (`onedet.predict.predict_video`; needs PyAV: `onedet[video]`). With
-        `track`, objects keep an id from frame to frame (`Detections.track_ids`; ByteTrack: `onedet[track]`)."""
+        """One `Detections` per frame of a video file or stream URL (`rtsp://...`: Ctrl-C stops it, keeping what was
+        done); with `out` (e.g. `annotated.mp4`) the frames with their detections drawn are written there
+        (`onedet.predict.predict_video`; needs PyAV: `onedet[video]`). With `track`, objects keep an id from frame
+        to frame (`Detections.track_ids`; ByteTrack: `onedet[track]`); `max_frames` stops after that many."""
         from onedet.predict import predict_video
 
-        return predict_video(self._loaded_predictor(), video, out, threshold=threshold, track=track)
+        return predict_video(
+            self._loaded_predictor(), video, out, threshold=threshold, track=track, max_frames=max_frames
+        )
 
     def _loaded_predictor(self) -> Any:
         """The PyTorch predictor of the loaded weights, built on first use (`evaluate(record=True)` resets it)."""

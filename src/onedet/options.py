@@ -249,7 +249,7 @@ class PredictOptions:
     model: Path
     """Run folder or .onnx file."""
     sources: list[str] = field(metadata=_positional())
-    """Images, videos (PyAV: onedet[video]), folders or globs."""
+    """Images, videos (PyAV: onedet[video]), folders, globs or stream URLs (rtsp://, http://, ...)."""
     out: Path
     """Folder for annotated images and detections.json."""
     threshold: float | None = None
@@ -259,6 +259,8 @@ class PredictOptions:
     """Also print the detections."""
     track: bool = False
     """Follow objects from frame to frame in videos (ByteTrack: onedet[track]); JSON rows get a track_id."""
+    max_frames: int | None = None
+    """Stop each video or stream after this many frames (a stream also stops at Ctrl-C, keeping what was done)."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Predict on images, videos, folders or globs with a run folder (PyTorch) or an exported `.onnx` file (onnxruntime).
+"""Predict on images, videos, streams, folders or globs with a run folder (PyTorch) or an exported `.onnx` file
+(onnxruntime).
 
 Both paths run the same pixels-to-boxes computation: a run folder is wrapped in `onedet.end_to_end.EndToEnd` and run
 eagerly, an `.onnx` file is that module exported. The ONNX path never imports torch (torch is imported lazily,
@@ -11,9 +12,11 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
 from onedet.options import PredictOptions
 from onedet.runtime import BatchDetector, Detections, OnnxDetector, check_threshold
-from onedet.video import VIDEO_SUFFIXES, VideoReader, VideoWriter, is_video
+from onedet.video import VIDEO_SUFFIXES, VideoReader, VideoWriter, is_stream, is_video
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +92,20 @@ MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 """What `expand_sources` takes from folders and globs: images and videos."""
 
 
-def expand_sources(sources: Sequence[str | Path], skipped: list[Path] | None = None) -> list[Path]:
+def expand_sources(sources: Sequence[str | Path], skipped: list[Path] | None = None) -> list[Path | str]:
     """Image and video files from files, folders (their images and videos, sorted, not recursive) and globs (`**`
-    allowed), in order.
+    allowed), in order; stream URLs (`onedet.video.is_stream`) as they are, strings.
 
     A source that names nothing raises OnedetError; a file listed twice is kept once. `skipped` receives the
     other entries of the folders (not sub-folders): notes, labels, broken links and symlink loops.
     """
-    found: list[Path] = []
+    found: list[Path | str] = []
     for source in sources:
+        if is_stream(source):
+            found.append(str(source))
+            continue
         path = Path(source)
+        matches: list[Path]
         if path.is_dir():
             entries = sorted(path.iterdir())
             matches = [p for p in entries if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES]
@@ -160,12 +167,18 @@ def draw_detections(image: np.ndarray, detections: Detections) -> Any:
     return canvas
 
 
-def _output_name(path: Path, used: set[str], suffix: str = ".png") -> str:
+def _output_name(path: Path | str, used: set[str], suffix: str = ".png") -> str:
     """`<stem><suffix>`, made unique when two sources share a file name. PNG for images: lossless, so thin box
-    outlines and small labels stay crisp (JPEG smears them); MP4 for videos."""
-    name, n = f"{path.stem}{suffix}", 1
+    outlines and small labels stay crisp (JPEG smears them); MP4 for videos. A stream URL's stem is its last path
+    part, else its host (`rtsp://cam1:554/live` -> `live`), in letters, digits, `-`, `_` and `.`."""
+    if isinstance(path, str):  # a stream URL
+        parts = [p for p in re.split(r"[?#]", path.split("://", 1)[1])[0].split("/") if p]  # no query, fragment
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(parts[-1]).stem if parts else "stream").strip("._") or "stream"
+    else:
+        stem = path.stem
+    name, n = f"{stem}{suffix}", 1
     while name in used:
-        name, n = f"{path.stem}_{n}{suffix}", n + 1
+        name, n = f"{stem}_{n}{suffix}", n + 1
     used.add(name)
     return name
 
@@ -189,11 +202,18 @@ def predict_video(
     threshold: float | None = PredictOptions.threshold,
     batch_size: int = 4,
     track: bool = PredictOptions.track,
+    max_frames: int | None = PredictOptions.max_frames,
 ) -> list[Detections]:
     """Detect objects in every frame of a video file (`onedet.video.VideoReader`: any container and codec FFmpeg
     reads); one `Detections` per frame, in order. With `out` (a file such as `annotated.mp4`) the frames are also
     written there with their detections drawn, at the video's frame rate, atomically (`onedet.video.VideoWriter`).
-    `batch_size` frames go through the model at a time. Needs PyAV (`pip install 'onedet[video]'`).
+    `batch_size` frames go through the model at a time; `max_frames` stops after that many. Needs PyAV
+    (`pip install 'onedet[video]'`).
+
+    `video` may be a stream URL given as a string (`rtsp://camera/...`, `http://host/live.ts`, ...: any that FFmpeg
+    opens), read live until it ends, `max_frames` or Ctrl-C: for a stream, Ctrl-C is the way to stop, so it ends
+    the reading and keeps what was done (the annotated video is closed as complete, the frames so far returned);
+    for a file it stops the run and leaves no partial video.
 
     With `track`, objects are followed from frame to frame (ByteTrack, `onedet.track.Tracker`; needs
     `onedet[track]`): each frame keeps the detections that belong to a track, with their `track_ids`. `threshold`
@@ -203,6 +223,8 @@ def predict_video(
         check_threshold(threshold)
     if batch_size < 1:
         raise OnedetError(f"batch_size must be at least 1, got {batch_size}")
+    if max_frames is not None and max_frames < 1:
+        raise OnedetError(f"max_frames must be at least 1, got {max_frames}")
     detector = load_predictor(model)
     if track:
         from onedet.track import Tracker, require_trackers
@@ -217,19 +239,25 @@ def predict_video(
             if track:
                 limits = detector.class_thresholds() if threshold is None else threshold
                 tracker = Tracker(limits, fps=float(reader.fps))
-            bar = _progress(reader.frames, Path(video).name, "frame")
-            frames = iter(reader)
-            while batch := [frame for _, frame in zip(range(batch_size), frames)]:  # the next batch_size frames
-                if tracker is None:
-                    found = detector(batch, threshold=threshold)
-                else:
-                    found = [tracker.update(d) for d in detector(batch, threshold=tracker.low_score)]
-                results.extend(found)
-                if writer is not None:
-                    for frame, detections in zip(batch, found):
-                        writer.write(np.asarray(draw_detections(frame, detections)))
-                if bar is not None:
-                    bar.update(len(batch))
+            total = min(reader.frames, max_frames) if reader.frames and max_frames else reader.frames or max_frames
+            bar = _progress(total, str(video) if reader.stream else Path(video).name, "frame")
+            frames = islice(reader, max_frames)
+            try:
+                while batch := list(islice(frames, batch_size)):  # the next batch_size frames
+                    if tracker is None:
+                        found = detector(batch, threshold=threshold)
+                    else:
+                        found = [tracker.update(d) for d in detector(batch, threshold=tracker.low_score)]
+                    results.extend(found)
+                    if writer is not None:
+                        for frame, detections in zip(batch, found):
+                            writer.write(np.asarray(draw_detections(frame, detections)))
+                    if bar is not None:
+                        bar.update(len(batch))
+            except KeyboardInterrupt:
+                if not reader.stream:
+                    raise
+                print(f"{video}: stopped after {len(results)} frames", file=sys.stderr)
             if not results:
                 raise OnedetError(f"{video}: holds no frame that decodes")
         finally:
@@ -244,9 +272,10 @@ def predict_files(
     out: str | Path,
     threshold: float | None = PredictOptions.threshold,
     track: bool = PredictOptions.track,
+    max_frames: int | None = PredictOptions.max_frames,
 ) -> list[dict[str, Any]]:
-    """Detect objects in every image and video of `sources`; write annotated PNGs (MP4s for videos) and
-    `detections.json` into `out`.
+    """Detect objects in every image, video and stream (a URL: `predict_video`) of `sources`; write annotated PNGs
+    (MP4s for videos and streams) and `detections.json` into `out`. `max_frames` stops each video after that many.
 
     Returns the detections as COCO-results dicts: `file` (the image or video path), `bbox` [x, y, w, h] in original
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name); for a video also `frame` (from
@@ -255,6 +284,8 @@ def predict_files(
     """
     if threshold is not None:
         check_threshold(threshold)  # before --out is created
+    if max_frames is not None and max_frames < 1:
+        raise OnedetError(f"max_frames must be at least 1, got {max_frames}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OnedetError(f"{out}: exists and is not a folder; pass another --out")
@@ -279,8 +310,9 @@ def predict_files(
     for path in files:
         if is_video(path):
             try:
+                name = _output_name(path, used, ".mp4")
                 found = predict_video(
-                    detector, path, out / _output_name(path, used, ".mp4"), threshold=threshold, track=track
+                    detector, path, out / name, threshold=threshold, track=track, max_frames=max_frames
                 )
             except OnedetError as err:
                 skipped.append(str(err))

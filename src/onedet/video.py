@@ -1,7 +1,8 @@
 """Video files in and out for `onedet predict`, through PyAV (FFmpeg's libraries): an optional dependency,
 `pip install 'onedet[video]'`.
 
-`VideoReader(path)` yields a file's frames as uint8 `[H, W, 3]` RGB arrays, the input every detector takes;
+`VideoReader(path)` yields a file's (or a stream URL's: `rtsp://`, `http://`, ...) frames as uint8 `[H, W, 3]` RGB
+arrays, the input every detector takes;
 `VideoWriter(path, fps, width, height)` encodes frames into a new file (H.264 when this FFmpeg build has an encoder
 for it, else MPEG-4 part 2), written under a temporary name and renamed when complete, so a failed run never leaves
 a video that looks whole. Torch-free, like `onedet.runtime`.
@@ -13,6 +14,7 @@ encoder) without OpenCV's GUI and image-processing weight, and it decodes straig
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -40,8 +42,21 @@ def _av() -> Any:
     return av
 
 
+STREAM_TIMEOUT = 10.0
+"""Seconds a stream may take to open, or to deliver its next data, before it is an error."""
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_stream(source: str | Path) -> bool:
+    """Whether `source` is a URL FFmpeg opens as a stream (`rtsp://`, `rtmp://`, `http(s)://`, `udp://`, `srt://`,
+    ...) rather than a file path. A `Path` never is: pass URLs as strings (`Path` folds `//` to `/`)."""
+    return isinstance(source, str) and bool(_URL.match(source))
+
+
 def is_video(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+    """A video file (by its suffix) or a stream URL."""
+    return is_stream(path) or Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 class VideoReader:
@@ -53,15 +68,24 @@ class VideoReader:
     as the container reports it (0 when unknown; an estimate for some containers), `width` and `height` the size
     as stored (before any turn). A file that is not a readable video, or has no video stream, raises `OnedetError`
     naming it; so does a frame that fails to decode.
+
+    `path` may also be a stream URL (`is_stream`: a camera's `rtsp://...`, `http://.../live.ts`, ...), read live
+    until it ends; `STREAM_TIMEOUT` seconds without data is an error. RTSP is read over TCP.
     """
 
     def __init__(self, path: str | Path) -> None:
         av = _av()
-        self.path = Path(path)
+        self.stream = is_stream(path)
+        self.path: str | Path = path if self.stream else Path(path)
+        options = {"rtsp_transport": "tcp"} if str(path).lower().startswith("rtsp") else None  # UDP drops frames
         try:
-            self._container = av.open(str(self.path))
+            if self.stream:
+                self._container = av.open(str(path), options=options, timeout=STREAM_TIMEOUT)
+            else:
+                self._container = av.open(str(self.path))
         except (av.FFmpegError, OSError, ValueError) as err:
-            raise OnedetError(f"{self.path}: not a readable video ({err})") from err
+            what = "not a stream that opens" if self.stream else "not a readable video"
+            raise OnedetError(f"{self.path}: {what} ({err})") from err
         if not self._container.streams.video:
             self._container.close()
             raise OnedetError(f"{self.path}: holds no video stream")
