@@ -175,6 +175,12 @@ def test_predict_video_tracks_a_still_scene_under_fixed_ids(models: dict) -> Non
         found = {tuple(np.round(b, 3)) for b in plain[t].boxes_xyxy}
         assert {tuple(np.round(b, 3)) for b in tracked[t].boxes_xyxy} <= found
     assert out.is_file()
+    from onedet import OneDet  # the facade, on the run folder (PyTorch): the same tracks
+
+    facade = OneDet.from_run(models["run"]).predict_video(models["video"], threshold=0.2, track=True)
+    assert [d.track_ids.tolist() for d in facade] == [d.track_ids.tolist() for d in tracked]
+    for a, b in zip(facade, tracked):
+        np.testing.assert_allclose(a.boxes_xyxy, b.boxes_xyxy, atol=1e-2)
 
 
 def test_predict_cli_tracks_videos(models: dict, capsys: pytest.CaptureFixture) -> None:
