@@ -209,6 +209,8 @@ def test_paired_batches_mark_unlabelled_images_and_drop_their_boxes() -> None:
     assert got.labeled.tolist() == [True, False, False]
     assert got.images.shape[0] == 3 and got.boxes_xyxy.shape == (3, 3, 4)
     assert got.valid.tolist() == [[True, True, True], [False] * 3, [False] * 3]
+    with pytest.raises(OnedetError, match="the unlabelled loader yields no batch"):  # not an endless loop
+        list(PairedLoader(Loader([batch([0, 1], 3)]), Loader([]), labeled_subset=subset))
 
 
 def test_a_labels_only_baseline_runs_no_teacher(store: Path, teacher: Path, tmp_path: Path) -> None:

@@ -117,7 +117,12 @@ class PairedLoader:
     def _cycle(self) -> Iterator[Any]:
         assert self.unlabeled is not None  # only cycled with an unlabelled loader (`__iter__`)
         while True:  # a pass advances the unlabelled loader's epoch by itself
-            yield from self.unlabeled
+            empty = True
+            for batch in self.unlabeled:
+                empty = False
+                yield batch
+            if empty:  # else this loop would spin forever without yielding
+                raise OnedetError("the unlabelled loader yields no batch (no images?)")
 
     def __iter__(self) -> Iterator[DistillBatch]:
         extra = self._cycle() if self.unlabeled is not None else None
