@@ -192,3 +192,72 @@ def test_bad_recorded_thresholds_are_a_clear_error(setup: dict, tmp_path: Path, 
     run = _recording(setup["run"], tmp_path / "run", bad)  # type: ignore[arg-type]
     with pytest.raises(OnedetError, match=r"model\.json: 'score_thresholds' must be a list of 3 scores in 0\.\.1"):
         TorchDetector(run)
+
+
+def test_predict_writes_a_yolo_dataset_that_reads_back(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--dataset`: the images and the detections predict keeps as a YOLO dataset that onedet's own YOLO reader
+    (what `onedet prepare` runs) reads back with the same boxes and classes: two files named `a.png` and one
+    `a.jpg` keep apart, and a JPEG turned upright by its EXIF orientation is saved upright as PNG."""
+    from scipy.optimize import linear_sum_assignment
+
+    from onedet.data.formats.yolo import read_yolo
+    from onedet.data.images import load_image
+    from onedet.predict import load_predictor, predict_files
+
+    root = setup["root"]
+    turned = tmp_path / "a.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: stored 80 x 120, displayed 120 x 80
+    Image.fromarray(_image(80, 120, 4)).save(turned, quality=95, exif=exif.tobytes())
+    sources = [root / "images" / "a.png", root / "images" / "b.jpg", root / "more" / "a.png", turned]
+    out = tmp_path / "out"
+    rows = predict_files(setup["onnx"], sources, out, threshold=0.2, dataset=True)
+    assert rows, "the test model finds something at 0.2"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary folder left"
+    (split,) = read_yolo(out / "dataset")
+    detector = load_predictor(setup["onnx"])
+    assert split.name == "train" and split.classes == [detector.names_by_id[c] for c in detector.category_ids]
+    names = ["a.png", "b.jpg", "a_1.png", "a_2.png"]  # in the order of `sources`; the turned JPEG as PNG
+    by_name = {p.path.name: p for p in split.images}
+    assert sorted(by_name) == sorted(names)
+    outside = 0
+    for source, name in zip(sources, names):
+        image, _ = load_image(source)
+        (expected,) = detector([image], threshold=0.2)
+        got = by_name[name]
+        h, w = image.shape[:2]
+        assert load_image(got.path)[0].shape == image.shape, "the pixels the boxes were found on"
+        clipped = np.clip(expected.boxes_xyxy, 0, [w, h, w, h])
+        inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        outside += int((~inside).sum())
+        clipped, expected_ids = clipped[inside], expected.category_ids[inside]
+        assert len(got.boxes_xyxy) == len(clipped)
+        # pair them up (YOLO's 6 decimals reorder near ties), then the same boxes and classes
+        want = np.array([detector.category_ids.index(int(c)) for c in expected_ids])
+        cost = np.abs(clipped[:, None] - got.boxes_xyxy[None]).sum(-1) + 1e4 * (want[:, None] != got.labels[None])
+        mine, theirs = linear_sum_assignment(cost)
+        np.testing.assert_allclose(got.boxes_xyxy[theirs], clipped[mine], atol=1e-3 * max(w, h))
+        assert got.labels[theirs].tolist() == want[mine].tolist()
+    assert not any(split.report.items.values()), "nothing for the reader to fix"
+    assert f"{outside} boxes wholly outside their image left out" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_no_dataset(setup: dict, tmp_path: Path) -> None:
+    from onedet.predict import load_predictor, predict_files
+
+    detector = load_predictor(setup["onnx"])
+    run_batch, calls = detector.run_batch, []
+
+    def failing_on_the_second_image(batch: np.ndarray) -> tuple:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the model broke")
+        return run_batch(batch)
+
+    detector.run_batch = failing_on_the_second_image  # type: ignore[method-assign]
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="the model broke"):
+        predict_files(detector, [setup["root"] / "images"], out, threshold=0.2, dataset=True)
+    assert not (out / "dataset").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]

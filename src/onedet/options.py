@@ -261,6 +261,9 @@ class PredictOptions:
     """Follow objects from frame to frame in videos (ByteTrack: onedet[track]); JSON rows get a track_id."""
     max_frames: int | None = None
     """Stop each video or stream after this many frames (a stream also stops at Ctrl-C, keeping what was done)."""
+    dataset: bool = False
+    """Also write the images and their detections as a YOLO dataset in OUT/dataset: pre-annotation to correct in a
+    labelling tool, then `onedet prepare`."""
 
 
 @dataclass

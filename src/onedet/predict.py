@@ -12,12 +12,15 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -266,6 +269,85 @@ def predict_video(
     return results
 
 
+class YoloDatasetWriter:
+    """Images and their detections written as a YOLO dataset (`images/`, `labels/`, `data.yaml` with the model's
+    classes), for pre-annotation: correct the boxes in a labelling tool (CVAT, Label Studio and Roboflow import
+    YOLO), then `onedet prepare` it. `onedet.data.formats.yolo` reads it back as one `train` split.
+
+    Written into a temporary folder beside `folder` and moved there by `close()` (replacing an older one), so a
+    failed run never leaves a dataset that looks whole; `abort()` removes it. Image files are copied as they are,
+    except those turned upright by their EXIF orientation, which are saved upright as PNG so the boxes fit the
+    pixels every tool shows.
+    """
+
+    def __init__(self, folder: Path, category_ids: Sequence[int], names: Sequence[str]) -> None:
+        self.folder = folder
+        self._tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp)
+        (self._tmp / "images").mkdir(parents=True)
+        (self._tmp / "labels").mkdir()
+        self._index = {int(c): i for i, c in enumerate(category_ids)}
+        self._names = [str(n) for n in names]
+        self._used: set[str] = set()
+        self.count = 0
+        """Images added."""
+        self.outside = 0
+        """Detections left out because no part of them is inside their image."""
+
+    def add(self, path: Path, image: np.ndarray, fixes: Sequence[str], detections: Detections) -> None:
+        """`image` (as `load_image` decoded `path`, with its `fixes`) and its detections, in YOLO's normalised
+        `class cx cy w h` lines."""
+        upright = "exif_rotated" in fixes
+        stem = _output_name(path, self._used, "")  # unique stems: a.png and a.jpg must not share a.txt
+        name = stem + (".png" if upright else path.suffix.lower())
+        if upright:
+            from PIL import Image
+
+            Image.fromarray(image).save(self._tmp / "images" / name)
+        else:
+            shutil.copyfile(path, self._tmp / "images" / name)
+        h, w = image.shape[:2]
+        lines = []
+        for (x0, y0, x1, y1), cid in zip(detections.boxes_xyxy.tolist(), detections.category_ids.tolist()):
+            x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
+            y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
+            if x1 <= x0 or y1 <= y0:  # wholly outside the image: no label to correct
+                self.outside += 1
+                continue
+            lines.append(
+                f"{self._index[int(cid)]} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
+            )
+        (self._tmp / "labels" / f"{stem}.txt").write_text("".join(lines))
+        self.count += 1
+
+    def close(self) -> Path:
+        names = ", ".join(json.dumps(n) for n in self._names)  # JSON strings are valid YAML flow scalars
+        (self._tmp / "data.yaml").write_text(
+            f"# written by onedet predict --dataset: {len(self._used)} images, their detections as labels\n"
+            f"train: images\nnc: {len(self._names)}\nnames: [{names}]\n"
+        )
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self._tmp.rename(self.folder)
+        return self.folder
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> YoloDatasetWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None and self.count:
+            self.close()
+        else:  # a failure, or no image at all (only videos, or none readable): no dataset
+            self.abort()
+
+
 def predict_files(
     model: str | Path | Any,
     sources: Sequence[str | Path],
@@ -273,9 +355,12 @@ def predict_files(
     threshold: float | None = PredictOptions.threshold,
     track: bool = PredictOptions.track,
     max_frames: int | None = PredictOptions.max_frames,
+    dataset: bool = PredictOptions.dataset,
 ) -> list[dict[str, Any]]:
     """Detect objects in every image, video and stream (a URL: `predict_video`) of `sources`; write annotated PNGs
     (MP4s for videos and streams) and `detections.json` into `out`. `max_frames` stops each video after that many.
+    `dataset` also writes the images and the detections kept as a YOLO dataset, `out/dataset`
+    (`YoloDatasetWriter`; videos are not part of it).
 
     Returns the detections as COCO-results dicts: `file` (the image or video path), `bbox` [x, y, w, h] in original
     pixels, `score`, `category_id` (the dataset's own id) and `category` (the name); for a video also `frame` (from
@@ -306,32 +391,46 @@ def predict_files(
     skipped: list[str] = []
     used: set[str] = set()
     images = [path for path in files if not is_video(path)]
+    labels = None
+    if dataset:
+        names = [detector.names_by_id[c] for c in detector.category_ids]
+        labels = YoloDatasetWriter(out / "dataset", detector.category_ids, names)
     bar = _progress(len(images), "images", "image") if len(images) > 1 else None
-    for path in files:
-        if is_video(path):
+    # the dataset's `with` moves it into place when the loop ends, or removes it when anything in it fails
+    with labels if labels is not None else nullcontext():
+        for path in files:
+            if is_video(path):
+                try:
+                    name = _output_name(path, used, ".mp4")
+                    found = predict_video(
+                        detector, path, out / name, threshold=threshold, track=track, max_frames=max_frames
+                    )
+                except OnedetError as err:
+                    skipped.append(str(err))
+                    continue
+                for frame, detections in enumerate(found):
+                    rows.extend({**row, "frame": frame} for row in detections.to_coco(str(path)))
+                continue
+            if bar is not None:
+                bar.update()
             try:
-                name = _output_name(path, used, ".mp4")
-                found = predict_video(
-                    detector, path, out / name, threshold=threshold, track=track, max_frames=max_frames
-                )
+                image, fixes = load_image(path)
             except OnedetError as err:
                 skipped.append(str(err))
                 continue
-            for frame, detections in enumerate(found):
-                rows.extend({**row, "frame": frame} for row in detections.to_coco(str(path)))
-            continue
-        if bar is not None:
-            bar.update()
-        try:
-            image, _ = load_image(path)
-        except OnedetError as err:
-            skipped.append(str(err))
-            continue
-        (detections,) = detector([image], threshold=threshold)
-        rows.extend(detections.to_coco(str(path)))
-        draw_detections(image, detections).save(out / _output_name(path, used))
+            (detections,) = detector([image], threshold=threshold)
+            rows.extend(detections.to_coco(str(path)))
+            draw_detections(image, detections).save(out / _output_name(path, used))
+            if labels is not None:
+                labels.add(Path(path), image, fixes, detections)
     if bar is not None:
         bar.close()
+    if labels is not None and labels.count:
+        outside = f"; {labels.outside} boxes wholly outside their image left out" if labels.outside else ""
+        print(
+            f"wrote {labels.folder} ({labels.count} images; YOLO: images/, labels/, data.yaml{outside})",
+            file=sys.stderr,
+        )
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", *skipped, sep="\n  ", file=sys.stderr)
         if len(skipped) == len(files):
