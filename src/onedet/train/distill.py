@@ -116,12 +116,14 @@ class PairedLoader:
 
     def _cycle(self) -> Iterator[Any]:
         assert self.unlabeled is not None  # only cycled with an unlabelled loader (`__iter__`)
+        empty_passes = 0
         while True:  # a pass advances the unlabelled loader's epoch by itself
-            empty = True
+            empty_passes += 1
             for batch in self.unlabeled:
-                empty = False
+                empty_passes = 0
                 yield batch
-            if empty:  # else this loop would spin forever without yielding
+            # one empty pass is a resumed loader at the end of its epoch; two in a row would spin here forever
+            if empty_passes == 2:
                 raise OnedetError("the unlabelled loader yields no batch (no images?)")
 
     def __iter__(self) -> Iterator[DistillBatch]:
