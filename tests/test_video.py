@@ -257,3 +257,26 @@ def test_ctrl_c_ends_a_stream_but_aborts_a_file(models: dict, server: str, tmp_p
     with pytest.raises(KeyboardInterrupt):
         predict_video(detector, models["root"] / "clip.ts", tmp_path / "file.mp4", threshold=0.2, batch_size=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mp4"]
+
+
+def test_a_stream_that_breaks_off_keeps_its_frames(
+    models: dict, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A camera that drops after an hour must not lose the hour: an error reading a stream after its first frame
+    ends it like Ctrl-C; the same error on a file fails the run and leaves no partial video."""
+    from onedet.predict import predict_video
+
+    def three_frames_then_an_error(self: VideoReader):
+        for _ in range(3):
+            yield _frames(1)[0]
+        raise OnedetError(f"{self.path}: frame 3 cannot be decoded (connection reset)")
+
+    monkeypatch.setattr(VideoReader, "__iter__", three_frames_then_an_error)
+    found = predict_video(models["onnx"], f"{server}/clip.ts", tmp_path / "live.mp4", threshold=0.2, batch_size=1)
+    assert len(found) == 3 and "the stream ended after 3 frames" in capsys.readouterr().err
+    with pytest.raises(OnedetError, match="frame 3 cannot be decoded"):
+        predict_video(models["onnx"], models["root"] / "clip.ts", tmp_path / "file.mp4", threshold=0.2)
+    monkeypatch.undo()
+    with VideoReader(tmp_path / "live.mp4") as written:
+        assert len(list(written)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mp4"]

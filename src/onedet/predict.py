@@ -216,7 +216,8 @@ def predict_video(
     `video` may be a stream URL given as a string (`rtsp://camera/...`, `http://host/live.ts`, ...: any that FFmpeg
     opens), read live until it ends, `max_frames` or Ctrl-C: for a stream, Ctrl-C is the way to stop, so it ends
     the reading and keeps what was done (the annotated video is closed as complete, the frames so far returned);
-    for a file it stops the run and leaves no partial video.
+    so does a stream that breaks off after its first frame (said on stderr). For a file, Ctrl-C or a frame that
+    fails to decode stops the run and leaves no partial video.
 
     With `track`, objects are followed from frame to frame (ByteTrack, `onedet.track.Tracker`; needs
     `onedet[track]`): each frame keeps the detections that belong to a track, with their `track_ids`. `threshold`
@@ -261,6 +262,10 @@ def predict_video(
                 if not reader.stream:
                     raise
                 print(f"{video}: stopped after {len(results)} frames", file=sys.stderr)
+            except OnedetError as err:  # a stream that drops after hours keeps its hours
+                if not (reader.stream and results):
+                    raise
+                print(f"{video}: the stream ended after {len(results)} frames: {err}", file=sys.stderr)
             if not results:
                 raise OnedetError(f"{video}: holds no frame that decodes")
         finally:
