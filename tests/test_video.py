@@ -218,8 +218,9 @@ def test_predict_reads_a_stream_url(models: dict, server: str, capsys: pytest.Ca
     url = f"{server}/clip.ts"
     dead = "rtsp://127.0.0.1:9/nothing"  # the discard port: nothing listens
     args = ["predict", "--model", str(models["onnx"]), url, dead, "--out", str(out), "--threshold", "0.2"]
-    assert main([*args, "--max-frames", "4", "--json"]) == 0
+    assert main([*args, "--max-frames", "4", "--json", "--dataset"]) == 0
     captured = capsys.readouterr()
+    assert "--dataset: no image was read (videos are not part of it)" in captured.err
     rows = json.loads(captured.out)
     assert "skipped 1 unreadable file(s)" in captured.err and f"{dead}: not a stream that opens" in captured.err
     assert {r["frame"] for r in rows} <= {0, 1, 2, 3} and all(r["file"] == url for r in rows)

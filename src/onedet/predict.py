@@ -436,6 +436,8 @@ def predict_files(
             f"wrote {labels.folder} ({labels.count} images; YOLO: images/, labels/, data.yaml{outside})",
             file=sys.stderr,
         )
+    elif labels is not None:
+        print("--dataset: no image was read (videos are not part of it), so no dataset was written", file=sys.stderr)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", *skipped, sep="\n  ", file=sys.stderr)
         if len(skipped) == len(files):
