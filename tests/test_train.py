@@ -96,6 +96,12 @@ def test_model_fields_are_flags_and_a_subclass_of_train_config_gets_its_cli() ->
     assert "teacher run" in helps["teacher"] and "LoRA rank" in helps["lora_rank"]
     assert "Channels of every pyramid level" in helps["model.neck_channels"]
     assert from_args(TrainConfig, parser.parse_args(["--data", "s"])).model == {}
+    for none in ("()", "[]", ""):  # "no global blocks", in each spelling (a student spec writes global_blocks=())
+        assert from_args(TrainConfig, parser.parse_args(["--data", "s", f"--model.global_blocks={none}"])).model == {
+            "global_blocks": ()
+        }
+    args = parser.parse_args(["--data", "s", "--model.global_blocks", "(2, 5)"])
+    assert from_args(TrainConfig, args).model == {"global_blocks": (2, 5)}
 
 
 # --- optimizer, schedule, EMA ------------------------------------------------------------------------------------

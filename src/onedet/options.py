@@ -75,6 +75,8 @@ def _value_parser(hint: Any) -> Any:
 
         def parse_tuple(text: str) -> tuple:
             text = text.strip()
+            if text.startswith("(") and text.endswith(")"):  # Python's spelling, as student specs take it: "()"
+                text = text[1:-1]
             values = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
             return tuple(parse_item(str(v).strip()) if isinstance(v, str) else item(v) for v in values)
 
