@@ -303,6 +303,9 @@ class YoloDatasetWriter:
     def add(self, path: Path, image: np.ndarray, fixes: Sequence[str], detections: Detections) -> None:
         """`image` (as `load_image` decoded `path`, with its `fixes`) and its detections, in YOLO's normalised
         `class cx cy w h` lines."""
+        from onedet.data.formats.common import clip_boxes
+        from onedet.data.formats.yolo import label_lines
+
         upright = "exif_rotated" in fixes
         stem = _output_name(path, self._used, "")  # unique stems: a.png and a.jpg must not share a.txt
         name = stem + (".png" if upright else path.suffix.lower())
@@ -312,19 +315,10 @@ class YoloDatasetWriter:
             Image.fromarray(image).save(self._tmp / "images" / name)
         else:
             shutil.copyfile(path, self._tmp / "images" / name)
-        h, w = image.shape[:2]
-        lines = []
-        for (x0, y0, x1, y1), cid in zip(detections.boxes_xyxy.tolist(), detections.category_ids.tolist()):
-            x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
-            y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
-            if x1 <= x0 or y1 <= y0:  # wholly outside the image: no label to correct
-                self.outside += 1
-                continue
-            lines.append(
-                f"{self._index[int(cid)]} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
-                f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
-            )
-        (self._tmp / "labels" / f"{stem}.txt").write_text("".join(lines))
+        boxes, keep, _ = clip_boxes(detections.boxes_xyxy.astype(np.float64), np.array(image.shape[:2]))
+        self.outside += int((~keep).sum())  # wholly outside the image: no label to correct
+        labels = np.array([self._index[int(c)] for c in detections.category_ids[keep]], np.int64)
+        (self._tmp / "labels" / f"{stem}.txt").write_text(label_lines(boxes[keep], labels, image.shape[:2]))
         self.count += 1
 
     def close(self) -> Path:

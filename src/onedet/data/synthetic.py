@@ -158,13 +158,11 @@ def _write_coco(out: Path, split: str, names: list[str], targets: list, size: in
 
 
 def _write_yolo_labels(folder: Path, names: list[str], targets: list, size: int) -> None:
+    from onedet.data.formats.yolo import label_lines
+
     folder.mkdir(parents=True, exist_ok=True)
     for name, (boxes, labels) in zip(names, targets):
-        lines = []
-        for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist()):
-            cx, cy, w, h = (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size
-            lines.append(f"{label} {cx!r} {cy!r} {w!r} {h!r}")
-        (folder / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
+        (folder / (Path(name).stem + ".txt")).write_text(label_lines(boxes, labels, (size, size)))
 
 
 def _write_voc(out: Path, names: list[str], targets: list, size: int) -> None:

@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from onedet.data.formats.common import clean_boxes, list_images, normalize_split_name
 from onedet.data.images import IMAGE_SUFFIXES, image_size
@@ -42,6 +41,8 @@ def find_yaml(source: Path) -> Path | None:
     for name in ("data.yaml", "data.yml", "dataset.yaml"):
         if (source / name).is_file():
             return source / name
+    import yaml  # here, not at the top: `label_lines` serves `onedet predict --dataset`, whose image has no pyyaml
+
     found = []
     for p in sorted(source.glob("*.y*ml")):
         try:
@@ -54,6 +55,8 @@ def find_yaml(source: Path) -> Path | None:
 
 
 def _load_yaml(path: Path) -> dict:
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -153,6 +156,17 @@ def label_path(image: Path) -> Path:
     if sa not in text:
         return image.with_suffix(".txt")  # labels next to the images
     return Path(sb.join(text.rsplit(sa, 1))).with_suffix(".txt")
+
+
+def label_lines(boxes_xyxy: np.ndarray, labels: np.ndarray, size_hw: tuple[int, int]) -> str:
+    """A label file's text: one `class cx cy w h` line per box (pixels xyxy in an image of `size_hw`), fractions of
+    the image written in full precision, so `parse_label_file` reads back the same boxes."""
+    h, w = size_hw
+    lines = []
+    for (x0, y0, x1, y1), label in zip(np.asarray(boxes_xyxy, np.float64).tolist(), np.asarray(labels).tolist()):
+        cx, cy, bw, bh = (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h
+        lines.append(f"{int(label)} {cx!r} {cy!r} {bw!r} {bh!r}\n")
+    return "".join(lines)
 
 
 def parse_label_file(path: Path, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
