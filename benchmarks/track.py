@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from onedet.data.synthetic import CLASSES, _background, _hsv_to_rgb, _shape_mask
-from onedet.runtime import Detections, OnnxDetector
+from onedet.runtime import Detections, OnnxDetector, class_thresholds_of
 from onedet.track import Tracker
 
 SIZE = 256
@@ -117,7 +117,7 @@ def run_sort(detections: list[Detections], limits: dict[int, float], fps: float)
     sort = SORTTracker(frame_rate=fps)
     out, seconds = [], 0.0
     for d in detections:
-        keep = d.scores >= np.array([limits.get(int(c), 0.3) for c in d.category_ids], np.float32)
+        keep = d.scores >= class_thresholds_of(d.category_ids, limits)
         start = time.perf_counter()
         found = sort.update(
             sv.Detections(xyxy=d.boxes_xyxy[keep], confidence=d.scores[keep], class_id=d.category_ids[keep].astype(int))

@@ -118,6 +118,14 @@ def check_threshold(threshold: float) -> None:
         raise OnedetError(f"threshold must be a score in 0..1, got {threshold}")
 
 
+def class_thresholds_of(category_ids: np.ndarray, threshold: float | Mapping[int, float]) -> np.ndarray:
+    """float32 [n]: the score threshold of each of `category_ids`, from one for every class or one per category id
+    (`BatchDetector.class_thresholds`; `DEFAULT_THRESHOLD` for an id it lacks)."""
+    if isinstance(threshold, Mapping):
+        return np.array([threshold.get(int(c), DEFAULT_THRESHOLD) for c in category_ids], np.float32)
+    return np.full(len(category_ids), threshold, np.float32)
+
+
 def make_detections(
     boxes_xyxy: np.ndarray,
     scores: np.ndarray,
@@ -127,10 +135,7 @@ def make_detections(
 ) -> Detections:
     """Detections of one image from the graph's fixed-size outputs ([K, 4], [K], [K]), keeping score >= threshold
     (one for every class, or one per category id: `BatchDetector.class_thresholds`)."""
-    if isinstance(threshold, Mapping):
-        keep = scores >= np.array([threshold.get(int(c), DEFAULT_THRESHOLD) for c in category_ids], dtype=scores.dtype)
-    else:
-        keep = scores >= threshold
+    keep = scores >= class_thresholds_of(category_ids, threshold).astype(scores.dtype)
     ids = category_ids[keep].astype(np.int64)
     return Detections(
         boxes_xyxy=boxes_xyxy[keep].astype(np.float32),

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from onedet.errors import OnedetError
-from onedet.runtime import DEFAULT_THRESHOLD, Detections, check_threshold
+from onedet.runtime import DEFAULT_THRESHOLD, Detections, check_threshold, class_thresholds_of
 
 LOW_SCORE = 0.1
 """ByteTrack's low threshold: detections scoring below it never enter the association."""
@@ -117,19 +117,15 @@ class Tracker:
         limits = self.thresholds.values() if isinstance(self.thresholds, dict) else [self.thresholds]
         return min([LOW_SCORE, *limits])
 
-    def _class_thresholds(self, category_ids: np.ndarray) -> np.ndarray:
-        if isinstance(self.thresholds, dict):
-            limits = self.thresholds
-            return np.array([limits.get(int(c), DEFAULT_THRESHOLD) for c in category_ids], np.float32)
-        return np.full(len(category_ids), self.thresholds, np.float32)
-
     def update(self, detections: Detections) -> Detections:
         """The detections of the next frame that belong to a track, with their `track_ids` (ids from 0, never
         reused), best first. Detections below `low_score` are ignored."""
         import supervision as sv  # a dependency of trackers
 
         keep = np.flatnonzero(detections.scores >= self.low_score)
-        confidence = _confidence(detections.scores[keep], self._class_thresholds(detections.category_ids[keep]))
+        confidence = _confidence(
+            detections.scores[keep], class_thresholds_of(detections.category_ids[keep], self.thresholds)
+        )
         boxes = detections.boxes_xyxy[keep].astype(np.float32).reshape(-1, 4)
         if self.duplicate_iou is not None and len(keep):
             keep, confidence, boxes = self._without_duplicates(keep, confidence, boxes, self.duplicate_iou)
