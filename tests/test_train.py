@@ -115,6 +115,17 @@ class _Toy(nn.Module):
         self.head = nn.Linear(4, 2)
 
 
+def test_the_input_size_rounds_up_to_the_overridden_window() -> None:
+    """A window override changes the input multiple: `tiny` (256 px, 8 x 8 windows of 16 px patches) with
+    window_size=10 on a 300 px store trains at 320 px (was: refused, since 256 is no multiple of 160)."""
+    from onedet.train.config import model_config
+
+    cfg = TrainConfig(data=Path("unused"), preset="tiny", model={"window_size": 10})
+    assert (model_config(cfg, 300, 3).image_size, model_config(cfg, 320, 3).image_size) == (320, 320)
+    assert model_config(TrainConfig(data=Path("unused"), preset="tiny"), 300, 3).image_size == 384
+    assert model_config(dataclasses.replace(cfg, image_size=480), 300, 3).image_size == 480
+
+
 def test_no_weight_decay_on_norms_biases_and_position_embeddings() -> None:
     model = _Toy()
     names = {id(p): n for n, p in model.named_parameters()}

@@ -144,8 +144,12 @@ def model_config(cfg: TrainConfig, image_size: int, num_classes: int) -> ModelCo
     if cfg.pretrained != "preset":
         overrides["pretrained"] = cfg.pretrained
     overrides["freeze_backbone"] = cfg.finetune != "full"
-    probe = ModelConfig.from_preset(cfg.preset, **{k: v for k, v in overrides.items() if k != "image_size"})
+    # the input multiple from the preset and the overrides, not from a probe config: the preset's own image size
+    # need not be a multiple of an overridden window (`tiny`, 256 px, with window_size=10 -> multiples of 160)
+    preset = ModelConfig.from_preset(cfg.preset)
+    patch, window = overrides.get("patch_size", preset.patch_size), overrides.get("window_size", preset.window_size)
+    multiple = int(patch) * int(window)
     size = cfg.image_size or overrides.get("image_size") or image_size
-    overrides["image_size"] = math.ceil(size / probe.input_multiple) * probe.input_multiple
+    overrides["image_size"] = math.ceil(size / multiple) * multiple
     overrides["num_classes"] = num_classes
     return ModelConfig.from_preset(cfg.preset, **overrides)
