@@ -83,6 +83,72 @@ def test_boxes_bound_the_pixels_after_crop_scale_flip(sizes):
     assert clipped > 0 and masked > 0  # the settings above do push boxes out of the image
 
 
+def _marked_rectangles(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_rectangles` whose red channel says which image each came from (0.2 + 0.2 i, i < 4); never grey (green 1)."""
+    images, boxes = _rectangles(n, size, seed)
+    for i in range(n):
+        x0, y0, x1, y1 = boxes[i, 0].int().tolist()
+        images[i, 0, y0:y1, x0:x1], images[i, 1, y0:y1, x0:x1] = 0.2 + 0.2 * i, 1.0
+    return images, boxes
+
+
+@pytest.mark.parametrize("sizes", [None, (48, 96)])
+def test_a_mosaic_keeps_every_tiles_boxes_on_their_objects(sizes):
+    """Four images, each with a rectangle marked with its own colour, tiled 2 x 2 and cropped (zoom, aspect, flip):
+    each valid box, in `mosaic_slots`' layout, bounds exactly the pixels of its own image's rectangle."""
+    n, size = 4, 64
+    images, boxes = _marked_rectangles(n, size, seed=5)
+    valid = torch.ones(n, 1, dtype=torch.bool)
+    source = augment_module.mosaic_slots(torch.arange(n)[:, None])  # which image each output slot's box is of
+    aug = BatchAugment(scale=(0.6, 1.6), aspect=(0.8, 1.25), sizes=sizes, **NO_COLOUR)
+    shown = 0
+    for seed in range(12):
+        out, out_boxes, out_valid = aug(images, boxes, valid, generator=torch.Generator().manual_seed(seed), mosaic=1)
+        assert out_boxes.shape == (n, 4, 4) and out_valid.shape == (n, 4)
+        for i in range(n):
+            for slot in range(4):
+                j = int(source[i, slot])
+                mask = ((out[i, 0] - (0.2 + 0.2 * j)).abs() < 0.02) & (out[i, 1] > 0.98)
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                if out_valid[i, slot]:
+                    assert len(xs) > 0, "a valid box with none of its object in view"
+                    extent = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+                    # within 1.5 px: the colour test leaves out the edge pixels bilinear sampling blends with grey
+                    torch.testing.assert_close(out_boxes[i, slot], extent, atol=1.5, rtol=0)
+                    shown += 1
+                else:
+                    assert torch.equal(out_boxes[i, slot], torch.zeros(4))
+                    # left out only when the window's edge cuts it (then `min_size` / `min_visible` decide)
+                    side = out.shape[-1]
+                    assert len(xs) == 0 or min(xs.min(), ys.min()) <= 1 or max(xs.max(), ys.max()) >= side - 2
+    assert shown > 4 * 12, "the mosaics show objects of several images"
+
+
+def test_mosaic_draws_its_own_share_and_leaves_the_rest_as_they_were():
+    """mosaic=0 is the plain augmentation, draw for draw; with 0 < p < 1 an image left untiled keeps only its own
+    boxes, and a batch of one is never tiled."""
+    images, boxes = _marked_rectangles(4, 48, seed=6)
+    valid = torch.ones(4, 1, dtype=torch.bool)
+    aug = BatchAugment(**NO_COLOUR)
+    plain = aug(images, boxes, valid, generator=torch.Generator().manual_seed(0))
+    off = aug(images, boxes, valid, generator=torch.Generator().manual_seed(0), mosaic=0.0)
+    for a, b in zip(plain, off):
+        assert torch.equal(a, b)
+    tiled_any = untiled_any = False
+    for seed in range(8):
+        out, _, out_valid = aug(images, boxes, valid, generator=torch.Generator().manual_seed(seed), mosaic=0.5)
+        for i in range(4):
+            if not out_valid[i, 1:].any():  # untiled (or its neighbours' boxes out of view): its own pixels only
+                marks = out[i, 0][out[i, 1] > 0.98]
+                if len(marks) and (marks - (0.2 + 0.2 * i)).abs().max() < 0.02:
+                    untiled_any = True
+            else:
+                tiled_any = True
+    assert tiled_any and untiled_any
+    one = aug(images[:1], boxes[:1], valid[:1], generator=torch.Generator().manual_seed(0), mosaic=1.0)
+    assert one[1].shape == (1, 1, 4) and not augment_module.tiles(1, 1.0)
+
+
 def _ramps(n: int, size: int) -> torch.Tensor:
     """Images whose pixels hold their own source coordinates: x / W, y / H, and 1 (content, not fill)."""
     centres = (torch.arange(size) + 0.5) / size

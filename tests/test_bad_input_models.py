@@ -258,8 +258,25 @@ def test_predict_on_a_symlink_loop(trained, tmp_path: Path, capsys: pytest.Captu
         (["--mixup", "1.5"], "--mixup must be a probability, in [0, 1], got 1.5"),
         (["--mixup", "0.5", "--cache-features"], "--mixup blends augmented images: it does not apply with --cache"),
         (["--mixup", "0.5", "--no-augment"], "--mixup blends augmented images: it does not apply with --no-augment"),
+        (["--mosaic", "-0.1"], "--mosaic must be a probability, in [0, 1], got -0.1"),
+        (["--mosaic", "1", "--cache-features"], "--mosaic tiles augmented images: it does not apply with --cache"),
+        (["--mosaic", "1", "--epochs", "10"], "--mosaic with --close-mosaic 10 and --epochs 10: every epoch would"),
+        (["--close-mosaic", "-1"], "--close-mosaic must be 0 or more, got -1"),
     ],
-    ids=["batch-0", "epochs-0", "lr-negative", "lr-nan", "ema-1", "mixup-1.5", "mixup-cached", "mixup-no-augment"],
+    ids=[
+        "batch-0",
+        "epochs-0",
+        "lr-negative",
+        "lr-nan",
+        "ema-1",
+        "mixup-1.5",
+        "mixup-cached",
+        "mixup-no-augment",
+        "mosaic-negative",
+        "mosaic-cached",
+        "mosaic-never",
+        "close-mosaic-negative",
+    ],
 )
 def test_train_option_out_of_range(trained, tmp_path: Path, capsys, option: list[str], what: str) -> None:
     cli_error(capsys, [*cli_args(trained["store"], tmp_path / "out"), *option], what)

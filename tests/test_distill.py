@@ -69,9 +69,12 @@ def test_distill_cli_writes_a_student_run_that_eval_and_export_take(
     store: Path, teacher: Path, unlabeled: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "student"
-    # mixup too: the student and the teacher see the mixed images, and the labelled batch has twice the box slots
-    assert main(_args(store, teacher, out, "--epochs", "1", "--unlabeled", str(unlabeled), "--mixup", "0.5")) == 0
-    assert json.loads((out / "train_config.json").read_text())["mixup"] == 0.5
+    # mixup and mosaic too: the student and the teacher see the mixed mosaics, and the labelled batch has eight
+    # times the box slots
+    extra = ("--mixup", "0.5", "--mosaic", "1", "--close-mosaic", "0")
+    assert main(_args(store, teacher, out, "--epochs", "1", "--unlabeled", str(unlabeled), *extra)) == 0
+    config = json.loads((out / "train_config.json").read_text())
+    assert (config["mixup"], config["mosaic"]) == (0.5, 1)
     info = json.loads((out / "weights" / "best" / "model.json").read_text())
     assert info["distill"] == {"teacher": str(teacher), "student": "teacher:depth=2"}
     assert info["model"]["depth"] == 2
@@ -179,6 +182,8 @@ def test_clear_errors(store: Path, teacher: Path, tmp_path: Path, capsys: pytest
 
     assert main(_args(store, teacher, tmp_path / "s5", "--label-fraction", "0.5", "--mixup", "0.5")) == 2
     assert "--mixup mixes labelled and unlabelled images" in capsys.readouterr().err
+    assert main(_args(store, teacher, tmp_path / "s6", "--label-fraction", "0.5", "--mosaic", "0.5")) == 2
+    assert "--mosaic tiles labelled and unlabelled images" in capsys.readouterr().err
 
     with pytest.raises(OnedetError, match="has no trained weights to teach"):
         OneDet("tiny").distill(store, student="tiny")

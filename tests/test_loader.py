@@ -8,6 +8,7 @@ from itertools import chain
 import pytest
 import torch
 
+from onedet.data import augment as augment_module
 from onedet.data.augment import BatchAugment
 from onedet.data.loader import Batch, BatchLoader
 from onedet.data.prepare import prepare
@@ -255,3 +256,31 @@ def test_mixup_batches_carry_both_images_boxes_and_are_deterministic(store):
             assert torch.equal(q.valid[:, m:], p.valid.roll(-1, 0))
     with pytest.raises(ValueError, match="mixup"):
         BatchLoader(store, 4, mixup=0.5)
+
+
+def test_mosaic_batches_carry_four_images_boxes_until_mosaic_epochs(store):
+    """With mosaic: four times the box slots, each slot's label the label of the image its box came from
+    (`mosaic_slots`), the same batches twice (exact resume), and plain batches from `mosaic_epochs` on."""
+
+    def run(**kwargs):
+        loader = BatchLoader(store, 6, seed=0, augment=BatchAugment(), prefetch=0, **kwargs)
+        return [list(loader) for _ in range(2)]  # epochs 0 and 1
+
+    plain = run()
+    tiled, again = run(mosaic=1.0, mosaic_epochs=1), run(mosaic=1.0, mosaic_epochs=1)
+    for x, y in zip(tiled[0] + tiled[1], again[0] + again[1]):
+        for tx, ty in zip(x, y):
+            assert torch.equal(tx, ty)
+    for p, q in zip(plain[0], tiled[0]):
+        m = p.boxes_xyxy.shape[1]
+        if len(p.index) < 2:  # a batch of one is never tiled
+            assert q.boxes_xyxy.shape[1] == m
+            continue
+        assert q.boxes_xyxy.shape[1] == q.labels.shape[1] == q.valid.shape[1] == 4 * m
+        assert torch.equal(q.labels, augment_module.mosaic_slots(p.labels))
+        assert q.valid[:, m:].any(), "boxes of the other tiles are in view"
+    for p, q in zip(plain[1], tiled[1]):  # epoch 1 is past mosaic_epochs: the plain augmentation, draw for draw
+        for tp, tq in zip(p, q):
+            assert torch.equal(tp, tq)
+    with pytest.raises(ValueError, match="mosaic"):
+        BatchLoader(store, 4, mosaic=0.5)

@@ -1,4 +1,5 @@
-"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends with the weights of an uninterrupted run."""
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends with the weights of an uninterrupted run.
+The runs train with mosaic, closed for the last epoch: the resumed run must also turn it off at the same epoch."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ EPOCHS = 3
 
 def _command(store: Path, out: Path, *extra: str) -> list[str]:
     args = cli_args(store, out, "--epochs", str(EPOCHS), "--checkpoint-every-steps", "1", "--workers", "1", *extra)
+    args += ["--mosaic", "1", "--close-mosaic", "1"]
     return [sys.executable, "-m", "onedet", *args]
 
 
@@ -63,6 +65,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path: P
     resumed = subprocess.run(_command(store, killed_out, "--resume"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed {killed_out}" in resumed.stderr
+    assert f"epoch {EPOCHS}: mosaic off for the last 1 epochs" in resumed.stderr
     assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()
 
     expected, got = _live_weights(straight_out), _live_weights(killed_out)

@@ -1,4 +1,5 @@
-"""Box-aware batch augmentation on the batch's device: flip, scale jitter / random resized crop, colour jitter.
+"""Box-aware batch augmentation on the batch's device: flip, scale jitter / random resized crop, mosaic, colour
+jitter.
 
 Plain torch ops rather than kornia, for reasons measured here (2-core CPU, 16 x 3 x 640 x 640, BENCHMARKS.md):
 - Geometry is axis-aligned (zoom, aspect, shift, flip), so each sample is one crop + one `F.interpolate` pasted
@@ -15,6 +16,13 @@ Plain torch ops rather than kornia, for reasons measured here (2-core CPU, 16 x 
   loader's pool too): a fresh 78 MB batch is a fresh mapping whose page faults cost more than filling it, and a
   batch the caller keeps is never overwritten. On a GPU, torch's caching allocator already recycles memory
   and the whole batch is mapped with one `baddbmm`.
+
+Mosaic (YOLOv4's, as Ultralytics trains with it) tiles four images of the batch 2 x 2 and takes the same zoomed
+window out of the tiling as out of a single image, around the tiling's centre: objects keep their scale, and each
+image shows parts of four. The tiling is never made: each image's part of the window is resampled straight into
+the output (up to four `F.interpolate` calls for the sample instead of one), so it costs no memory. Hand-written
+because kornia's `RandomMosaic` builds the whole 2 x 2 canvas before it crops, and it would not share the integer
+crop rectangles the boxes here are mapped with.
 
 Random parameters are drawn on the CPU from a caller-supplied `torch.Generator`, so a batch's augmentation is a
 function of that seed alone (the loader seeds it per batch: exact resume), and only pixel work runs on the
@@ -70,6 +78,24 @@ def _snap(start: float, length: float, size: int, out_size: int) -> tuple[int, i
     return i0, i1, o0, o1
 
 
+MOSAIC_TILES = 4
+"""Images per mosaic (2 x 2)."""
+
+
+def mosaic_slots(x: Tensor) -> Tensor:
+    """The box slots of a mosaic batch: a per-box tensor [B, M, ...] -> [B, 4M, ...], where slot k * M + j of image i
+    is box j of image (i + k) % B, the k-th tile of its mosaic (k = 0 is the image itself). `BatchAugment` returns
+    boxes and `valid` in this layout when it tiles; labels (or any other per-box value) follow with this function."""
+    return torch.cat([x.roll(-k, 0) for k in range(MOSAIC_TILES)], dim=1)
+
+
+def tiles(batch_size: int, mosaic: float) -> bool:
+    """Whether a batch of `batch_size` images with mosaic probability `mosaic` comes back in `mosaic_slots`' layout
+    (it does whenever a sample could be tiled, whatever the draws: the box slots do not change from batch to
+    batch). A batch of one is never tiled (its mosaic would be one image four times)."""
+    return mosaic > 0 and batch_size >= 2
+
+
 def _map_colour(x: Tensor, matrix: Tensor, offset: Tensor, out: Tensor, tile: int | None) -> Tensor:
     """out = clamp(matrix @ x + offset, 0, 1) per image: x [B, 3, N] (any dtype), matrix [B, 3, 3], offset
     [B, 3, 1], out float [B, 3, N]. With `tile`, tile by tile (convert, map and clamp while each tile is in
@@ -92,7 +118,10 @@ class BatchAugment(nn.Module):
 
     Geometry: zoom by a factor in `scale` (>1 crops into the image, <1 shrinks it onto a grey canvas), aspect
     ratio jitter in `aspect`, a random position, a horizontal flip with probability `flip`, and, when `sizes` is
-    given, an output side drawn per batch from `sizes` (multi-scale training). Colour (per sample): brightness,
+    given, an output side drawn per batch from `sizes` (multi-scale training). With probability `mosaic` (an
+    argument of the call, so a loader can turn it off for the last epochs) a sample's window is taken out of the 2 x 2
+    tiling of its image and the next three of the batch instead (module docstring); the boxes then come back in
+    `mosaic_slots`' layout, four times the slots. Colour (per sample): brightness,
     contrast and saturation factors in [1 - x, 1 + x] (or a given range), and a hue shift in [-hue, hue] of a
     full turn (YIQ rotation: cheap, close to HSV hue). Boxes follow the pixels, are clipped to the output, and
     become invalid (and zero) when a side is under `min_size` pixels or less than `min_visible` of their area
@@ -147,16 +176,21 @@ class BatchAugment(nn.Module):
         return torch.empty(shape, dtype=dtype, device=like.device)
 
     def forward(
-        self, images: Tensor, boxes_xyxy: Tensor, valid: Tensor, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        boxes_xyxy: Tensor,
+        valid: Tensor,
+        generator: torch.Generator | None = None,
+        mosaic: float = 0.0,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (images float [B, 3, S', S'] in [0, 1], boxes_xyxy [B, M, 4], valid [B, M]); no input is
-        modified."""
+        """Returns (images float [B, 3, S', S'] in [0, 1], boxes_xyxy [B, M', 4], valid [B, M']); M' is M, or 4M
+        when the batch `tiles` (`mosaic_slots`). No input is modified."""
         if not self.training:
             return to_float(images), boxes_xyxy, valid
         unit = 1 / 255 if images.dtype == torch.uint8 else 1.0
         # the canvas keeps the input's scale (0..255 for uint8, uint8 itself on the CPU); the colour step is the
         # conversion to float in [0, 1]
-        canvas, boxes_xyxy, valid = self.transform_geometry(images, boxes_xyxy, valid, generator)
+        canvas, boxes_xyxy, valid = self.transform_geometry(images, boxes_xyxy, valid, generator, mosaic)
         return self.jitter_colour(canvas, generator, unit), boxes_xyxy, valid
 
     def jitter_colour(
@@ -195,9 +229,10 @@ class BatchAugment(nn.Module):
         boxes_xyxy: Tensor,
         valid: Tensor,
         generator: torch.Generator | None = None,
+        mosaic: float = 0.0,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Zoom + crop/pad + flip; boxes mapped, clipped and masked the same way. The output is on the input's
-        scale (0..255 for uint8 input): uint8 on the CPU for uint8 input, float otherwise."""
+        """Zoom + crop/pad + flip (+ mosaic); boxes mapped, clipped and masked the same way. The output is on the
+        input's scale (0..255 for uint8 input): uint8 on the CPU for uint8 input, float otherwise."""
         b, c, h, w = images.shape
         if self.sizes:
             out_h = out_w = int(self.sizes[int(torch.randint(len(self.sizes), (1,), generator=generator))])
@@ -212,44 +247,87 @@ class BatchAugment(nn.Module):
         x0 = torch.minimum(w - win_w, torch.zeros(b)) + torch.rand(b, generator=generator) * (w - win_w).abs()
         y0 = torch.minimum(h - win_h, torch.zeros(b)) + torch.rand(b, generator=generator) * (h - win_h).abs()
         flip = torch.rand(b, generator=generator) < self.flip
+        n_tiles = MOSAIC_TILES if tiles(b, mosaic) else 1
+        tiled = torch.zeros(b, dtype=torch.bool)
+        if n_tiles > 1:  # drawn only then: without mosaic the draws (and so the batches) are what they always were
+            tiled = torch.rand(b, generator=generator) < mosaic
+            # the same window, in the 2w x 2h tiling, with the tiling's centre at 1/4..3/4 of it on each axis
+            # (Keras' Mosaic offsets): every tile shows in it
+            x0 = torch.where(tiled, w - win_w * _uniform(b, 0.25, 0.75, generator), x0)
+            y0 = torch.where(tiled, h - win_h * _uniform(b, 0.25, 0.75, generator), y0)
 
         # uint8 bilinear (antialiased when shrinking) has a fast CPU kernel; elsewhere work in float
         work = images if images.device.type == "cpu" or images.dtype != torch.uint8 else images.float()
         fill = 114 if images.dtype == torch.uint8 else FILL
         canvas = self._empty(self._canvases, work, (b, c, out_h, out_w), work.dtype)
-        kx: float | Tensor  # a float per sample in the loop, then a column of all samples
-        ky: float | Tensor
-        affine = torch.zeros(b, 4)  # per sample: x_out = x_in * kx + tx, y_out = y_in * ky + ty
-        # One interpolate per sample (B small calls; no per-pixel Python): each sample has its own window size.
+        # per sample and tile: x_out = x_in * kx + tx, y_out = y_in * ky + ty (tile k of sample i is image (i + k) % b)
+        affine = torch.zeros(b, n_tiles, 4)
+        # One interpolate per sample and tile shown (no per-pixel Python): each sample has its own window size.
         for i in range(b):
-            ix0, ix1, ox0, ox1 = _snap(float(x0[i]), float(win_w[i]), w, out_w)
-            iy0, iy1, oy0, oy1 = _snap(float(y0[i]), float(win_h[i]), h, out_h)
-            patch = F.interpolate(
-                work[i : i + 1, :, iy0:iy1, ix0:ix1],
-                size=(oy1 - oy0, ox1 - ox0),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
-            kx, ky = (ox1 - ox0) / (ix1 - ix0), (oy1 - oy0) / (iy1 - iy0)
-            affine[i] = torch.tensor([kx, ox0 - ix0 * kx, ky, oy0 - iy0 * ky])
-            if flip[i]:  # mirror the patch and its place (cheaper than flipping the whole canvas afterwards)
-                patch, (ox0, ox1) = patch.flip(-1), (out_w - ox1, out_w - ox0)
-            # the patch, and grey around it: every canvas pixel is written once
-            canvas[i, :, oy0:oy1, ox0:ox1] = patch[0]
-            canvas[i, :, :oy0].fill_(fill)
-            canvas[i, :, oy1:].fill_(fill)
-            canvas[i, :, oy0:oy1, :ox0].fill_(fill)
-            canvas[i, :, oy0:oy1, ox1:].fill_(fill)
+            if not tiled[i]:
+                window = float(x0[i]), float(y0[i]), float(win_w[i]), float(win_h[i])
+                rect = self._paste(canvas[i], work[i], *window, bool(flip[i]))
+                affine[i, :] = rect[0]  # a sample left alone keeps only tile 0's boxes (below), mapped by this
+                ox0, ox1, oy0, oy1 = rect[1]
+                # grey around the patch: every canvas pixel is written once
+                canvas[i, :, :oy0].fill_(fill)
+                canvas[i, :, oy1:].fill_(fill)
+                canvas[i, :, oy0:oy1, :ox0].fill_(fill)
+                canvas[i, :, oy0:oy1, ox1:].fill_(fill)
+            else:
+                canvas[i].fill_(fill)
+                for tile in range(n_tiles):
+                    # the window in tile `tile`'s own pixels
+                    tx0, ty0 = float(x0[i]) - (tile % 2) * w, float(y0[i]) - (tile // 2) * h
+                    sx, sy = out_w / float(win_w[i]), out_h / float(win_h[i])
+                    affine[i, tile] = torch.tensor([sx, -tx0 * sx, sy, -ty0 * sy])  # where nothing of it shows
+                    shown_w = min(tx0 + float(win_w[i]), w) - max(tx0, 0)
+                    shown_h = min(ty0 + float(win_h[i]), h) - max(ty0, 0)
+                    if shown_w >= 1 and shown_h >= 1:
+                        image = work[(i + tile) % b]
+                        window = tx0, ty0, float(win_w[i]), float(win_h[i])
+                        affine[i, tile] = self._paste(canvas[i], image, *window, bool(flip[i]))[0]
 
-        affine, flip = affine.to(boxes_xyxy), flip.to(boxes_xyxy.device)[:, None]
-        kx, tx, ky, ty = (affine[:, k : k + 1] for k in range(4))
+        if n_tiles > 1:
+            boxes_xyxy = mosaic_slots(boxes_xyxy)
+            own = torch.arange(n_tiles * valid.shape[1], device=valid.device) < valid.shape[1]  # tile 0's slots
+            valid = mosaic_slots(valid) & (own | tiled.to(valid.device)[:, None])
+        m = boxes_xyxy.shape[1] // n_tiles
+        affine = affine.to(boxes_xyxy).repeat_interleave(m, dim=1)  # [b, n_tiles * m, 4]: each slot's tile's map
+        flip = flip.to(boxes_xyxy.device)[:, None]
+        kx, tx, ky, ty = (affine[..., k] for k in range(4))
         bx0, bx1 = boxes_xyxy[..., 0] * kx + tx, boxes_xyxy[..., 2] * kx + tx
         by0, by1 = boxes_xyxy[..., 1] * ky + ty, boxes_xyxy[..., 3] * ky + ty
         # continuous coordinates: a flip maps x to W - x (and swaps the box's left and right edges)
         fx0, fx1 = torch.where(flip, out_w - bx1, bx0), torch.where(flip, out_w - bx0, bx1)
         mapped = torch.stack([fx0, by0, fx1, by1], dim=-1)
         return canvas, *self._clip_and_mask(mapped, valid, out_w, out_h)
+
+    @staticmethod
+    def _paste(
+        canvas: Tensor, image: Tensor, x0: float, y0: float, win_w: float, win_h: float, flip: bool
+    ) -> tuple[Tensor, tuple[int, int, int, int]]:
+        """Resample the part of `image` [C, h, w] inside the window (x0, y0, win_w, win_h) onto its place in `canvas`
+        [C, H, W], which shows the whole window (mirrored, patch and place, with `flip`: cheaper than flipping the
+        whole canvas afterwards). Returns the affine (kx, tx, ky, ty) of the whole-pixel rectangles used (image ->
+        canvas pixels, before the flip) and the canvas rectangle written (ox0, ox1, oy0, oy1)."""
+        _, h, w = image.shape
+        out_h, out_w = canvas.shape[-2:]
+        ix0, ix1, ox0, ox1 = _snap(x0, win_w, w, out_w)
+        iy0, iy1, oy0, oy1 = _snap(y0, win_h, h, out_h)
+        patch = F.interpolate(
+            image[None, :, iy0:iy1, ix0:ix1],
+            size=(oy1 - oy0, ox1 - ox0),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        kx, ky = (ox1 - ox0) / (ix1 - ix0), (oy1 - oy0) / (iy1 - iy0)
+        affine = torch.tensor([kx, ox0 - ix0 * kx, ky, oy0 - iy0 * ky])
+        if flip:
+            patch, (ox0, ox1) = patch.flip(-1), (out_w - ox1, out_w - ox0)
+        canvas[:, oy0:oy1, ox0:ox1] = patch[0]
+        return affine, (ox0, ox1, oy0, oy1)
 
     def _clip_and_mask(self, boxes_xyxy: Tensor, valid: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
         area = (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]) * (boxes_xyxy[..., 3] - boxes_xyxy[..., 1])

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from onedet.data.augment import BatchAugment, mix_up, to_float
+from onedet.data.augment import BatchAugment, mix_up, mosaic_slots, tiles, to_float
 from onedet.data.buffers import BufferPool
 
 
@@ -84,7 +84,10 @@ class BatchLoader:
     are disjoint up to the padding and cover the store. `drop_last` drops a last, smaller batch. `augment`
     (a `BatchAugment`, used only while it is in training mode) runs on `device` as one batch op. `as_float=False`
     yields the store's uint8 images as they are (no augmentation). `mixup` (with `augment`): the probability that an
-    augmented image is blended with another of its batch and takes its boxes too (`augment.mix_up`). `workers`
+    augmented image is blended with another of its batch and takes its boxes too (`augment.mix_up`). `mosaic` (with
+    `augment`): the probability that an image's augmentation window is taken out of a 2 x 2 tiling of it and the
+    next three images of its batch (`BatchAugment`), in the epochs before `mosaic_epochs` (default: every epoch);
+    its batches carry four times the box slots (`augment.mosaic_slots`). `workers`
     background threads each prepare whole batches, `prefetch` batches ahead (`prefetch=0`: everything in the
     calling thread).
     After a full pass the epoch advances by itself; `set_epoch(e)` chooses it explicitly.
@@ -105,6 +108,8 @@ class BatchLoader:
         workers: int = 2,
         as_float: bool = True,
         mixup: float = 0.0,
+        mosaic: float = 0.0,
+        mosaic_epochs: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -112,6 +117,8 @@ class BatchLoader:
             raise ValueError("augmentation makes float images: pass as_float=True with augment")
         if mixup and augment is None:
             raise ValueError("mixup runs after the batch augmentation: pass augment with mixup")
+        if mosaic and augment is None:
+            raise ValueError("mosaic is part of the batch augmentation: pass augment with mosaic")
         if (rank is None) != (world_size is None):
             raise ValueError("pass both rank and world_size, or neither")
         if rank is None and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -121,7 +128,7 @@ class BatchLoader:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
         self.store, self.batch_size, self.shuffle, self.seed = store, batch_size, shuffle, seed
         self.drop_last, self.augment, self.prefetch, self.as_float = drop_last, augment, max(0, prefetch), as_float
-        self.mixup = mixup
+        self.mixup, self.mosaic, self.mosaic_epochs = mixup, mosaic, mosaic_epochs
         self.workers = max(1, workers)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.epoch = 0
@@ -195,7 +202,10 @@ class BatchLoader:
             # the augmentation takes the uint8 images: it resamples them as uint8 and its colour map is the float
             # conversion (into recycled float buffers on the CPU, augment.py)
             generator = torch.Generator().manual_seed(_seed_for(self.seed, epoch, step, self.rank))
-            images, boxes, valid = self.augment(images, boxes, valid, generator=generator)
+            mosaic = self.mosaic if self.mosaic_epochs is None or epoch < self.mosaic_epochs else 0.0
+            images, boxes, valid = self.augment(images, boxes, valid, generator=generator, mosaic=mosaic)
+            if tiles(len(labels), mosaic):
+                labels = mosaic_slots(labels)
             images, boxes, labels, valid = mix_up(images, boxes, labels, valid, self.mixup, generator)
         elif self.as_float:
             images = to_float(images)

@@ -56,6 +56,13 @@ class TrainConfig:
     mixup: float = 0.0
     """Probability that an augmented training image is blended half and half with another image of its batch and
     takes that image's boxes as well (YOLOX's detection mixup; needs `augment`, not with `cache_features`)."""
+    mosaic: float = 0.0
+    """Probability that an augmented training image is a mosaic: its augmentation window taken out of a 2 x 2 tiling
+    of it and three other images of its batch, objects at their usual scale (YOLOv4's and Ultralytics' mosaic;
+    needs `augment`, not with `cache_features`)."""
+    close_mosaic: int = 10
+    """With `mosaic`, train the last this many epochs of `epochs` without it, on images like the ones predicted on
+    (Ultralytics' `close_mosaic`)."""
     resume: bool = False
     """Continue the run in `out` where it stopped."""
     seed: int = 0
@@ -100,13 +107,22 @@ class TrainConfig:
             ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "0 or more"),
             ("mixup", 0 <= self.mixup <= 1, "a probability, in [0, 1]"),
+            ("mosaic", 0 <= self.mosaic <= 1, "a probability, in [0, 1]"),
+            ("close_mosaic", self.close_mosaic >= 0, "0 or more"),
             ("patience", self.patience is None or self.patience >= 1, "at least 1 (or none)"),
         ):
             if not ok:
                 raise OnedetError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
+        why = "--cache-features trains on cached features" if self.augment else "--no-augment"
         if self.mixup and (self.cache_features or not self.augment):
-            why = "--cache-features trains on cached features" if self.augment else "--no-augment"
             raise OnedetError(f"--mixup blends augmented images: it does not apply with {why}")
+        if self.mosaic and (self.cache_features or not self.augment):
+            raise OnedetError(f"--mosaic tiles augmented images: it does not apply with {why}")
+        if self.mosaic and self.close_mosaic >= self.epochs:
+            raise OnedetError(
+                f"--mosaic with --close-mosaic {self.close_mosaic} and --epochs {self.epochs}: every epoch would be "
+                "trained without it; lower --close-mosaic or train longer"
+            )
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

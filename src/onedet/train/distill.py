@@ -98,6 +98,14 @@ class PairedLoader:
     def set_epoch(self, epoch: int) -> None:
         self.labeled.set_epoch(epoch)
 
+    @property
+    def mosaic_epochs(self) -> int | None:
+        return self.labeled.mosaic_epochs
+
+    @mosaic_epochs.setter
+    def mosaic_epochs(self, epochs: int | None) -> None:  # the labelled images only: mosaic needs their boxes
+        self.labeled.mosaic_epochs = epochs
+
     def __len__(self) -> int:
         return len(self.labeled)
 

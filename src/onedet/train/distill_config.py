@@ -81,6 +81,8 @@ class DistillConfig(TrainConfig):
         if self.mixup and self.label_fraction < 1:
             # the subset is marked per image after the loader: a mixed image would take an unlabelled one's boxes
             raise OnedetError("--mixup mixes labelled and unlabelled images: it does not apply with --label-fraction")
+        if self.mosaic and self.label_fraction < 1:
+            raise OnedetError("--mosaic tiles labelled and unlabelled images: it does not apply with --label-fraction")
 
     def loss_weights(self, model_weights: Mapping[str, float] | None = None) -> dict[str, float]:
         """The distillation terms' weights, and `pseudo_X`'s (`model_weights[X] * kd_pseudo_weight`, `X` a ground-truth

@@ -272,6 +272,11 @@ class Trainer:
         while epoch < self.schedule.epochs:
             epoch_start = time.perf_counter()
             self.loader.set_epoch(epoch)
+            if cfg.mosaic:
+                # the last --close-mosaic epochs of the schedule as it stands (a time budget may have shortened it)
+                self.loader.mosaic_epochs = self.schedule.epochs - cfg.close_mosaic
+                if epoch == self.loader.mosaic_epochs:
+                    self.log.message(f"epoch {epoch + 1}: mosaic off for the last {cfg.close_mosaic} epochs")
             self.forward.train()
             self.log.start_epoch(
                 epoch, self.schedule.epochs, self.steps_per_epoch, self.loader.state_dict()["position"]

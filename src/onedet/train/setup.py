@@ -110,7 +110,16 @@ def build_loaders(
     shard = dict(device=device, rank=dist.rank, world_size=dist.world_size)
     if not cfg.cache_features:
         augment = BatchAugment() if cfg.augment else None
-        loader = BatchLoader(train_store, cfg.batch_size, seed=cfg.seed, augment=augment, mixup=cfg.mixup, **shard)
+        loader = BatchLoader(
+            train_store,
+            cfg.batch_size,
+            seed=cfg.seed,
+            augment=augment,
+            mixup=cfg.mixup,
+            mosaic=cfg.mosaic,
+            mosaic_epochs=cfg.epochs - cfg.close_mosaic,
+            **shard,
+        )
         return loader, None
     return cached_loaders(
         detector,
