@@ -320,3 +320,45 @@ def test_every_conv_weight_is_an_initializer(tmp_path: Path) -> None:
     assert convs and all(n.input[1] in initializers for n in convs), [
         n.name for n in convs if n.input[1] not in initializers
     ]
+
+
+def test_eval_of_the_onnx_file_matches_eval_of_its_run(exported: dict, tmp_path: Path, capsys) -> None:
+    """`onedet eval --weights model.onnx` runs the file through onnxruntime on the store's images: the same
+    detections as the run's own evaluation (image by image), so the same metrics; and clear errors for another
+    dataset's file and for --record, which has no checkpoint to write to."""
+    from onedet.data.prepare import prepare
+    from onedet.data.store import Store
+    from onedet.data.synthetic import make_synthetic
+    from onedet.evaluate import detect_split, detect_split_onnx, evaluate_run
+
+    # 160 px photos in a 128 px store: boxes come back to the original pixels through the store's scale
+    make_synthetic(tmp_path / "synthetic", num_images=10, image_size=160, seed=3)
+    prepare(tmp_path / "synthetic", tmp_path / "store", image_size=128, workers=1, progress=False)
+    val = tmp_path / "store" / "val"
+    store = Store(val)
+    assert store.read_batch([0])["orig_size"][0].tolist() == [160, 160]
+    run = run_helpers.make_run(tmp_path / "run", list(store.classes), list(store.category_ids), seed=2)
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(run), "--out", str(onnx_file)]) == 0
+    capsys.readouterr()
+
+    from onedet.checkpoint import load_run
+
+    ref = detect_split(load_run(run).model, store, batch_size=4)
+    got = detect_split_onnx(OnnxDetector(onnx_file), store, batch_size=3)  # another batching: same detections
+    assert got.image_ids == ref.image_ids and got.orig_sizes == ref.orig_sizes
+    for r, g in zip(ref.detections, got.detections):
+        assert_same_detections(
+            (r["boxes_xyxy"], r["scores"], r["labels"]), (g["boxes_xyxy"], g["scores"], g["labels"]), box_tol=1.0
+        )
+    expected = evaluate_run(run, val)
+    assert main(["eval", "--weights", str(onnx_file), "--data", str(val), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("AP", "AP50", "AP75"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-3), key
+    assert metrics["confusion"]["matrix"] == expected["confusion"]["matrix"]
+
+    assert main(["eval", "--weights", str(exported["fp32"]), "--data", str(val)]) == 2  # cat, dog, fish
+    assert f"the store's classes {list(store.classes)} differ from {exported['fp32']}'s" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(onnx_file), "--data", str(val), "--record"]) == 2
+    assert "--record writes a checkpoint's model.json" in capsys.readouterr().err

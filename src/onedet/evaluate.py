@@ -352,6 +352,30 @@ def detect_split(
     return split
 
 
+def detect_split_onnx(detector: Any, store: Any, batch_size: int = EvalOptions.batch_size) -> SplitDetections:
+    """`detect_split` for an exported file (`OnnxDetector`): the store's images, uint8 as the graph takes them, in
+    batches; the graph's boxes (in the letterboxed image's pixels: its own letterbox is the identity at the store's
+    size) mapped back to original pixels with the store's scale, and its labels (the category ids the file was
+    exported with) to the store's, class by class (the caller checks that the classes are the same)."""
+    label_of = {c: i for i, c in enumerate(detector.category_ids)}
+    split = SplitDetections([], [], [], [])
+    for start in range(0, len(store), batch_size):
+        batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))))
+        images = np.ascontiguousarray(np.asarray(batch["images"]).transpose(0, 2, 3, 1))  # [B, 3, S, S] -> NHWC
+        boxes, scores, labels = detector.run_batch(images)
+        for i in range(len(images)):
+            scale, (h, w) = float(batch["scale"][i]), (int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1]))
+            original = boxes[i] / scale
+            original[:, [0, 2]] = original[:, [0, 2]].clip(0, w)
+            original[:, [1, 3]] = original[:, [1, 3]].clip(0, h)
+            split.gt.append(ground_truth(batch, i))
+            mapped = np.array([label_of[int(c)] for c in labels[i]], dtype=np.int64)
+            split.detections.append({"boxes_xyxy": original, "scores": scores[i], "labels": mapped})
+            split.image_ids.append(int(batch["image_id"][i]))
+            split.orig_sizes.append((h, w))
+    return split
+
+
 def evaluate_model(
     model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, with_pr: bool = False
 ) -> dict:
@@ -378,23 +402,58 @@ def evaluate_run(
     """`load_run(weights)` + `Store(data)` + `evaluate_model(..., with_pr=True)`, with the run's classes checked
     against the store's: the metrics with `pr` and `confusion` (see `coco_metrics`).
 
-    `weights`: a run or checkpoint folder, or a `LoadedRun`; `data`: a store split path or a `Store`; `plots`: a
-    folder to draw `pr.png`, `f1.png` and `confusion_matrix.png` into; `record`: write `own_thresholds` into the
+    `weights`: a run or checkpoint folder, a `LoadedRun`, or an exported `.onnx` file (evaluated through onnxruntime
+    on the same images: the file you ship, int8 or fp16 included); `data`: a store split path or a `Store`; `plots`:
+    a folder to draw `pr.png`, `f1.png` and `confusion_matrix.png` into; `record`: write `own_thresholds` into the
     checkpoint's model.json (as training does at its end) and return them as `recorded: {file, score_thresholds}`.
     """
-    from onedet.checkpoint import load_run
     from onedet.data.store import Store
     from onedet.errors import OnedetError
 
     if batch_size < 1:
         raise OnedetError(f"--batch-size must be at least 1, got {batch_size}")
+    onnx = isinstance(weights, (str, Path)) and Path(weights).suffix.lower() == ".onnx"
+    if onnx and record:
+        raise OnedetError(
+            f"{weights}: --record writes a checkpoint's model.json, and an ONNX file keeps its thresholds in its "
+            "metadata: record them on the run (onedet eval --weights RUN --record) and export it again"
+        )
+    store = data if isinstance(data, Store) else Store(data)
+    if onnx:
+        metrics = _evaluate_onnx_file(Path(weights), store, batch_size)
+    else:
+        metrics = _evaluate_checkpoint(weights, store, batch_size, record)
+    if plots is not None:
+        from onedet.train.report import write_metric_plots
+
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        write_metric_plots(metrics, list(store.classes), Path(plots))
+    return metrics
+
+
+def _evaluate_onnx_file(path: Path, store: Any, batch_size: int) -> dict:
+    from onedet.errors import OnedetError
+    from onedet.runtime import OnnxDetector
+
+    detector = OnnxDetector(path)
+    if list(detector.classes) != list(store.classes):
+        raise OnedetError(f"{store.path}: the store's classes {store.classes} differ from {path}'s {detector.classes}")
+    split = detect_split_onnx(detector, store, batch_size)
+    return coco_metrics(
+        split.gt, split.detections, store.classes, store.category_ids, split.image_ids, split.orig_sizes, with_pr=True
+    )
+
+
+def _evaluate_checkpoint(weights: Any, store: Any, batch_size: int, record: bool) -> dict:
+    from onedet.checkpoint import load_run
+    from onedet.errors import OnedetError
+
     if isinstance(weights, (str, Path)):
         import torch
 
         run = load_run(weights, device="cuda" if torch.cuda.is_available() else "cpu")
     else:
         run = weights
-    store = data if isinstance(data, Store) else Store(data)
     if list(run.classes) != list(store.classes):
         raise OnedetError(
             f"{store.path}: the store's classes {store.classes} differ from the model's {list(run.classes)}"
@@ -406,11 +465,6 @@ def evaluate_run(
             raise OnedetError("record: these weights were not read from a checkpoint folder, so there is none to write")
         path, own = record_thresholds(folder, metrics, store.classes)
         metrics["recorded"] = {"file": str(path), "score_thresholds": own}
-    if plots is not None:
-        from onedet.train.report import write_metric_plots
-
-        Path(plots).mkdir(parents=True, exist_ok=True)
-        write_metric_plots(metrics, list(store.classes), Path(plots))
     return metrics
 
 

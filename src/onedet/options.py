@@ -217,7 +217,8 @@ class PresetsOptions:
 @dataclass
 class EvalOptions:
     weights: Path
-    """Run folder (or its checkpoint folder)."""
+    """Run folder (or its checkpoint folder), or an exported .onnx file (run by onnxruntime on the same images: the
+    accuracy of the file you ship, int8 or fp16 included)."""
     data: Path
     """A store split, e.g. STORE/val."""
     batch_size: int = 8
