@@ -22,6 +22,7 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,26 +135,13 @@ def latency(args: argparse.Namespace) -> None:
         print(f"| {preset} | {threads} | {name} | {mb} | {median * 1000:.0f} | {ratio:.2f}x | {diff:.1e} |")
 
 
-def _evaluate_onnx(detector: OnnxDetector, store: object) -> dict:
-    from onedet.evaluate import coco_metrics, ground_truth
+def _evaluate_onnx(detector: OnnxDetector, store: Any) -> dict:
+    """COCO metrics of an exported file on a store split, as `onedet eval --weights FILE.onnx` computes them."""
+    from onedet.evaluate import coco_metrics, detect_split_onnx
 
-    gt, detections, image_ids, orig_sizes = [], [], [], []
-    for i in range(len(store)):
-        batch = store.read_batch([i])
-        image = batch["images"][0].permute(1, 2, 0).numpy()[None]  # letterboxed: the graph's scale is 1
-        boxes, scores, labels = detector.run_batch(np.ascontiguousarray(image))
-        scale, (h, w) = float(batch["scale"][0]), batch["orig_size"][0].tolist()
-        boxes = boxes[0] / scale
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        label_of = {c: i for i, c in enumerate(store.category_ids)}  # graph labels are dataset ids
-        gt.append(ground_truth(batch, 0))  # the same ground truth as evaluate_model's
-        detections.append(
-            {"boxes_xyxy": boxes, "scores": scores[0], "labels": np.array([label_of[c] for c in labels[0]])}
-        )
-        image_ids.append(int(batch["image_id"][0]))
-        orig_sizes.append((h, w))
-    return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, orig_sizes)
+    split = detect_split_onnx(detector, store, batch_size=1)
+    gt, detections, image_ids, sizes = split
+    return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, sizes)
 
 
 def accuracy(args: argparse.Namespace) -> None:
