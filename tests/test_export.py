@@ -358,7 +358,36 @@ def test_eval_of_the_onnx_file_matches_eval_of_its_run(exported: dict, tmp_path:
         assert metrics[key] == pytest.approx(expected[key], abs=1e-3), key
     assert metrics["confusion"]["matrix"] == expected["confusion"]["matrix"]
 
+    # export --check: every file written, evaluated on the split as eval does it
+    second = tmp_path / "checked.onnx"
+    assert main(["export", "--weights", str(run), "--out", str(second), "--int8", "--check", str(val)]) == 0
+    out = capsys.readouterr().out
+    for path in (second, second.with_suffix(".int8-dynamic.onnx")):
+        m = evaluate_run(path, val)
+        assert f"| {path.name} | {m['AP']:.4f} | {m['AP50']:.4f} |" in out
+    assert f"| {second.name} | {metrics['AP']:.4f} |" in out
+    bad = ["export", "--weights", str(run), "--out", str(tmp_path / "x.onnx"), "--check", str(tmp_path / "nope")]
+    assert main(bad) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists(), "checked before exporting"
+
     assert main(["eval", "--weights", str(exported["fp32"]), "--data", str(val)]) == 2  # cat, dog, fish
     assert f"the store's classes {list(store.classes)} differ from {exported['fp32']}'s" in capsys.readouterr().err
     assert main(["eval", "--weights", str(onnx_file), "--data", str(val), "--record"]) == 2
     assert "--record writes a checkpoint's model.json" in capsys.readouterr().err
+
+
+def test_export_check_warns_when_a_variant_loses_accuracy() -> None:
+    from onedet.export import format_check
+
+    rows = [
+        {"file": Path("m.onnx"), "AP": 0.400, "AP50": 0.7, "vs_fp32": 1.0},
+        {"file": Path("m.int8-dynamic.onnx"), "AP": 0.398, "AP50": 0.7, "vs_fp32": 0.995},
+        {"file": Path("m.fp16.onnx"), "AP": 0.380, "AP50": 0.68, "vs_fp32": 0.95},
+    ]
+    text = format_check(rows, "store/val")
+    assert "| m.int8-dynamic.onnx | 0.3980 | 0.7000 | 0.995 |" in text
+    warnings = [line for line in text.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: m.fp16.onnx keeps 0.950 of the fp32 file's AP")
+    zero = format_check([{**rows[0], "AP": 0.0, "vs_fp32": None}, {**rows[1], "vs_fp32": None}], "v")
+    assert "| m.onnx | 0.0000 | 0.7000 | - |" in zero and "warning" not in zero

@@ -125,10 +125,17 @@ def _run_eval(opts: EvalOptions) -> int:
 
 
 def _run_export(opts: ExportOptions) -> int:
-    from onedet.export import export
+    from onedet.export import check_exports, export, format_check
 
-    for path in export(**options_dict(opts)):
+    if opts.check is not None:  # a wrong path fails before the export, not after it
+        from onedet.data.store import Store
+
+        Store(opts.check)
+    paths = export(**options_dict(opts, exclude=("check",)))
+    for path in paths:
         print(f"wrote {path}")
+    if opts.check is not None:
+        print(format_check(check_exports(paths, opts.check), opts.check))
     return 0
 
 

@@ -186,3 +186,47 @@ def export(
         half_module, _, _ = build_end_to_end(weights, classes, category_ids, max_detections=max_detections, half=True)
         paths.append(export_onnx(half_module, out.with_suffix(".fp16.onnx"), {**meta, PRECISION_KEY: "fp16"}, opset))
     return paths
+
+
+CHECK_TOLERANCE = 0.01
+"""`check_exports` flags a variant whose AP is more than this share below the fp32 file's."""
+
+
+def check_exports(paths: Sequence[Path], data: str | Path, batch_size: int = 8) -> list[dict[str, Any]]:
+    """Evaluate every exported file on a store split (`onedet eval --weights FILE`, through onnxruntime): one row
+    per file, `{"file", "AP", "AP50", "vs_fp32"}`, `vs_fp32` the file's AP over the first (fp32) file's (None when
+    that is 0). The split's classes must be the model's."""
+    from onedet.data.store import Store
+    from onedet.evaluate import evaluate_run
+
+    store = Store(data)
+    metrics = [evaluate_run(path, store, batch_size=batch_size) for path in paths]
+    reference = float(metrics[0]["AP"]) if metrics else 0.0
+    return [
+        {
+            "file": Path(path),
+            "AP": float(m["AP"]),
+            "AP50": float(m["AP50"]),
+            "vs_fp32": float(m["AP"]) / reference if reference > 0 else None,
+        }
+        for path, m in zip(paths, metrics)
+    ]
+
+
+def format_check(rows: Sequence[dict[str, Any]], data: str | Path) -> str:
+    """`check_exports`' rows as a table, and a warning line for each variant below `CHECK_TOLERANCE`."""
+    lines = [
+        f"accuracy of the files on {data} (onnxruntime):",
+        "| file | AP | AP50 | AP / fp32 |",
+        "| --- | --: | --: | --: |",
+    ]
+    for row in rows:
+        ratio = "-" if row["vs_fp32"] is None else f"{row['vs_fp32']:.3f}"
+        lines.append(f"| {row['file'].name} | {row['AP']:.4f} | {row['AP50']:.4f} | {ratio} |")
+    for row in rows[1:]:
+        if row["vs_fp32"] is not None and row["vs_fp32"] < 1 - CHECK_TOLERANCE:
+            lines.append(
+                f"warning: {row['file'].name} keeps {row['vs_fp32']:.3f} of the fp32 file's AP on {data} (more than "
+                f"{CHECK_TOLERANCE:.0%} lost): ship the fp32 file, or try static int8 (--calibration STORE/train)"
+            )
+    return "\n".join(lines)

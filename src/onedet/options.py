@@ -245,6 +245,9 @@ class ExportOptions:
     """A store split to calibrate static int8 on."""
     half: bool = False
     """Also write fp16 weights (for GPUs)."""
+    check: Path | None = None
+    """A store split (e.g. STORE/val) to evaluate every file written on, through onnxruntime: a table of their AP
+    against the fp32 file's, and a warning for a variant that loses more than 1% of it."""
 
 
 @dataclass
