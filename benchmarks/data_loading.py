@@ -10,7 +10,8 @@
     called in the main thread (fresh allocation, torch's 2-thread OpenMP team).
 (2) training-ready batches (augmented float images in [0, 1]; normalisation is the model's): `BatchLoader` with
     `BatchAugment` against the usual pipeline with per-sample albumentations (the same kinds of augmentation:
-    flip, scale + shift, brightness/contrast/saturation/hue jitter, boxes filtered), 2 workers.
+    flip, scale + shift, brightness/contrast/saturation/hue jitter, boxes filtered), 2 workers; and
+    `BatchLoader` with every image a mosaic (`mosaic=1.0`: up to four resampled tiles per image).
 
 The machine this runs on is shared and its load drifts, so the pipelines are measured in `--rounds` alternating
 rounds; each round starts a pipeline afresh, drops its start-up and prefetched batches, times it, and stops it
@@ -167,10 +168,17 @@ def memcpy_threaded(store: Store, batch_size: int, workers: int, prefetch: int =
 
 
 def loader_batches(
-    store: Store, batch_size: int, workers: int, augment: BatchAugment | None = None, as_float: bool = True
+    store: Store,
+    batch_size: int,
+    workers: int,
+    augment: BatchAugment | None = None,
+    as_float: bool = True,
+    mosaic: float = 0.0,
 ):
     """Endless `BatchLoader` batches (epochs advance by themselves)."""
-    loader = BatchLoader(store, batch_size, seed=0, drop_last=True, augment=augment, as_float=as_float, workers=workers)
+    loader = BatchLoader(
+        store, batch_size, seed=0, drop_last=True, augment=augment, as_float=as_float, workers=workers, mosaic=mosaic
+    )
     while True:
         yield from loader
 
@@ -259,16 +267,18 @@ def main() -> None:
             "store+aug": Meter(partial(loader_batches, raw, bs, w, BatchAugment()), loaded, skip_loader),
             "usual+aug": Meter(partial(usual_batches, images, size, bs, w, usual_augment()), usual, skip_usual),
             "store float": Meter(partial(loader_batches, raw, bs, w), loaded, skip_loader),
+            "store+mosaic": Meter(partial(loader_batches, raw, bs, w, BatchAugment(), mosaic=1.0), loaded, skip_loader),
         }
         for _ in range(rounds):
             meters["store+aug"].measure(per_round)
             meters["usual+aug"].measure(per_round)
             meters["store float"].measure(4 * per_round)
-        r_store_aug, r_usual_aug, r_store_float = (m.rate for m in meters.values())
+            meters["store+mosaic"].measure(per_round)
+        r_store_aug, r_usual_aug, r_store_float, r_mosaic = (m.rate for m in meters.values())
         rows2.append(
             [name]
-            + [f"{r:,.0f}" for r in (r_store_aug, r_usual_aug, r_store_float)]
-            + [f"{r_store_aug / r_usual_aug:.1f}x"]
+            + [f"{r:,.0f}" for r in (r_store_aug, r_usual_aug, r_store_float, r_mosaic)]
+            + [f"{r_store_aug / r_usual_aug:.1f}x", f"{r_mosaic / r_store_aug:.2f}"]
         )
         print(rows2[-1], flush=True)
 
@@ -296,7 +306,9 @@ def main() -> None:
             "store + BatchAugment",
             f"usual + albumentations ({w} workers)",
             "store, float, no augmentation",
+            "store + BatchAugment, mosaic 1",
             "store+aug / usual+aug",
+            "mosaic / store+aug",
         ],
         rows2,
     )
