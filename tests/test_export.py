@@ -391,3 +391,29 @@ def test_export_check_warns_when_a_variant_loses_accuracy() -> None:
     assert len(warnings) == 1 and warnings[0].startswith("warning: m.fp16.onnx keeps 0.950 of the fp32 file's AP")
     zero = format_check([{**rows[0], "AP": 0.0, "vs_fp32": None}, {**rows[1], "vs_fp32": None}], "v")
     assert "| m.onnx | 0.0000 | 0.7000 | - |" in zero and "warning" not in zero
+
+
+def test_info_describes_the_exported_file_and_its_run(exported: dict, capsys) -> None:
+    """`onedet info` on an .onnx file and on the run it came from: the classes with their ids, the input size and
+    precision from the file's metadata; the parameter count from the checkpoint's weights."""
+    from onedet.checkpoint import load_run
+
+    assert main(["info", str(exported["int8_static"]), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["precision"], d["image_size"]) == ("int8-static", 128)
+    assert [(c["id"], c["name"]) for c in d["classes"]] == list(zip(CATEGORY_IDS, CLASSES))
+    assert d["input"] == {"images": ["batch", "height", "width", "3"]}
+    assert main(["info", str(exported["fp32"])]) == 0
+    text = capsys.readouterr().out
+    assert "ONNX model, fp32" in text and "letterboxed to 128 px" in text
+    assert all(f"{cid}  {name}" in text for cid, name in zip(CATEGORY_IDS, CLASSES))
+
+    assert main(["info", str(exported["run"]), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    model = load_run(exported["run"]).model
+    assert d["model"]["parameters"] == sum(t.numel() for t in model.state_dict().values())
+    assert (d["model"]["depth"], d["model"]["image_size"]) == (2, 128)
+    assert [c["name"] for c in d["classes"]] == CLASSES
+    assert d["trained"] is None and d["metrics"] is None  # a checkpoint written without a training run
+    assert main(["info", str(exported["run"]), "--plots", "p"]) == 2
+    assert "--plots draws a store's boxes; this is a model" in capsys.readouterr().err

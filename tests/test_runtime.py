@@ -47,8 +47,8 @@ def detector(onnx_file: Path) -> OnnxDetector:
 
 
 def test_runtime_never_imports_torch(onnx_file: Path, tmp_path: Path) -> None:
-    """The runtime, `onedet predict` on an .onnx file (with `--dataset`) and tracking (where trackers is installed)
-    work in a process where torch is never imported."""
+    """The runtime, `onedet predict` on an .onnx file (with `--dataset`), `onedet info` on it and tracking (where
+    trackers is installed) work in a process where torch is never imported."""
     from PIL import Image
 
     Image.fromarray(np.full((40, 90, 3), 200, np.uint8)).save(tmp_path / "a.png")
@@ -71,6 +71,7 @@ def test_runtime_never_imports_torch(onnx_file: Path, tmp_path: Path) -> None:
             Tracker(0.0).update(result[0])
         assert main(["predict", "--model", {str(onnx_file)!r}, {str(tmp_path / "a.png")!r}, "--out",
                      {str(tmp_path / "out")!r}, "--dataset"]) == 0
+        assert main(["info", {str(onnx_file)!r}]) == 0
         loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
         assert not loaded, loaded
         print("torch-free")

@@ -310,6 +310,20 @@ def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.Captur
         assert (plots / name).stat().st_size > 0, name
 
 
+def test_info_on_a_run_says_how_it_was_trained(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    from onedet.cli import main
+
+    assert main(["info", str(trained), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    saved = json.loads((trained / "metrics.json").read_text())
+    info = json.loads((trained / "weights" / "best" / "model.json").read_text())
+    assert d["metrics"]["AP"] == saved["AP"] and d["trained"]["epochs"] == 2 and d["trained"]["preset"] == "tiny"
+    assert [c["threshold"] for c in d["classes"]] == info["score_thresholds"]
+    assert d["checkpoint"] == str(trained / "weights" / "best")
+    assert main(["info", str(trained)]) == 0
+    assert f"val split: AP {saved['AP']:.3f}" in capsys.readouterr().out
+
+
 def test_eval_records_thresholds_for_a_run_without_them(
     trained: Path, store: Path, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:

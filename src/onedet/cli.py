@@ -54,6 +54,19 @@ def _run_prepare(opts: PrepareOptions) -> int:
 
 
 def _run_info(opts: InfoOptions) -> int:
+    from onedet.describe import is_model_path
+
+    if is_model_path(opts.store):
+        from onedet.describe import describe, format_description
+
+        if opts.plots is not None:
+            raise OnedetError(f"{opts.store}: --plots draws a store's boxes; this is a model")
+        description = describe(opts.store)
+        if opts.json:
+            _print_json(description)
+        else:
+            print(format_description(description))
+        return 0
     from onedet.data.store import format_summary, summarize
 
     summary = summarize(opts.store)
@@ -173,7 +186,7 @@ class Command(NamedTuple):
 
 COMMANDS: list[Command] = [
     Command("prepare", "read a COCO / YOLO / VOC dataset into a memory-mapped store", PrepareOptions, _run_prepare),
-    Command("info", "summarise a prepared store", InfoOptions, _run_info),
+    Command("info", "summarise a prepared store, an exported model or a run", InfoOptions, _run_info),
     Command("presets", "list the model presets with their parameter counts", PresetsOptions, _run_presets),
     Command("train", "fine-tune a detector on a prepared store", TrainConfig, _run_train),
     # The student spec (PRESET:FIELD=VALUE,...), not a preset and --model.FIELD, says what a distillation builds.

@@ -201,11 +201,12 @@ class PrepareOptions:
 @dataclass
 class InfoOptions:
     store: Path = field(metadata=_positional())
-    """A prepared store folder."""
+    """A prepared store folder; or a model: an exported .onnx file, a run or a checkpoint folder (its classes, own
+    score thresholds, input size and precision, and for a run how it was trained and its val AP)."""
     json: bool = False
-    """Print a JSON object keyed by split."""
+    """Print JSON (for a store, an object keyed by split)."""
     plots: Path | None = None
-    """A folder to draw each split's boxes into (boxes_<split>.png: per class, sizes, positions)."""
+    """A folder to draw each split's boxes into (boxes_<split>.png: per class, sizes, positions); stores only."""
 
 
 @dataclass
