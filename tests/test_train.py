@@ -310,6 +310,23 @@ def test_eval_cli_uses_the_run(trained: Path, store: Path, capsys: pytest.Captur
         assert (plots / name).stat().st_size > 0, name
 
 
+def test_eval_shows_a_progress_bar_on_a_terminal(
+    trained: Path, store: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from onedet.cli import main
+
+    args = ["eval", "--weights", str(trained), "--data", str(store / "val"), "--batch-size", "2", "--json"]
+    assert main(args) == 0
+    assert "eval val" not in capsys.readouterr().err, "no bar in a log"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(args) == 0
+    assert "eval val" in capsys.readouterr().err
+    assert main([*args, "--no-progress"]) == 0
+    assert "eval val" not in capsys.readouterr().err
+
+
 def test_info_on_a_run_says_how_it_was_trained(trained: Path, capsys: pytest.CaptureFixture) -> None:
     from onedet.cli import main
 

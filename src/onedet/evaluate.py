@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from onedet.options import EvalOptions
+from onedet.progress import progress_bar
 from onedet.runtime import DEFAULT_THRESHOLD, SCORE_THRESHOLDS_KEY
 
 # COCO's summary order (maxDets 100; area all/small/medium/large).
@@ -320,13 +321,13 @@ class SplitDetections(NamedTuple):
 
 
 def detect_split(
-    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None
+    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, progress: bool = False
 ) -> SplitDetections:
     """Run `model` (a `Detector`, switched to eval mode) over every image of a `Store` split.
 
     Images are read in batches with `store.read_batch` (uint8), passed as `[0, 1]` floats, decoded with
     `decode_topk` (k: the model config's `topk`, else 100) and mapped back to original pixels with the store's
-    letterbox scale; the ground truth is mapped back the same way.
+    letterbox scale; the ground truth is mapped back the same way. `progress`: a bar on a terminal.
     """
     import torch
 
@@ -337,6 +338,7 @@ def detect_split(
     model.eval()
     device = next(model.parameters()).device
     split = SplitDetections([], [], [], [])
+    bar = progress_bar(len(store), f"eval {Path(store.path).name}", "img") if progress else None
     with torch.inference_mode():
         for start in range(0, len(store), batch_size):
             batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))), device=device)
@@ -349,16 +351,23 @@ def detect_split(
                 split.detections.append({"boxes_xyxy": boxes_np[i], "scores": scores_np[i], "labels": labels_np[i]})
                 split.image_ids.append(int(batch["image_id"][i]))
                 split.orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
+            if bar is not None:
+                bar.update(len(batch["index"]))
+    if bar is not None:
+        bar.close()
     return split
 
 
-def detect_split_onnx(detector: Any, store: Any, batch_size: int = EvalOptions.batch_size) -> SplitDetections:
+def detect_split_onnx(
+    detector: Any, store: Any, batch_size: int = EvalOptions.batch_size, progress: bool = False
+) -> SplitDetections:
     """`detect_split` for an exported file (`OnnxDetector`): the store's images, uint8 as the graph takes them, in
     batches; the graph's boxes (in the letterboxed image's pixels: its own letterbox is the identity at the store's
     size) mapped back to original pixels with the store's scale, and its labels (the category ids the file was
     exported with) to the store's, class by class (the caller checks that the classes are the same)."""
     label_of = {c: i for i, c in enumerate(detector.category_ids)}
     split = SplitDetections([], [], [], [])
+    bar = progress_bar(len(store), f"eval {Path(store.path).name}", "img") if progress else None
     for start in range(0, len(store), batch_size):
         batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))))
         images = np.ascontiguousarray(np.asarray(batch["images"]).transpose(0, 2, 3, 1))  # [B, 3, S, S] -> NHWC
@@ -373,14 +382,23 @@ def detect_split_onnx(detector: Any, store: Any, batch_size: int = EvalOptions.b
             split.detections.append({"boxes_xyxy": original, "scores": scores[i], "labels": mapped})
             split.image_ids.append(int(batch["image_id"][i]))
             split.orig_sizes.append((h, w))
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
     return split
 
 
 def evaluate_model(
-    model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, with_pr: bool = False
+    model: Any,
+    store: Any,
+    batch_size: int = EvalOptions.batch_size,
+    k: int | None = None,
+    with_pr: bool = False,
+    progress: bool = False,
 ) -> dict:
     """COCO metrics of `model` (a `Detector`) over a `Store` split (`detect_split`, then `coco_metrics`)."""
-    split = detect_split(model, store, batch_size, k)
+    split = detect_split(model, store, batch_size, k, progress=progress)
     return coco_metrics(
         split.gt,
         split.detections,
@@ -398,6 +416,7 @@ def evaluate_run(
     batch_size: int = EvalOptions.batch_size,
     plots: str | Path | None = None,
     record: bool = EvalOptions.record,
+    progress: bool = False,
 ) -> dict:
     """`load_run(weights)` + `Store(data)` + `evaluate_model(..., with_pr=True)`, with the run's classes checked
     against the store's: the metrics with `pr` and `confusion` (see `coco_metrics`).
@@ -405,7 +424,8 @@ def evaluate_run(
     `weights`: a run or checkpoint folder, a `LoadedRun`, or an exported `.onnx` file (evaluated through onnxruntime
     on the same images: the file you ship, int8 or fp16 included); `data`: a store split path or a `Store`; `plots`:
     a folder to draw `pr.png`, `f1.png` and `confusion_matrix.png` into; `record`: write `own_thresholds` into the
-    checkpoint's model.json (as training does at its end) and return them as `recorded: {file, score_thresholds}`.
+    checkpoint's model.json (as training does at its end) and return them as `recorded: {file, score_thresholds}`;
+    `progress`: a progress bar on a terminal (`onedet eval` shows one).
     """
     from onedet.data.store import Store
     from onedet.errors import OnedetError
@@ -420,9 +440,9 @@ def evaluate_run(
         )
     store = data if isinstance(data, Store) else Store(data)
     if onnx:
-        metrics = _evaluate_onnx_file(Path(weights), store, batch_size)
+        metrics = _evaluate_onnx_file(Path(weights), store, batch_size, progress)
     else:
-        metrics = _evaluate_checkpoint(weights, store, batch_size, record)
+        metrics = _evaluate_checkpoint(weights, store, batch_size, record, progress)
     if plots is not None:
         from onedet.train.report import write_metric_plots
 
@@ -431,20 +451,20 @@ def evaluate_run(
     return metrics
 
 
-def _evaluate_onnx_file(path: Path, store: Any, batch_size: int) -> dict:
+def _evaluate_onnx_file(path: Path, store: Any, batch_size: int, progress: bool) -> dict:
     from onedet.errors import OnedetError
     from onedet.runtime import OnnxDetector
 
     detector = OnnxDetector(path)
     if list(detector.classes) != list(store.classes):
         raise OnedetError(f"{store.path}: the store's classes {store.classes} differ from {path}'s {detector.classes}")
-    split = detect_split_onnx(detector, store, batch_size)
+    split = detect_split_onnx(detector, store, batch_size, progress)
     return coco_metrics(
         split.gt, split.detections, store.classes, store.category_ids, split.image_ids, split.orig_sizes, with_pr=True
     )
 
 
-def _evaluate_checkpoint(weights: Any, store: Any, batch_size: int, record: bool) -> dict:
+def _evaluate_checkpoint(weights: Any, store: Any, batch_size: int, record: bool, progress: bool) -> dict:
     from onedet.checkpoint import load_run
     from onedet.errors import OnedetError
 
@@ -458,7 +478,7 @@ def _evaluate_checkpoint(weights: Any, store: Any, batch_size: int, record: bool
         raise OnedetError(
             f"{store.path}: the store's classes {store.classes} differ from the model's {list(run.classes)}"
         )
-    metrics = evaluate_model(run.model, store, batch_size=batch_size, with_pr=True)
+    metrics = evaluate_model(run.model, store, batch_size=batch_size, with_pr=True, progress=progress)
     if record:
         folder = getattr(run, "folder", None)
         if folder is None:

@@ -232,6 +232,8 @@ class EvalOptions:
     runs recorded them, for `last`, or to choose them on another split."""
     json: bool = False
     """Print the metrics as JSON (less the precision-recall curves, as the run's metrics.json)."""
+    progress: bool = True
+    """Show a progress bar (on a terminal)."""
 
 
 @dataclass

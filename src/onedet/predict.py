@@ -28,6 +28,7 @@ import numpy as np
 from onedet.data.images import IMAGE_SUFFIXES, load_image
 from onedet.errors import OnedetError
 from onedet.options import PredictOptions
+from onedet.progress import progress_bar
 from onedet.runtime import BatchDetector, Detections, OnnxDetector, check_threshold
 from onedet.video import VIDEO_SUFFIXES, VideoReader, VideoWriter, is_stream, is_video
 
@@ -186,18 +187,6 @@ def _output_name(path: Path | str, used: set[str], suffix: str = ".png") -> str:
     return name
 
 
-def _progress(total: int | None, desc: str, unit: str) -> Any:
-    """A tqdm bar on stderr when it is a terminal (and tqdm is installed: the serving image has no tqdm), else
-    None."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total or None, desc=desc, unit=unit, leave=False)
-
-
 def predict_video(
     model: str | Path | Any,
     video: str | Path,
@@ -244,7 +233,7 @@ def predict_video(
                 limits = detector.class_thresholds() if threshold is None else threshold
                 tracker = Tracker(limits, fps=float(reader.fps))
             total = min(reader.frames, max_frames) if reader.frames and max_frames else reader.frames or max_frames
-            bar = _progress(total, str(video) if reader.stream else Path(video).name, "frame")
+            bar = progress_bar(total, str(video) if reader.stream else Path(video).name, "frame")
             frames = islice(reader, max_frames)
             try:
                 while batch := list(islice(frames, batch_size)):  # the next batch_size frames
@@ -394,7 +383,7 @@ def predict_files(
     if dataset:
         names = [detector.names_by_id[c] for c in detector.category_ids]
         labels = YoloDatasetWriter(out / "dataset", detector.category_ids, names)
-    bar = _progress(len(images), "images", "image") if len(images) > 1 else None
+    bar = progress_bar(len(images), "images", "image") if len(images) > 1 else None
     # the dataset's `with` moves it into place when the loop ends, or removes it when anything in it fails
     with labels if labels is not None else nullcontext():
         for path in files:
