@@ -148,7 +148,7 @@ def _run_export(opts: ExportOptions) -> int:
     for path in paths:
         print(f"wrote {path}")
     if opts.check is not None:
-        print(format_check(check_exports(paths, opts.check), opts.check))
+        print(format_check(check_exports(paths, opts.check, progress=True), opts.check))
     return 0
 
 

@@ -192,7 +192,9 @@ CHECK_TOLERANCE = 0.01
 """`check_exports` flags a variant whose AP is more than this share below the fp32 file's."""
 
 
-def check_exports(paths: Sequence[Path], data: str | Path, batch_size: int = 8) -> list[dict[str, Any]]:
+def check_exports(
+    paths: Sequence[Path], data: str | Path, batch_size: int = 8, progress: bool = False
+) -> list[dict[str, Any]]:
     """Evaluate every exported file on a store split (`onedet eval --weights FILE`, through onnxruntime): one row
     per file, `{"file", "AP", "AP50", "vs_fp32"}`, `vs_fp32` the file's AP over the first (fp32) file's (None when
     that is 0). The split's classes must be the model's."""
@@ -200,7 +202,7 @@ def check_exports(paths: Sequence[Path], data: str | Path, batch_size: int = 8) 
     from onedet.evaluate import evaluate_run
 
     store = Store(data)
-    metrics = [evaluate_run(path, store, batch_size=batch_size) for path in paths]
+    metrics = [evaluate_run(path, store, batch_size=batch_size, progress=progress) for path in paths]
     reference = float(metrics[0]["AP"]) if metrics else 0.0
     return [
         {
