@@ -182,7 +182,13 @@ def test_a_model_without_thresholds_of_its_own_uses_0_3(setup: dict, capsys: pyt
         np.testing.assert_array_equal(predict(model, image).scores, predict(model, image, threshold=0.3).scores)
     assert main(["predict", "--model", str(setup["onnx"]), str(setup["root"] / "images" / "a.png"), "--out",
                  str(setup["root"] / "out_default")]) == 0  # fmt: skip
-    assert "score threshold 0.3 for every class (the model records none of its own)" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "score threshold 0.3 for every class (the model records none of its own)" in captured.err
+    # the summary counts each class's detections, most first
+    rows = json.loads((setup["root"] / "out_default" / "detections.json").read_text())
+    counts = sorted(((sum(r["category"] == c for r in rows), c) for c in {r["category"] for r in rows}), reverse=True)
+    assert rows and f"{len(rows)} detections written to" in captured.out
+    assert all(f"{n} {name}" in captured.out for n, name in counts)
 
 
 @pytest.mark.parametrize("bad", [[0.5, 1.5, None], [0.5, 0.5], "0.5", [0.5, True, None]])

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
 
@@ -159,7 +160,9 @@ def _run_predict(opts: PredictOptions) -> int:
     if opts.json:
         _print_json(detections)
     else:
-        print(f"{len(detections)} detections written to {opts.out}")
+        counts = Counter(row["category"] for row in detections)
+        per_class = ", ".join(f"{n} {name}" for name, n in counts.most_common())
+        print(f"{len(detections)} detections written to {opts.out}" + (f" ({per_class})" if per_class else ""))
     return 0
 
 
