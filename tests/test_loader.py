@@ -44,6 +44,13 @@ def _indices(loader: BatchLoader) -> list[list[int]]:
     return [b.index.tolist() for b in loader]
 
 
+def _targets(boxes: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> list[list[tuple]]:
+    """Each image's valid (box, label) pairs, in slot order."""
+    return [
+        [(tuple(b.tolist()), int(c)) for b, c, v in zip(bs, cs, vs) if v] for bs, cs, vs in zip(boxes, labels, valid)
+    ]
+
+
 def _flat(lists: list[list[int]]) -> list[int]:
     return list(chain.from_iterable(lists))
 
@@ -59,8 +66,9 @@ def test_batches_hold_the_store_rows(store):
         assert batch.images.dtype == torch.float32 and batch.images.shape[1:] == (3, 32, 32)
         rows = store.rows(batch.index)
         torch.testing.assert_close(batch.images, rows["images"].float() / 255)
-        torch.testing.assert_close(batch.boxes_xyxy, rows["boxes_xyxy"])
-        assert torch.equal(batch.labels, rows["labels"]) and torch.equal(batch.valid, rows["valid"])
+        # the store's boxes, labels and validity, the empty slots left out (`compact_slots`)
+        assert _targets(*batch[1:4]) == _targets(rows["boxes_xyxy"], rows["labels"], rows["valid"])
+        assert batch.valid.shape[1] == max(1, int(rows["valid"].sum(1).max()))
         seen += batch.index.tolist()
     assert sorted(seen) == list(range(n))  # one epoch sees every image once
     assert len(loader) == n // 5 + 1
@@ -105,7 +113,7 @@ def test_no_augmentation_in_eval_mode(store):
     batch = next(iter(BatchLoader(store, 4, augment=augment)))
     rows = store.rows(batch.index)
     torch.testing.assert_close(batch.images, rows["images"].float() / 255)
-    torch.testing.assert_close(batch.boxes_xyxy, rows["boxes_xyxy"])
+    assert _targets(*batch[1:4]) == _targets(rows["boxes_xyxy"], rows["labels"], rows["valid"])
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
@@ -247,20 +255,20 @@ def test_mixup_batches_carry_both_images_boxes_and_are_deterministic(store):
         for tx, ty in zip(x, y):
             assert torch.equal(tx, ty)
     for p, q in zip(plain, mixed):
-        m = p.boxes_xyxy.shape[1]
-        assert q.boxes_xyxy.shape[1] == q.labels.shape[1] == q.valid.shape[1] == 2 * m
-        # the augmentation draws come first, so the image's own boxes are the unmixed batch's
-        assert torch.equal(q.boxes_xyxy[:, :m], p.boxes_xyxy) and torch.equal(q.valid[:, :m], p.valid)
+        # the augmentation draws come first, so an image's own boxes are the unmixed batch's, then its partner's
+        own = _targets(*p[1:4])
         if len(p.index) > 1:  # with p = 1 every image is half its own, half its neighbour's
             torch.testing.assert_close(q.images, (p.images + p.images.roll(-1, 0)) / 2)
-            assert torch.equal(q.valid[:, m:], p.valid.roll(-1, 0))
+            assert _targets(*q[1:4]) == [own[i] + own[(i + 1) % len(own)] for i in range(len(own))]
+        else:
+            assert _targets(*q[1:4]) == own
     with pytest.raises(ValueError, match="mixup"):
         BatchLoader(store, 4, mixup=0.5)
 
 
 def test_mosaic_batches_carry_four_images_boxes_until_mosaic_epochs(store):
-    """With mosaic: four times the box slots, each slot's label the label of the image its box came from
-    (`mosaic_slots`), the same batches twice (exact resume), and plain batches from `mosaic_epochs` on."""
+    """With mosaic: each image's boxes come from its own tile and the next three images' (their labels follow
+    them), the same batches twice (exact resume), and plain batches from `mosaic_epochs` on."""
 
     def run(**kwargs):
         loader = BatchLoader(store, 6, seed=0, augment=BatchAugment(), prefetch=0, **kwargs)
@@ -271,16 +279,39 @@ def test_mosaic_batches_carry_four_images_boxes_until_mosaic_epochs(store):
     for x, y in zip(tiled[0] + tiled[1], again[0] + again[1]):
         for tx, ty in zip(x, y):
             assert torch.equal(tx, ty)
+    others = 0
     for p, q in zip(plain[0], tiled[0]):
-        m = p.boxes_xyxy.shape[1]
-        if len(p.index) < 2:  # a batch of one is never tiled
-            assert q.boxes_xyxy.shape[1] == m
+        raw = store.rows(p.index)
+        if len(p.index) < 2:  # a batch of one is never tiled: the plain augmentation
+            assert all(torch.equal(tp, tq) for tp, tq in zip(p, q))
             continue
-        assert q.boxes_xyxy.shape[1] == q.labels.shape[1] == q.valid.shape[1] == 4 * m
-        assert torch.equal(q.labels, augment_module.mosaic_slots(p.labels))
-        assert q.valid[:, m:].any(), "boxes of the other tiles are in view"
+        tiles = augment_module.mosaic_slots(raw["labels"]), augment_module.mosaic_slots(raw["valid"])
+        m = raw["valid"].shape[1]
+        for i in range(len(p.index)):
+            mine = [int(c) for c, v in zip(*(t[i] for t in tiles)) if v]  # own tile first, then the next three
+            got = q.labels[i][q.valid[i]].tolist()
+            assert all(got.count(c) <= mine.count(c) for c in set(got)), "labels of the four tiles' boxes only"
+            others += int(q.valid[i].sum()) > int(raw["valid"][i, :m].sum())
+        assert q.valid.shape[1] == max(1, int(q.valid.sum(1).max())), "no slot that no image uses"
+    assert others > 0, "boxes of the other tiles are in view"
     for p, q in zip(plain[1], tiled[1]):  # epoch 1 is past mosaic_epochs: the plain augmentation, draw for draw
         for tp, tq in zip(p, q):
             assert torch.equal(tp, tq)
     with pytest.raises(ValueError, match="mosaic"):
         BatchLoader(store, 4, mosaic=0.5)
+
+
+def test_compact_slots_moves_valid_boxes_first_and_cuts_the_empty_slots():
+    from onedet.data.loader import compact_slots
+
+    boxes = torch.arange(2 * 5 * 4, dtype=torch.float32).view(2, 5, 4)
+    labels = torch.arange(10).view(2, 5)
+    valid = torch.tensor([[False, True, False, True, False], [True, False, False, False, False]])
+    b, c, v = compact_slots(boxes, labels, valid)
+    assert v.tolist() == [[True, True], [True, False]]
+    assert c[:, 0].tolist() == [1, 5] and c[0, 1] == 3  # each image's valid boxes, in their order
+    assert torch.equal(b[0], boxes[0, [1, 3]]) and torch.equal(b[1, 0], boxes[1, 0])
+    none = compact_slots(boxes, labels, torch.zeros_like(valid))
+    assert none[2].shape == (2, 1) and not none[2].any(), "one slot is kept when no image has a box"
+    full = torch.ones_like(valid)
+    assert all(x is y for x, y in zip(compact_slots(boxes, labels, full), (boxes, labels, full)))

@@ -75,6 +75,23 @@ def _as_tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
+def compact_slots(boxes_xyxy: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's valid boxes moved to the front of each image's slots (in their order), and the slots cut to the
+    most any image of the batch has (at least one). Stores pad every image to the split's largest box count, and a
+    mosaic (four images' slots) or mixup (two) leaves most of them empty: the matchers' cost grows with the slots
+    (`[B, N, M]`), not with the boxes (bccd, tiny at 320 px, batch 8: 90 ms per batch at 28 slots, 420 ms at a
+    mosaic's 112: BENCHMARKS.md, "Mosaic"), so the loss never sees a slot no image uses."""
+    m = max(1, int(valid.sum(1).max())) if valid.numel() else valid.shape[1]
+    if m >= valid.shape[1]:
+        return boxes_xyxy, labels, valid
+    order = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)[:, :m]  # valid slots first, in order
+    return (
+        boxes_xyxy.gather(1, order[..., None].expand(-1, -1, boxes_xyxy.shape[-1])),
+        labels.gather(1, order),
+        valid.gather(1, order),
+    )
+
+
 class BatchLoader:
     """Iterate over a store in batches; one pass of `for batch in loader` is one epoch.
 
@@ -209,7 +226,7 @@ class BatchLoader:
             images, boxes, labels, valid = mix_up(images, boxes, labels, valid, self.mixup, generator)
         elif self.as_float:
             images = to_float(images)
-        return Batch(images, boxes, labels, valid, t["index"])
+        return Batch(images, *compact_slots(boxes, labels, valid), t["index"])
 
     def _produce(self, epoch: int, steps: range) -> Iterator[Batch | dict[str, Tensor]]:
         """What a background thread makes: finished batches on the CPU, raw pinned ones for a GPU."""
