@@ -78,9 +78,8 @@ def _as_tensor(x: Any) -> Tensor:
 def compact_slots(boxes_xyxy: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The batch's valid boxes moved to the front of each image's slots (in their order), and the slots cut to the
     most any image of the batch has (at least one). Stores pad every image to the split's largest box count, and a
-    mosaic (four images' slots) or mixup (two) leaves most of them empty: the matchers' cost grows with the slots
-    (`[B, N, M]`), not with the boxes (bccd, tiny at 320 px, batch 8: 90 ms per batch at 28 slots, 420 ms at a
-    mosaic's 112: BENCHMARKS.md, "Mosaic"), so the loss never sees a slot no image uses."""
+    mosaic (four images' slots) or mixup (two) leaves most of them empty, while the matchers' cost grows with the
+    slots (`[B, N, M]`), not with the boxes (BENCHMARKS.md, "Mosaic"): the loss never sees a slot no image uses."""
     m = max(1, int(valid.sum(1).max())) if valid.numel() else valid.shape[1]
     if m >= valid.shape[1]:
         return boxes_xyxy, labels, valid
