@@ -61,8 +61,8 @@ class TrainConfig:
     of it and three other images of its batch, objects at their usual scale (YOLOv4's and Ultralytics' mosaic;
     needs `augment`, not with `cache_features`)."""
     close_mosaic: int = 10
-    """With `mosaic`, train the last this many epochs of `epochs` without it, on images like the ones predicted on
-    (Ultralytics' `close_mosaic`)."""
+    """With `mosaic`, train the last this many epochs of the schedule (`epochs`, or fewer where `max_minutes` fits
+    fewer) without it, on images like the ones predicted on (Ultralytics' `close_mosaic`)."""
     resume: bool = False
     """Continue the run in `out` where it stopped."""
     seed: int = 0
