@@ -320,6 +320,32 @@ class SplitDetections(NamedTuple):
     orig_sizes: list[tuple[int, int]]
 
 
+def _collect(store: Any, batch_size: int, progress: bool, detect: Any, device: Any = None) -> SplitDetections:
+    """The loop both `detect_split`s share: the split read in batches (`store.read_batch`, uint8, on `device`),
+    `detect(batch) -> (boxes [B, K, 4] in the letterboxed image's pixels, scores [B, K], labels [B, K] as the
+    store's class indices)` as tensors, the boxes mapped back to original pixels (`to_original`: the store's
+    letterbox scale, clipped) and gathered with the ground truth, mapped back the same way."""
+    from onedet.model.postprocess import to_original
+
+    split = SplitDetections([], [], [], [])
+    bar = progress_bar(len(store), f"eval {Path(store.path).name}", "img") if progress else None
+    for start in range(0, len(store), batch_size):
+        batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))), device=device)
+        boxes, scores, labels = detect(batch)
+        boxes = to_original(boxes.float(), batch["scale"].to(boxes.device), batch["orig_size"].to(boxes.device))
+        boxes_np, scores_np, labels_np = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
+        for i in range(len(batch["index"])):
+            split.gt.append(ground_truth(batch, i))
+            split.detections.append({"boxes_xyxy": boxes_np[i], "scores": scores_np[i], "labels": labels_np[i]})
+            split.image_ids.append(int(batch["image_id"][i]))
+            split.orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
+        if bar is not None:
+            bar.update(len(batch["index"]))
+    if bar is not None:
+        bar.close()
+    return split
+
+
 def detect_split(
     model: Any, store: Any, batch_size: int = EvalOptions.batch_size, k: int | None = None, progress: bool = False
 ) -> SplitDetections:
@@ -331,62 +357,39 @@ def detect_split(
     """
     import torch
 
-    from onedet.model.postprocess import decode_topk, to_original
+    from onedet.model.postprocess import decode_topk
 
     if k is None:
         k = int(getattr(getattr(model, "config", None), "topk", None) or 100)
     model.eval()
     device = next(model.parameters()).device
-    split = SplitDetections([], [], [], [])
-    bar = progress_bar(len(store), f"eval {Path(store.path).name}", "img") if progress else None
+
+    def detect(batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+        out = model(batch["images"].to(device).float() / 255)
+        return decode_topk(out.logits, out.boxes_xyxy, k)
+
     with torch.inference_mode():
-        for start in range(0, len(store), batch_size):
-            batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))), device=device)
-            out = model(batch["images"].to(device).float() / 255)
-            boxes, scores, labels = decode_topk(out.logits, out.boxes_xyxy, k)
-            boxes = to_original(boxes.float(), batch["scale"].to(device), batch["orig_size"].to(device))
-            boxes_np, scores_np, labels_np = boxes.cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
-            for i in range(len(batch["index"])):
-                split.gt.append(ground_truth(batch, i))
-                split.detections.append({"boxes_xyxy": boxes_np[i], "scores": scores_np[i], "labels": labels_np[i]})
-                split.image_ids.append(int(batch["image_id"][i]))
-                split.orig_sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
-            if bar is not None:
-                bar.update(len(batch["index"]))
-    if bar is not None:
-        bar.close()
-    return split
+        return _collect(store, batch_size, progress, detect, device)
 
 
 def detect_split_onnx(
     detector: Any, store: Any, batch_size: int = EvalOptions.batch_size, progress: bool = False
 ) -> SplitDetections:
-    """`detect_split` for an exported file (`OnnxDetector`): the store's images, uint8 as the graph takes them, in
-    batches; the graph's boxes (in the letterboxed image's pixels: its own letterbox is the identity at the store's
-    size) mapped back to original pixels with the store's scale, and its labels (the category ids the file was
-    exported with) to the store's, class by class (the caller checks that the classes are the same)."""
+    """`detect_split` for an exported file (`OnnxDetector`): the store's images, uint8 as the graph takes them; the
+    graph's boxes are in the letterboxed image's pixels (its own letterbox is the identity at the store's size), so
+    they map back as the model's do, and its labels (the category ids the file was exported with) become the
+    store's class indices, class by class (the caller checks that the classes are the same)."""
+    import torch
+
     label_of = {c: i for i, c in enumerate(detector.category_ids)}
-    split = SplitDetections([], [], [], [])
-    bar = progress_bar(len(store), f"eval {Path(store.path).name}", "img") if progress else None
-    for start in range(0, len(store), batch_size):
-        batch = store.read_batch(np.arange(start, min(start + batch_size, len(store))))
+
+    def detect(batch: dict[str, Any]) -> tuple[Any, Any, Any]:
         images = np.ascontiguousarray(np.asarray(batch["images"]).transpose(0, 2, 3, 1))  # [B, 3, S, S] -> NHWC
         boxes, scores, labels = detector.run_batch(images)
-        for i in range(len(images)):
-            scale, (h, w) = float(batch["scale"][i]), (int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1]))
-            original = boxes[i] / scale
-            original[:, [0, 2]] = original[:, [0, 2]].clip(0, w)
-            original[:, [1, 3]] = original[:, [1, 3]].clip(0, h)
-            split.gt.append(ground_truth(batch, i))
-            mapped = np.array([label_of[int(c)] for c in labels[i]], dtype=np.int64)
-            split.detections.append({"boxes_xyxy": original, "scores": scores[i], "labels": mapped})
-            split.image_ids.append(int(batch["image_id"][i]))
-            split.orig_sizes.append((h, w))
-        if bar is not None:
-            bar.update(len(images))
-    if bar is not None:
-        bar.close()
-    return split
+        indices = np.vectorize(label_of.__getitem__, otypes=[np.int64])(labels)
+        return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(indices)
+
+    return _collect(store, batch_size, progress, detect)
 
 
 def evaluate_model(
