@@ -276,17 +276,15 @@ class BatchAugment(nn.Module):
                 canvas[i, :, oy0:oy1, ox1:].fill_(fill)
             else:
                 canvas[i].fill_(fill)
+                ww, wh = float(win_w[i]), float(win_h[i])
                 for tile in range(n_tiles):
-                    # the window in tile `tile`'s own pixels
+                    # the window in tile `tile`'s own pixels; a tile that does not show keeps the window's exact map
+                    # (its boxes land outside the output and are masked)
                     tx0, ty0 = float(x0[i]) - (tile % 2) * w, float(y0[i]) - (tile // 2) * h
-                    sx, sy = out_w / float(win_w[i]), out_h / float(win_h[i])
-                    affine[i, tile] = torch.tensor([sx, -tx0 * sx, sy, -ty0 * sy])  # where nothing of it shows
-                    shown_w = min(tx0 + float(win_w[i]), w) - max(tx0, 0)
-                    shown_h = min(ty0 + float(win_h[i]), h) - max(ty0, 0)
-                    if shown_w >= 1 and shown_h >= 1:
-                        image = work[(i + tile) % b]
-                        window = tx0, ty0, float(win_w[i]), float(win_h[i])
-                        affine[i, tile] = self._paste(canvas[i], image, *window, bool(flip[i]))[0]
+                    affine[i, tile] = torch.tensor([out_w / ww, -tx0 * out_w / ww, out_h / wh, -ty0 * out_h / wh])
+                    if min(tx0 + ww, w) - max(tx0, 0) >= 1 and min(ty0 + wh, h) - max(ty0, 0) >= 1:  # it shows
+                        rect = self._paste(canvas[i], work[(i + tile) % b], tx0, ty0, ww, wh, bool(flip[i]))
+                        affine[i, tile] = rect[0]
 
         if n_tiles > 1:
             boxes_xyxy = mosaic_slots(boxes_xyxy)

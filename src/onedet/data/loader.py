@@ -102,8 +102,8 @@ class BatchLoader:
     yields the store's uint8 images as they are (no augmentation). `mixup` (with `augment`): the probability that an
     augmented image is blended with another of its batch and takes its boxes too (`augment.mix_up`). `mosaic` (with
     `augment`): the probability that an image's augmentation window is taken out of a 2 x 2 tiling of it and the
-    next three images of its batch (`BatchAugment`), in the epochs before `mosaic_epochs` (default: every epoch);
-    its batches carry four times the box slots (`augment.mosaic_slots`). `workers`
+    next three images of its batch (`BatchAugment`), in the epochs before `mosaic_epochs` (default: every epoch).
+    Every batch's box slots are cut to the most boxes any of its images has (`compact_slots`). `workers`
     background threads each prepare whole batches, `prefetch` batches ahead (`prefetch=0`: everything in the
     calling thread).
     After a full pass the epoch advances by itself; `set_epoch(e)` chooses it explicitly.

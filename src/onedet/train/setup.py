@@ -116,8 +116,7 @@ def build_loaders(
             seed=cfg.seed,
             augment=augment,
             mixup=cfg.mixup,
-            mosaic=cfg.mosaic,
-            mosaic_epochs=cfg.epochs - cfg.close_mosaic,
+            mosaic=cfg.mosaic,  # the trainer sets mosaic_epochs every epoch, from the schedule as it stands
             **shard,
         )
         return loader, None
