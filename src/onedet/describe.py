@@ -63,7 +63,8 @@ def _parameters(weights: Path) -> int:
 def describe_run(path: Path | str) -> dict[str, Any]:
     """A run or checkpoint folder: the checkpoint described (best, else last), its model, parameter count, classes
     and thresholds, and for a run folder how it was trained and its val metrics (None where a file is missing)."""
-    from onedet.checkpoint import WEIGHTS, checkpoint_dir, parse_model_config, read_info
+    from onedet.checkpoint import MODEL_JSON, WEIGHTS, checkpoint_dir, parse_model_config, read_info
+    from onedet.runtime import SCORE_THRESHOLDS_KEY, parse_score_thresholds
 
     path = Path(path)
     folder = checkpoint_dir(path)
@@ -81,6 +82,9 @@ def describe_run(path: Path | str) -> dict[str, Any]:
             raise OnedetError(f"{file}: not valid JSON ({err})") from err
 
     train_config, metrics = read("train_config.json"), read("metrics.json")
+    # checked as load_run checks them: a bad entry is a clear error here too, not a table of whatever it holds
+    own = info.get(SCORE_THRESHOLDS_KEY)
+    own = None if own is None else parse_score_thresholds(own, len(info["classes"]), folder / MODEL_JSON)
     trained = ("preset", "data", "epochs", "finetune", "mosaic", "mixup", "seed")
     summary = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     return {
@@ -96,7 +100,7 @@ def describe_run(path: Path | str) -> dict[str, Any]:
             "strides": list(config.strides),
             "parameters": _parameters(folder / WEIGHTS),
         },
-        "classes": _classes(info["classes"], info["category_ids"], info.get("score_thresholds")),
+        "classes": _classes(info["classes"], info["category_ids"], own),
         "epochs_done": info.get("epochs_done"),
         "onedet_version": info.get("onedet_version"),
         "distill": info.get("distill"),
