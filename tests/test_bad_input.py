@@ -488,3 +488,14 @@ def test_prepare_killed_while_replacing_a_store_keeps_the_old_one(tmp_path: Path
     prepared_report(capsys, source, out)
     assert sorted(p.name for p in out.iterdir()) == ["train", "val"]  # the dead run's leftovers removed
     assert len(Store(out / "train")) == 3 and Store(out / "train").layout == "raw"
+
+
+def test_a_closed_stdout_stops_the_command_quietly() -> None:
+    # `onedet presets | head -0`: the reader goes away before the table is written. A Unix tool stops without a
+    # message (status 128 + SIGPIPE); onedet used to print "error: [Errno 32] Broken pipe".
+    proc = subprocess.Popen([sys.executable, "-m", "onedet", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""

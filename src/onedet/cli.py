@@ -253,7 +253,40 @@ def build_parser() -> _Parser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end has closed (`onedet info RUN | head`): poll reports POLLERR on
+    the writing end of such a pipe, so a broken pipe elsewhere (a socket) is not mistaken for it."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout replaced or closed
+        return False
+
+
+def _quiet_after_broken_pipe() -> int:
+    """What a Unix tool does when its reader goes away: stop without a message. stdout is pointed at /dev/null
+    first so the interpreter's final flush does not raise again (the Python documentation's recipe, "Note on
+    SIGPIPE"); the exit status is 128 + SIGPIPE, as a shell reports for a process killed by it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe would print a traceback
+        return status
+    except BrokenPipeError:
+        if os.environ.get("ONEDET_DEBUG") or not _stdout_reader_gone():
+            raise
+        return _quiet_after_broken_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -265,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OnedetError, OSError) as err:
         # Library code raises OnedetError with a message naming the file and what is wrong; an OSError that no
         # check turned into one (a folder made read-only, a full disk) names its file too: "[Errno 13] ...: PATH".
-        if os.environ.get("ONEDET_DEBUG"):
+        # A closed stdout (`onedet info RUN | head`) is not an error: main() stops quietly.
+        if os.environ.get("ONEDET_DEBUG") or (isinstance(err, BrokenPipeError) and _stdout_reader_gone()):
             raise
         print(f"onedet {command.name}: error: {err}", file=sys.stderr)
         return 2
