@@ -365,6 +365,9 @@ def test_eval_of_the_onnx_file_matches_eval_of_its_run(exported: dict, tmp_path:
     for path in (second, second.with_suffix(".int8-dynamic.onnx")):
         m = evaluate_run(path, val)
         assert f"| {path.name} | {m['AP']:.4f} | {m['AP50']:.4f} |" in out
+        row = next(line for line in out.splitlines() if line.startswith(f"| {path.name} |")).split("|")
+        assert float(row[5]) == pytest.approx(path.stat().st_size / 1e6, abs=0.06)  # MB
+        assert float(row[6]) > 0  # ms: the file was timed
     assert f"| {second.name} | {metrics['AP']:.4f} |" in out
     bad = ["export", "--weights", str(run), "--out", str(tmp_path / "x.onnx"), "--check", str(tmp_path / "nope")]
     assert main(bad) == 2
@@ -380,13 +383,15 @@ def test_eval_of_the_onnx_file_matches_eval_of_its_run(exported: dict, tmp_path:
 def test_export_check_warns_when_a_variant_loses_accuracy() -> None:
     from onedet.export import format_check
 
+    timing = {"MB": 10.0, "ms": 50.0, "ms_vs_fp32": 1.0}
     rows = [
-        {"file": Path("m.onnx"), "AP": 0.400, "AP50": 0.7, "vs_fp32": 1.0},
-        {"file": Path("m.int8-dynamic.onnx"), "AP": 0.398, "AP50": 0.7, "vs_fp32": 0.995},
-        {"file": Path("m.fp16.onnx"), "AP": 0.380, "AP50": 0.68, "vs_fp32": 0.95},
-    ]
+        {"file": Path("m.onnx"), "AP": 0.400, "AP50": 0.7, "vs_fp32": 1.0, **timing},
+        {"file": Path("m.int8-dynamic.onnx"), "AP": 0.398, "AP50": 0.7, "vs_fp32": 0.995, "MB": 3.1, "ms": 40.4,
+         "ms_vs_fp32": 0.808},
+        {"file": Path("m.fp16.onnx"), "AP": 0.380, "AP50": 0.68, "vs_fp32": 0.95, **timing},
+    ]  # fmt: skip
     text = format_check(rows, "store/val")
-    assert "| m.int8-dynamic.onnx | 0.3980 | 0.7000 | 0.995 |" in text
+    assert "| m.int8-dynamic.onnx | 0.3980 | 0.7000 | 0.995 | 3.1 | 40 | 0.81 |" in text
     warnings = [line for line in text.splitlines() if line.startswith("warning")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: m.fp16.onnx keeps 0.950 of the fp32 file's AP")
     zero = format_check([{**rows[0], "AP": 0.0, "vs_fp32": None}, {**rows[1], "vs_fp32": None}], "v")

@@ -33,6 +33,7 @@ from onedet.runtime import (
     PRECISION_KEY,
     SCORE_THRESHOLDS_KEY,
     VERSION_KEY,
+    OnnxDetector,
 )
 
 log = logging.getLogger(__name__)
@@ -192,17 +193,44 @@ CHECK_TOLERANCE = 0.01
 """`check_exports` flags a variant whose AP is more than this share below the fp32 file's."""
 
 
+CHECK_ROUNDS = 5
+"""`check_exports` times each file this many round-robin rounds (after one warm-up call) and keeps the median."""
+
+
+def time_files(paths: Sequence[Path], image: Any, rounds: int = CHECK_ROUNDS) -> list[float]:
+    """Median milliseconds of one call of each file on `image` (uint8 `[H, W, 3]`, batch 1) through onnxruntime's
+    CPU provider with its default threads, the files timed in turn round after round so that a machine's slow
+    moment falls on all of them (spinning off: several sessions share the process). The figure of the machine that
+    runs this, not of the one a file is deployed on."""
+    import statistics
+    import time
+
+    detectors = [OnnxDetector(path, spinning=False) for path in paths]
+    for detector in detectors:
+        detector(image)  # warm-up: onnxruntime allocates and plans on the first call
+    times: list[list[float]] = [[] for _ in detectors]
+    for _ in range(rounds):
+        for detector, row in zip(detectors, times):
+            start = time.perf_counter()
+            detector(image)
+            row.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(row) for row in times]
+
+
 def check_exports(
     paths: Sequence[Path], data: str | Path, batch_size: int = 8, progress: bool = False
 ) -> list[dict[str, Any]]:
-    """Evaluate every exported file on a store split (`onedet eval --weights FILE`, through onnxruntime): one row
-    per file, `{"file", "AP", "AP50", "vs_fp32"}`, `vs_fp32` the file's AP over the first (fp32) file's (None when
-    that is 0). The split's classes must be the model's."""
+    """Evaluate every exported file on a store split (`onedet eval --weights FILE`, through onnxruntime) and time
+    it (`time_files` on the split's first image): one row per file, `{"file", "AP", "AP50", "vs_fp32", "MB", "ms",
+    "ms_vs_fp32"}`, the ratios to the first (fp32) file's (`vs_fp32` None when its AP is 0). The split's classes
+    must be the model's."""
     from onedet.data.store import Store
     from onedet.evaluate import evaluate_run
 
     store = Store(data)
     metrics = [evaluate_run(path, store, batch_size=batch_size, progress=progress) for path in paths]
+    image = store.read_batch([0])["images"][0].numpy().transpose(1, 2, 0) if len(store) else None
+    ms = time_files(paths, image) if image is not None else [float("nan")] * len(paths)
     reference = float(metrics[0]["AP"]) if metrics else 0.0
     return [
         {
@@ -210,21 +238,27 @@ def check_exports(
             "AP": float(m["AP"]),
             "AP50": float(m["AP50"]),
             "vs_fp32": float(m["AP"]) / reference if reference > 0 else None,
+            "MB": Path(path).stat().st_size / 1e6,
+            "ms": t,
+            "ms_vs_fp32": t / ms[0],
         }
-        for path, m in zip(paths, metrics)
+        for path, m, t in zip(paths, metrics, ms)
     ]
 
 
 def format_check(rows: Sequence[dict[str, Any]], data: str | Path) -> str:
     """`check_exports`' rows as a table, and a warning line for each variant below `CHECK_TOLERANCE`."""
     lines = [
-        f"accuracy of the files on {data} (onnxruntime):",
-        "| file | AP | AP50 | AP / fp32 |",
-        "| --- | --: | --: | --: |",
+        f"the files on {data} (onnxruntime, CPU; ms: batch 1, median of {CHECK_ROUNDS}, on this machine):",
+        "| file | AP | AP50 | AP / fp32 | MB | ms | ms / fp32 |",
+        "| --- | --: | --: | --: | --: | --: | --: |",
     ]
     for row in rows:
         ratio = "-" if row["vs_fp32"] is None else f"{row['vs_fp32']:.3f}"
-        lines.append(f"| {row['file'].name} | {row['AP']:.4f} | {row['AP50']:.4f} | {ratio} |")
+        lines.append(
+            f"| {row['file'].name} | {row['AP']:.4f} | {row['AP50']:.4f} | {ratio} | {row['MB']:.1f} "
+            f"| {row['ms']:.0f} | {row['ms_vs_fp32']:.2f} |"
+        )
     for row in rows[1:]:
         if row["vs_fp32"] is not None and row["vs_fp32"] < 1 - CHECK_TOLERANCE:
             lines.append(
