@@ -245,9 +245,8 @@ def _print_joint_latency(
     """fp32 and int8 latency of the teacher and of each student (its first run: every recipe exports the same
     graph), all timed together round-robin: the per-row latencies above are measured minutes apart, and their
     ratios drift with the machine's load. Returns {model: {"fp32 ms", "int8 ms"}} for the plot."""
-    from timing import time_round_robin
-
     from onedet.runtime import OnnxDetector
+    from onedet.timing import time_round_robin
 
     first: dict[str, dict[str, Any]] = {}
     for model, _, r in rows:

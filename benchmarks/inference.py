@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 
 from onedet.config import from_preset
 from onedet.end_to_end import build_end_to_end
@@ -34,6 +33,7 @@ from onedet.export import _metadata, export_onnx
 from onedet.model.detector import build_detector
 from onedet.quantize import quantize_int8_dynamic, quantize_int8_static
 from onedet.runtime import OnnxDetector
+from onedet.timing import time_round_robin
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

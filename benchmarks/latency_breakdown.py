@@ -28,12 +28,12 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 from inference import _image  # benchmarks/inference.py
-from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 
 from onedet.config import from_preset
 from onedet.errors import OnedetError
 from onedet.model.student import select_blocks
 from onedet.runtime import PRECISION_KEY, SPINNING_KEY
+from onedet.timing import time_round_robin
 
 PARTS = (
     "preprocessing",

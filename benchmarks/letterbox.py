@@ -20,11 +20,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
-from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 from torch import Tensor, nn
 
 from onedet.data.letterbox import letterbox_float, resize_banded, resize_separable
 from onedet.runtime import SPINNING_KEY
+from onedet.timing import time_round_robin
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920), (3000, 4000), (1, 2000)]
 

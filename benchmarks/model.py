@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import timm
 import torch
-from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
 from onedet.config import PRESETS, from_preset
 from onedet.model.detector import Detector
+from onedet.timing import time_round_robin
 
 
 def _gflops(fn: Callable[[], object]) -> float:

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from inference import _image  # benchmarks/inference.py: a BCCD photo, else synthetic noise
-from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
+from onedet.timing import time_round_robin
 
 
 def _params(path: Path) -> int:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from inference import _image  # benchmarks/inference.py: a BCCD photo, else synthetic noise
-from timing import time_round_robin  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
+from onedet.timing import time_round_robin
 
 
 def _clip(path: Path, frames: int) -> tuple[Path, str]:

@@ -199,22 +199,15 @@ CHECK_ROUNDS = 5
 
 def time_files(paths: Sequence[Path], image: Any, rounds: int = CHECK_ROUNDS) -> list[float]:
     """Median milliseconds of one call of each file on `image` (uint8 `[H, W, 3]`, batch 1) through onnxruntime's
-    CPU provider with its default threads, the files timed in turn round after round so that a machine's slow
-    moment falls on all of them (spinning off: several sessions share the process). The figure of the machine that
-    runs this, not of the one a file is deployed on."""
-    import statistics
-    import time
+    CPU provider with its default threads, timed round-robin (`onedet.timing`; spinning off, as several sessions
+    share the process). The figure of the machine that runs this, not of the one a file is deployed on."""
+    from functools import partial
 
-    detectors = [OnnxDetector(path, spinning=False) for path in paths]
-    for detector in detectors:
-        detector(image)  # warm-up: onnxruntime allocates and plans on the first call
-    times: list[list[float]] = [[] for _ in detectors]
-    for _ in range(rounds):
-        for detector, row in zip(detectors, times):
-            start = time.perf_counter()
-            detector(image)
-            row.append((time.perf_counter() - start) * 1000)
-    return [statistics.median(row) for row in times]
+    from onedet.timing import time_round_robin
+
+    detectors = {str(path): OnnxDetector(path, spinning=False) for path in paths}
+    seconds = time_round_robin({name: partial(d, image) for name, d in detectors.items()}, rounds)
+    return [seconds[str(path)] * 1000 for path in paths]
 
 
 def check_exports(

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: timing callables round-robin, so machine noise hits every variant alike."""
+"""Timing callables round-robin, so a machine's noise hits every variant alike: `onedet export --check` times the
+files it wrote this way, and so do the scripts under benchmarks/."""
 
 from __future__ import annotations
 

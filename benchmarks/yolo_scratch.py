@@ -1,0 +1,202 @@
+"""onedet against Ultralytics YOLO, both trained from random weights on the same images: test AP and training time.
+
+    # Ultralytics is AGPL and not a dependency: install it outside the project, then run with it on the path
+    .venv/bin/pip install --target /tmp/ultra --no-deps ultralytics ultralytics-thop py-cpuinfo \
+        opencv-python-headless polars
+    YOLO_OFFLINE=1 PYTHONPATH=/tmp/ultra .venv/bin/python benchmarks/yolo_scratch.py --work DIR \
+        [--yolo yolo11n yolo26n] [--epochs 80] [--seeds 0] [--threads 1] [--train-only] [--onedet RUN ...]
+
+Both sides see the same pixels and boxes: the YOLO dataset is written from the onedet store that
+benchmarks/recipes.py prepares (`DIR/bccd_320`, letterboxed 320 x 320 images, boxes as prepare kept them), so
+neither library's reader or letterbox differs. Each trains with its own recipe (Ultralytics: its default
+augmentation, mosaic included, SGD/AdamW "auto", batch 8; onedet: benchmarks/recipes.py's full fine-tuning, lr
+1e-3, batch 8) for the same number of epochs. Both are scored by onedet's evaluator (faster-coco-eval, COCO AP)
+on the store's test split, boxes mapped back to the original photo's pixels the same way: YOLO's best checkpoint
+predicts with `conf=0.001`, `max_det=100` and its NMS (IoU 0.7), onedet's best checkpoint with its top-100.
+
+`--onedet RUN ...` names onedet runs trained by benchmarks/recipes.py on the same store (their AP, their training
+minutes from metrics.csv); without them the table has YOLO alone. A YOLO run folder that holds `weights/best.pt`
+and `done.json` is reused, so `--train-only` lanes (one per model or seed) can share the machine and a last call
+prints the table. Latency is benchmarks/peers.py's job (`--image-size 320`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_yolo_dataset(store_root: Path, out: Path) -> Path:
+    """The store's train/val/test splits as an Ultralytics dataset (PNG images, normalised `class cx cy w h`
+    labels, `data.yaml`); written once (`data.yaml` last, so a half-written folder is redone)."""
+    from PIL import Image
+
+    from onedet.data.store import Store
+
+    yaml_path = out / "data.yaml"
+    if yaml_path.is_file():
+        return yaml_path
+    splits = [s for s in ("train", "val", "test") if (store_root / s / "meta.json").is_file()]
+    classes: list[str] = []
+    for split in splits:
+        store = Store(store_root / split)
+        classes = store.classes
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        size = store.image_size
+        for i in range(len(store)):
+            batch = store.read_batch(np.array([i]))
+            name = f"{i:05d}"
+            Image.fromarray(batch["images"][0].numpy().transpose(1, 2, 0)).save(out / "images" / split / f"{name}.png")
+            boxes = batch["boxes_xyxy"][0].numpy()[batch["valid"][0].numpy()] / size
+            labels = batch["labels"][0].numpy()[batch["valid"][0].numpy()]
+            lines = [
+                f"{c} {(b[0] + b[2]) / 2:.6f} {(b[1] + b[3]) / 2:.6f} {b[2] - b[0]:.6f} {b[3] - b[1]:.6f}"
+                for c, b in zip(labels, boxes, strict=True)
+            ]
+            (out / "labels" / split / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
+    yaml_path.write_text(f"path: {out}\ntrain: images/train\nval: images/val\ntest: images/test\nnames:\n{names}")
+    return yaml_path
+
+
+def train_yolo(model_name: str, data: Path, run: Path, epochs: int, seed: int, batch: int, size: int) -> Path:
+    """A YOLO model from its yaml (random weights), trained with Ultralytics' defaults; `run/done.json` records
+    the wall-clock minutes."""
+    if (run / "done.json").is_file():
+        return run
+    from ultralytics import YOLO
+
+    start = time.perf_counter()
+    YOLO(f"{model_name}.yaml").train(
+        data=str(data), epochs=epochs, imgsz=size, batch=batch, workers=0, device="cpu", seed=seed,
+        deterministic=True, pretrained=False, amp=False, plots=False, project=str(run.parent), name=run.name,
+        exist_ok=True, verbose=False,
+    )  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    (run / "done.json").write_text(json.dumps({"minutes": minutes, "epochs": epochs, "seed": seed}))
+    return run
+
+
+def yolo_metrics(run: Path, split: Path) -> dict[str, Any]:
+    """COCO metrics of a YOLO run's best checkpoint on a store split, by onedet's evaluator."""
+    from ultralytics import YOLO
+
+    from onedet.data.store import Store
+    from onedet.evaluate import coco_metrics, ground_truth
+    from onedet.model.postprocess import to_original
+
+    store = Store(split)
+    model = YOLO(str(run / "weights" / "best.pt"))
+    gt, detections, image_ids, sizes = [], [], [], []
+    for start in range(0, len(store), 8):
+        batch = store.read_batch(np.arange(start, min(start + 8, len(store))))
+        images = [np.ascontiguousarray(im.numpy().transpose(1, 2, 0)[:, :, ::-1]) for im in batch["images"]]  # BGR
+        results = model.predict(images, imgsz=store.image_size, conf=0.001, max_det=100, verbose=False)
+        for i, result in enumerate(results):
+            boxes = to_original(
+                result.boxes.xyxy[None].float(), batch["scale"][i : i + 1], batch["orig_size"][i : i + 1]
+            )
+            detections.append(
+                {
+                    "boxes_xyxy": boxes[0].numpy(),
+                    "scores": result.boxes.conf.numpy(),
+                    "labels": result.boxes.cls.numpy().astype(np.int64),
+                }
+            )
+            gt.append(ground_truth(batch, i))
+            image_ids.append(int(batch["image_id"][i]))
+            sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
+    return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, sizes)
+
+
+def onedet_minutes(run: Path) -> float:
+    """Minutes of training steps (evaluation left out), from a onedet run's metrics.csv."""
+    with open(run / "metrics.csv") as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
+
+
+def yolo_minutes(run: Path) -> float:
+    """Minutes of training epochs from Ultralytics' results.csv (its `time` column is cumulative and includes
+    each epoch's validation); falls back to done.json's wall-clock."""
+    path = run / "results.csv"
+    if path.is_file():
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        if rows and "time" in rows[-1]:
+            return float(rows[-1]["time"]) / 60
+    return float(json.loads((run / "done.json").read_text())["minutes"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="holds bccd_320 (benchmarks/recipes.py's store)")
+    parser.add_argument("--store", default="bccd_320")
+    parser.add_argument("--yolo", nargs="+", default=["yolo11n"])
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--onedet", type=Path, nargs="*", default=[], help="onedet runs on the same store")
+    parser.add_argument("--train-only", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    store_root = args.work / args.store
+    if not (store_root / "train" / "meta.json").is_file():
+        raise SystemExit(f"{store_root}: no store; prepare it with benchmarks/recipes.py --work {args.work}")
+    size = json.loads((store_root / "train" / "meta.json").read_text())["image_size"]
+    data = write_yolo_dataset(store_root, args.work / f"{args.store}_yolo")
+    runs = {
+        (m, s): train_yolo(
+            m, data, args.work / f"{m}_e{args.epochs}" / f"seed{s}", args.epochs, s, args.batch_size, size
+        )
+        for m in args.yolo
+        for s in args.seeds
+    }
+    if args.train_only:
+        return
+    from onedet.evaluate import evaluate_run
+
+    split = store_root / "test"
+    rows: list[tuple[str, list[float], float, float]] = []
+    if args.onedet:
+        metrics = [evaluate_run(run, split, batch_size=args.batch_size) for run in args.onedet]
+        rows.append(
+            (
+                "onedet " + args.onedet[0].parent.name,
+                [float(m["AP"]) for m in metrics],
+                statistics.mean(float(m["AP50"]) for m in metrics),
+                statistics.mean(onedet_minutes(run) for run in args.onedet),
+            )
+        )
+    for m in args.yolo:
+        metrics = [yolo_metrics(runs[m, s], split) for s in args.seeds]
+        rows.append(
+            (
+                m,
+                [float(x["AP"]) for x in metrics],
+                statistics.mean(float(x["AP50"]) for x in metrics),
+                statistics.mean(yolo_minutes(runs[m, s]) for s in args.seeds),
+            )
+        )
+    base = statistics.mean(rows[0][1])
+    print(f"\n{args.store}, {args.epochs} epochs from random weights, test split ({len(rows)} models)\n")
+    print(f"| model | AP (mean) | AP per seed | AP50 (mean) | AP / {rows[0][0]} | training minutes |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for name, aps, ap50, minutes in rows:
+        mean = statistics.mean(aps)
+        per_seed = " / ".join(f"{a:.3f}" for a in aps)
+        print(f"| {name} | {mean:.3f} | {per_seed} | {ap50:.3f} | {mean / base:.3f} | {minutes:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
