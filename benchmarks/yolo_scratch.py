@@ -17,7 +17,13 @@ predicts with `conf=0.001`, `max_det=100` and its NMS (IoU 0.7), onedet's best c
 `--onedet RUN ...` names onedet runs trained by benchmarks/recipes.py on the same store (their AP, their training
 minutes from metrics.csv); without them the table has YOLO alone. A YOLO run folder that holds `weights/best.pt`
 and `done.json` is reused, so `--train-only` lanes (one per model or seed) can share the machine and a last call
-prints the table. Latency is benchmarks/peers.py's job (`--image-size 320`).
+prints the table.
+
+`--latency` adds each model's CPU latency at the store's size: the first seed's files exported to ONNX (YOLO by
+Ultralytics' exporter; onedet fp32 and int8 dynamic by `onedet.export.export`), timed round-robin on the test
+split's first image (batch 1, onnxruntime, `--latency-threads`, spinning off), as benchmarks/peers.py times them:
+a YOLO call is its graph alone on an input prepared beforehand (YOLO11's NMS is outside it and not timed), an
+onedet call its whole file, pixels to boxes. `--plot FILE` draws AP against fp32 latency.
 """
 
 from __future__ import annotations
@@ -135,6 +141,61 @@ def yolo_minutes(run: Path) -> float:
     return float(json.loads((run / "done.json").read_text())["minutes"])
 
 
+def latencies(
+    onedet_run: Path | None, yolo_runs: dict[str, Path], split: Path, threads: int, repeats: int
+) -> dict[str, float]:
+    """Median milliseconds per call of each model's exported file (`--latency` in the module docstring)."""
+    from peers import _peer_input, _session  # benchmarks/peers.py: YOLO's input, a session without spinning
+    from ultralytics import YOLO
+
+    from onedet.data.store import Store
+    from onedet.export import export
+    from onedet.runtime import OnnxDetector
+    from onedet.timing import time_round_robin
+
+    store = Store(split)
+    image = np.ascontiguousarray(store.read_batch(np.array([0]))["images"][0].numpy().transpose(1, 2, 0))
+    calls: dict[str, Any] = {}
+    if onedet_run is not None:
+        out = onedet_run / "bench" / "model.onnx"
+        files = sorted(out.parent.glob("*.onnx")) or export(onedet_run, out, int8=True)
+        for path, variant in zip(sorted(files, key=lambda p: len(p.name)), ("fp32", "int8 dynamic"), strict=False):
+            detector = OnnxDetector(path, threads=threads, spinning=False)
+            calls[f"onedet {variant}"] = lambda d=detector: d.run_batch(image[None])
+    for name, run in yolo_runs.items():
+        path = run / "weights" / "best.onnx"
+        if not path.is_file():
+            YOLO(str(run / "weights" / "best.pt")).export(format="onnx", imgsz=store.image_size)
+        session = _session(path, threads)
+        feed = _peer_input(session, image)
+        calls[name] = lambda s=session, f=feed: s.run(None, f)
+    return {name: seconds * 1000 for name, seconds in time_round_robin(calls, repeats).items()}
+
+
+def plot(rows: list[tuple[str, list[float], float, float]], ms: dict[str, float], out: Path, title: str) -> None:
+    """AP (mean over seeds, each seed a small dot) against fp32 latency, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, aps, _, _ in rows:
+        key = "onedet fp32" if name.startswith("onedet") else name
+        if key not in ms:
+            continue
+        ax.scatter([ms[key]] * len(aps), aps, s=10, color="grey")
+        ax.scatter([ms[key]], [statistics.mean(aps)], s=40)
+        ax.annotate(name, (ms[key], statistics.mean(aps)), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("CPU latency, fp32 ONNX, batch 1 (ms)")
+    ax.set_ylabel("test AP")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="holds bccd_320 (benchmarks/recipes.py's store)")
@@ -146,6 +207,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--onedet", type=Path, nargs="*", default=[], help="onedet runs on the same store")
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--latency", action="store_true", help="also time every model's ONNX file")
+    parser.add_argument("--latency-threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--plot", type=Path, help="AP against latency (PNG; needs --latency)")
     args = parser.parse_args()
     import torch
 
@@ -188,14 +253,28 @@ def main() -> None:
                 statistics.mean(yolo_minutes(runs[m, s]) for s in args.seeds),
             )
         )
+    ms: dict[str, float] = {}
+    if args.latency:
+        yolo_first = {m: runs[m, args.seeds[0]] for m in args.yolo}
+        ms = latencies(args.onedet[0] if args.onedet else None, yolo_first, split, args.latency_threads, args.repeats)
     base = statistics.mean(rows[0][1])
     print(f"\n{args.store}, {args.epochs} epochs from random weights, test split ({len(rows)} models)\n")
-    print(f"| model | AP (mean) | AP per seed | AP50 (mean) | AP / {rows[0][0]} | training minutes |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    print(
+        f"| model | AP (mean) | AP per seed | AP50 (mean) | AP / {rows[0][0]} | training minutes | fp32 ms | int8 ms |"
+    )
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for name, aps, ap50, minutes in rows:
         mean = statistics.mean(aps)
         per_seed = " / ".join(f"{a:.3f}" for a in aps)
-        print(f"| {name} | {mean:.3f} | {per_seed} | {ap50:.3f} | {mean / base:.3f} | {minutes:.1f} |")
+        fp32 = ms.get("onedet fp32" if name.startswith("onedet") else name)
+        int8 = ms.get("onedet int8 dynamic") if name.startswith("onedet") else None
+        cells = " | ".join(f"{t:.1f}" if t is not None else "-" for t in (fp32, int8))
+        print(f"| {name} | {mean:.3f} | {per_seed} | {ap50:.3f} | {mean / base:.3f} | {minutes:.1f} | {cells} |")
+    if ms:
+        print(f"\n(latency: batch 1, {args.latency_threads} threads, medians of {args.repeats} round-robin rounds)")
+    if args.plot and ms:
+        plot(rows, ms, args.plot, f"{args.store}: {args.epochs} epochs from random weights, test AP against latency")
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
