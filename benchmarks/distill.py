@@ -6,6 +6,7 @@ timed together, round-robin).
     python benchmarks/distill.py [--dataset bccd|aquarium|synthetic] [--image-size 320]
         [--teacher RUN | --teacher-preset base --teacher-minutes 120] [--students teacher:depth=6 small]
         [--recipes labels distill distill25] [--minutes 30] [--epochs 100] [--batch-size 8] [--threads 2]
+        [--eval-every 1]
         [--work DIR] [--plot PNG] [--curves PNG]
 
 Recipes, each for the same student with the same `--minutes` (the trainer's `--max-minutes`) and epoch cap:
@@ -140,6 +141,7 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
         "backbone_lr_scale": 1.0,
         "progress": False,
         "workers": args.threads,
+        "eval_every": args.eval_every,
     }
 
 
@@ -352,6 +354,7 @@ def main() -> None:
         help="train every student on a seeded subset of this fraction of the train split (the teacher saw all of it)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=1, help="val AP every N epochs (and after the last)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onedet-bench-distill")
