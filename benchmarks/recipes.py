@@ -2,9 +2,9 @@
 for the same epochs and seeds, measured on the test split (val when there is none), with each recipe's mean AP
 against the first recipe's, measured alike.
 
-    python benchmarks/recipes.py [--dataset bccd|aquarium] [--image-size 320] [--preset tiny] [--model window_size=10]
-        [--recipes none mosaic=1] [--epochs 30] [--seeds 0 1] [--eval-every 1] [--threads 2] [--work DIR]
-        [--train-only]
+    python benchmarks/recipes.py [--dataset bccd|aquarium] [--image-size 320] [--preset tiny]
+        [--model window_size=10 strides=4,8,16,32] [--recipes none mosaic=1] [--epochs 30] [--seeds 0 1]
+        [--eval-every 1] [--threads 2] [--work DIR] [--train-only]
 
 A recipe is `none` (the defaults) or `NAME=VALUE,...` with NAME a `TrainConfig` field (`mosaic=1,close_mosaic=5`).
 Models train from random weights (`pretrained=None`: nothing can be downloaded here) with full fine-tuning and the
@@ -31,6 +31,8 @@ DATASETS = {"bccd": "bccd", "aquarium": "aquarium/aquarium_pretrain"}
 
 
 def _value(text: str) -> Any:
+    if "," in text:  # a tuple field of --model, e.g. strides=4,8,16,32 (recipes split on commas before this)
+        return tuple(_value(item) for item in text.split(","))
     words = {"none": None, "true": True, "false": False}
     if text.lower() in words:
         return words[text.lower()]

@@ -34,7 +34,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -172,7 +172,24 @@ def latencies(
     return {name: seconds * 1000 for name, seconds in time_round_robin(calls, repeats).items()}
 
 
-def plot(rows: list[tuple[str, list[float], float, float]], ms: dict[str, float], out: Path, title: str) -> None:
+class Row(NamedTuple):
+    """One model's line of the tables: AP per seed, mean AP50, training minutes, mean AP per class and size."""
+
+    name: str
+    aps: list[float]
+    ap50: float
+    minutes: float
+    parts: dict[str, float]
+
+    @classmethod
+    def of(cls, name: str, metrics: list[dict[str, Any]], minutes: float) -> Row:
+        parts = {f"AP {c}": statistics.mean(float(m["per_class"][c]) for m in metrics) for c in metrics[0]["per_class"]}
+        parts |= {key: statistics.mean(float(m[key]) for m in metrics) for key in ("APs", "APm", "APl")}
+        aps = [float(m["AP"]) for m in metrics]
+        return cls(name, aps, statistics.mean(float(m["AP50"]) for m in metrics), minutes, parts)
+
+
+def plot(rows: list[Row], ms: dict[str, float], out: Path, title: str) -> None:
     """AP (mean over seeds, each seed a small dot) against fp32 latency, one point per model."""
     import matplotlib
 
@@ -180,7 +197,7 @@ def plot(rows: list[tuple[str, list[float], float, float]], ms: dict[str, float]
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, aps, _, _ in rows:
+    for name, aps, *_ in rows:
         key = "onedet fp32" if name.startswith("onedet") else name
         if key not in ms:
             continue
@@ -232,27 +249,14 @@ def main() -> None:
     from onedet.evaluate import evaluate_run
 
     split = store_root / "test"
-    rows: list[tuple[str, list[float], float, float]] = []
+    rows: list[Row] = []
     if args.onedet:
         metrics = [evaluate_run(run, split, batch_size=args.batch_size) for run in args.onedet]
-        rows.append(
-            (
-                "onedet " + args.onedet[0].parent.name,
-                [float(m["AP"]) for m in metrics],
-                statistics.mean(float(m["AP50"]) for m in metrics),
-                statistics.mean(onedet_minutes(run) for run in args.onedet),
-            )
-        )
+        minutes = statistics.mean(onedet_minutes(run) for run in args.onedet)
+        rows.append(Row.of("onedet " + args.onedet[0].parent.name, metrics, minutes))
     for m in args.yolo:
         metrics = [yolo_metrics(runs[m, s], split) for s in args.seeds]
-        rows.append(
-            (
-                m,
-                [float(x["AP"]) for x in metrics],
-                statistics.mean(float(x["AP50"]) for x in metrics),
-                statistics.mean(yolo_minutes(runs[m, s]) for s in args.seeds),
-            )
-        )
+        rows.append(Row.of(m, metrics, statistics.mean(yolo_minutes(runs[m, s]) for s in args.seeds)))
     ms: dict[str, float] = {}
     if args.latency:
         yolo_first = {m: runs[m, args.seeds[0]] for m in args.yolo}
@@ -263,13 +267,18 @@ def main() -> None:
         f"| model | AP (mean) | AP per seed | AP50 (mean) | AP / {rows[0][0]} | training minutes | fp32 ms | int8 ms |"
     )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, aps, ap50, minutes in rows:
+    for name, aps, ap50, minutes, _ in rows:
         mean = statistics.mean(aps)
         per_seed = " / ".join(f"{a:.3f}" for a in aps)
         fp32 = ms.get("onedet fp32" if name.startswith("onedet") else name)
         int8 = ms.get("onedet int8 dynamic") if name.startswith("onedet") else None
         cells = " | ".join(f"{t:.1f}" if t is not None else "-" for t in (fp32, int8))
         print(f"| {name} | {mean:.3f} | {per_seed} | {ap50:.3f} | {mean / base:.3f} | {minutes:.1f} | {cells} |")
+    keys = [*rows[0].parts]
+    print(f"\nper class and per object size, AP (mean over seeds)\n\n| model | {' | '.join(keys)} |")
+    print("| --- |" + " ---: |" * len(keys))
+    for row in rows:
+        print(f"| {row.name} | " + " | ".join(f"{row.parts[k]:.3f}" for k in keys) + " |")
     if ms:
         print(f"\n(latency: batch 1, {args.latency_threads} threads, medians of {args.repeats} round-robin rounds)")
     if args.plot and ms:
