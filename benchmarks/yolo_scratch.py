@@ -142,9 +142,10 @@ def yolo_minutes(run: Path) -> float:
 
 
 def latencies(
-    onedet_run: Path | None, yolo_runs: dict[str, Path], split: Path, threads: int, repeats: int
+    onedet: tuple[str, Path] | None, yolo_runs: dict[str, Path], split: Path, threads: int, repeats: int
 ) -> dict[str, float]:
-    """Median milliseconds per call of each model's exported file (`--latency` in the module docstring)."""
+    """Median milliseconds per call of each model's exported file (`--latency` in the module docstring), keyed by
+    name: onedet's (name, run) as `name` (fp32) and `name int8 dynamic`, each YOLO run as its model's name."""
     from peers import _peer_input, _session  # benchmarks/peers.py: YOLO's input, a session without spinning
     from ultralytics import YOLO
 
@@ -156,12 +157,13 @@ def latencies(
     store = Store(split)
     image = np.ascontiguousarray(store.read_batch(np.array([0]))["images"][0].numpy().transpose(1, 2, 0))
     calls: dict[str, Any] = {}
-    if onedet_run is not None:
-        out = onedet_run / "bench" / "model.onnx"
-        files = sorted(out.parent.glob("*.onnx")) or export(onedet_run, out, int8=True)
-        for path, variant in zip(sorted(files, key=lambda p: len(p.name)), ("fp32", "int8 dynamic"), strict=False):
+    if onedet is not None:
+        name, run = onedet
+        out = run / "bench" / "model.onnx"
+        files = sorted(out.parent.glob("*.onnx")) or export(run, out, int8=True)
+        for path, key in zip(sorted(files, key=lambda p: len(p.name)), (name, f"{name} int8 dynamic"), strict=False):
             detector = OnnxDetector(path, threads=threads, spinning=False)
-            calls[f"onedet {variant}"] = lambda d=detector: d.run_batch(image[None])
+            calls[key] = lambda d=detector: d.run_batch(image[None])
     for name, run in yolo_runs.items():
         path = run / "weights" / "best.onnx"
         if not path.is_file():
@@ -197,13 +199,12 @@ def plot(rows: list[Row], ms: dict[str, float], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, aps, *_ in rows:
-        key = "onedet fp32" if name.startswith("onedet") else name
-        if key not in ms:
+    for name, aps, *_ in rows:  # `ms` is keyed by row name (onedet's fp32 file under the row's)
+        if name not in ms:
             continue
-        ax.scatter([ms[key]] * len(aps), aps, s=10, color="grey")
-        ax.scatter([ms[key]], [statistics.mean(aps)], s=40)
-        ax.annotate(name, (ms[key], statistics.mean(aps)), textcoords="offset points", xytext=(5, 5))
+        ax.scatter([ms[name]] * len(aps), aps, s=10, color="grey")
+        ax.scatter([ms[name]], [statistics.mean(aps)], s=40)
+        ax.annotate(name, (ms[name], statistics.mean(aps)), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("CPU latency, fp32 ONNX, batch 1 (ms)")
     ax.set_ylabel("test AP")
     ax.set_title(title, fontsize=9)
@@ -223,6 +224,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--onedet", type=Path, nargs="*", default=[], help="onedet runs on the same store")
+    parser.add_argument("--onedet-name", default="onedet", help="the onedet runs' name in the tables")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--latency", action="store_true", help="also time every model's ONNX file")
     parser.add_argument("--latency-threads", type=int, default=2)
@@ -253,14 +255,15 @@ def main() -> None:
     if args.onedet:
         metrics = [evaluate_run(run, split, batch_size=args.batch_size) for run in args.onedet]
         minutes = statistics.mean(onedet_minutes(run) for run in args.onedet)
-        rows.append(Row.of("onedet " + args.onedet[0].parent.name, metrics, minutes))
+        rows.append(Row.of(args.onedet_name, metrics, minutes))
     for m in args.yolo:
         metrics = [yolo_metrics(runs[m, s], split) for s in args.seeds]
         rows.append(Row.of(m, metrics, statistics.mean(yolo_minutes(runs[m, s]) for s in args.seeds)))
     ms: dict[str, float] = {}
     if args.latency:
         yolo_first = {m: runs[m, args.seeds[0]] for m in args.yolo}
-        ms = latencies(args.onedet[0] if args.onedet else None, yolo_first, split, args.latency_threads, args.repeats)
+        onedet = (args.onedet_name, args.onedet[0]) if args.onedet else None
+        ms = latencies(onedet, yolo_first, split, args.latency_threads, args.repeats)
     base = statistics.mean(rows[0][1])
     print(f"\n{args.store}, {args.epochs} epochs from random weights, test split ({len(rows)} models)\n")
     print(
@@ -270,8 +273,7 @@ def main() -> None:
     for name, aps, ap50, minutes, _ in rows:
         mean = statistics.mean(aps)
         per_seed = " / ".join(f"{a:.3f}" for a in aps)
-        fp32 = ms.get("onedet fp32" if name.startswith("onedet") else name)
-        int8 = ms.get("onedet int8 dynamic") if name.startswith("onedet") else None
+        fp32, int8 = ms.get(name), ms.get(f"{name} int8 dynamic")
         cells = " | ".join(f"{t:.1f}" if t is not None else "-" for t in (fp32, int8))
         print(f"| {name} | {mean:.3f} | {per_seed} | {ap50:.3f} | {mean / base:.3f} | {minutes:.1f} | {cells} |")
     keys = [*rows[0].parts]
