@@ -360,7 +360,8 @@ def test_eval_of_the_onnx_file_matches_eval_of_its_run(exported: dict, tmp_path:
 
     # export --check: every file written, evaluated on the split as eval does it
     second = tmp_path / "checked.onnx"
-    assert main(["export", "--weights", str(run), "--out", str(second), "--int8", "--check", str(val)]) == 0
+    checked = ["export", "--weights", str(run), "--out", str(second), "--int8", "--check", str(val), "--no-progress"]
+    assert main(checked) == 0
     out = capsys.readouterr().out
     for path in (second, second.with_suffix(".int8-dynamic.onnx")):
         m = evaluate_run(path, val)

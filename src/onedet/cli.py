@@ -145,11 +145,11 @@ def _run_export(opts: ExportOptions) -> int:
         from onedet.data.store import Store
 
         Store(opts.check)
-    paths = export(**options_dict(opts, exclude=("check",)))
+    paths = export(**options_dict(opts, exclude=("check", "progress")))
     for path in paths:
         print(f"wrote {path}")
     if opts.check is not None:
-        print(format_check(check_exports(paths, opts.check, progress=True), opts.check))
+        print(format_check(check_exports(paths, opts.check, progress=opts.progress), opts.check))
     return 0
 
 

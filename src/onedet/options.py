@@ -252,6 +252,8 @@ class ExportOptions:
     """A store split (e.g. STORE/val) to evaluate and time every file written on, through onnxruntime: a table of
     their AP, size and CPU latency on this machine against the fp32 file's, and a warning for a variant that loses
     more than 1% of its AP."""
+    progress: bool = True
+    """Show a progress bar while --check evaluates (on a terminal)."""
 
 
 @dataclass
