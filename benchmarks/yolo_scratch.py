@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from recipes import _minutes as onedet_minutes  # benchmarks/recipes.py: training minutes from metrics.csv
 
 
 def write_yolo_dataset(store_root: Path, out: Path) -> Path:
@@ -121,12 +122,6 @@ def yolo_metrics(run: Path, split: Path) -> dict[str, Any]:
             image_ids.append(int(batch["image_id"][i]))
             sizes.append((int(batch["orig_size"][i, 0]), int(batch["orig_size"][i, 1])))
     return coco_metrics(gt, detections, store.classes, store.category_ids, image_ids, sizes)
-
-
-def onedet_minutes(run: Path) -> float:
-    """Minutes of training steps (evaluation left out), from a onedet run's metrics.csv."""
-    with open(run / "metrics.csv") as f:
-        return sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
 
 
 def yolo_minutes(run: Path) -> float:
